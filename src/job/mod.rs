@@ -1,0 +1,258 @@
+//! The job contract, version 1 (CONTRACT §2): decoding an AMQP message body into
+//! a [`Job`] whose every field already satisfies the contract's rules.
+//!
+//! This module does no I/O. A `Job` can only be built by [`decode`], so code that
+//! holds one never re-checks a token, a topic or the payload size.
+
+mod payload;
+mod types;
+
+pub use payload::MAX_BODY_BYTES;
+pub use types::{AppName, ApnsId, CollapseId, DeviceToken, JobId, Priority, PushType, Topic};
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::collections::HashSet;
+
+/// Most tokens one job may carry (CONTRACT §2, `tokens`).
+pub const MAX_TOKENS: usize = 10_000;
+
+/// A push job that passed every rule of the contract.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub id: JobId,
+    pub app: AppName,
+    /// Distinct device tokens, in the order the publisher gave them.
+    pub tokens: Vec<DeviceToken>,
+    /// `None` means "the app's configured default topic".
+    pub topic: Option<Topic>,
+    pub push_type: PushType,
+    pub priority: Option<Priority>,
+    pub expiration: Option<u64>,
+    pub collapse_id: Option<CollapseId>,
+    pub apns_id: Option<ApnsId>,
+    /// The serialized APNs payload, shared by every token's request.
+    pub payload: Bytes,
+}
+
+/// Why a message body is not a valid job. Each variant names the rule it broke;
+/// the `Display` text becomes the dead letter's `x-misiva-detail`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    #[error("job body is {0} bytes; the limit is 1 MiB")]
+    BodyTooLarge(usize),
+    #[error("job body is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("job has an unknown field: {0}")]
+    UnknownField(String),
+    #[error("field `{field}` {problem}")]
+    Field { field: &'static str, problem: String },
+    #[error("exactly one of `token` and `tokens` is required")]
+    TokenCount,
+    #[error("`payload` cannot be combined with the convenience field `{0}`")]
+    PayloadAndConvenience(&'static str),
+    #[error("`apns_id` is only allowed with a single `token`")]
+    ApnsIdWithTokens,
+    #[error("the APNs payload is {size} bytes; the limit for push type {push_type} is {limit}")]
+    PayloadTooLarge {
+        size: usize,
+        limit: usize,
+        push_type: PushType,
+    },
+}
+
+impl JobError {
+    pub(crate) fn field(field: &'static str, problem: impl Into<String>) -> Self {
+        JobError::Field {
+            field,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// The wire shape: every field kept as raw JSON so that each rule can give its
+/// own error, and `payload` can be sent byte for byte as the publisher wrote it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire<'a> {
+    #[serde(borrow, default)]
+    v: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    app: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    token: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    topic: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    push_type: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    priority: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    expiration: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    collapse_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    apns_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    alert: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    badge: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    sound: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    category: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    thread_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    content_available: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    mutable_content: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+/// Reads one field's raw JSON as `T`, naming the field when it has the wrong type.
+fn typed<'a, T: Deserialize<'a>>(
+    field: &'static str,
+    raw: Option<&'a RawValue>,
+    expected: &str,
+) -> Result<Option<T>, JobError> {
+    match raw {
+        // An explicit `null` counts as absent, as most JSON publishers expect.
+        Some(raw) if raw.get() != "null" => serde_json::from_str(raw.get())
+            .map(Some)
+            .map_err(|_| JobError::field(field, format!("must be {expected}"))),
+        _ => Ok(None),
+    }
+}
+
+/// Decodes and validates one message body. `message_id` is the AMQP property,
+/// which becomes the job id when the body has none.
+pub fn decode(body: &[u8], message_id: Option<&str>) -> Result<Job, JobError> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(JobError::BodyTooLarge(body.len()));
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|e| JobError::NotJson(format!("not UTF-8 ({e})")))?;
+    // serde would also read a struct from a JSON array, positionally; a job is an object.
+    if !text.trim_start().starts_with('{') {
+        return Err(JobError::NotJson("the body must be a JSON object".to_owned()));
+    }
+    let wire: Wire<'_> = serde_json::from_str(text).map_err(wire_error)?;
+
+    if let Some(v) = typed::<u64>("v", wire.v, "the integer 1")? {
+        if v != 1 {
+            return Err(JobError::field("v", format!("is {v}; this worker reads version 1")));
+        }
+    }
+    let id = match typed::<String>("id", wire.id, "a string")? {
+        Some(id) => JobId::parse(id)?,
+        None => match message_id.filter(|m| !m.is_empty()) {
+            Some(m) => JobId::parse(m.to_owned())?,
+            None => JobId::generate(),
+        },
+    };
+    let app = match typed::<String>("app", wire.app, "a string")? {
+        Some(app) => AppName::parse(app)?,
+        None => AppName::default(),
+    };
+    let tokens = match (
+        typed::<String>("token", wire.token, "a string")?,
+        typed::<Vec<String>>("tokens", wire.tokens, "an array of strings")?,
+    ) {
+        (Some(token), None) => vec![DeviceToken::parse("token", &token)?],
+        (None, Some(list)) => parse_tokens(&list)?,
+        _ => return Err(JobError::TokenCount),
+    };
+    let topic = typed::<String>("topic", wire.topic, "a string")?
+        .map(Topic::parse)
+        .transpose()?;
+    let push_type = typed::<String>("push_type", wire.push_type, "a string")?
+        .map(|p| PushType::parse(&p))
+        .transpose()?
+        .unwrap_or(PushType::Alert);
+    let priority = typed::<i64>("priority", wire.priority, "an integer")?
+        .map(Priority::parse)
+        .transpose()?;
+    let expiration = typed::<u64>(
+        "expiration",
+        wire.expiration,
+        "a non-negative integer (unix seconds)",
+    )?;
+    let collapse_id = typed::<String>("collapse_id", wire.collapse_id, "a string")?
+        .map(CollapseId::parse)
+        .transpose()?;
+    let apns_id = typed::<String>("apns_id", wire.apns_id, "a string")?
+        .map(|s| ApnsId::parse(&s))
+        .transpose()?;
+    if apns_id.is_some() && wire.tokens.is_some() {
+        return Err(JobError::ApnsIdWithTokens);
+    }
+
+    let payload = payload::build(&wire)?;
+    let limit = push_type.payload_limit();
+    if payload.len() > limit {
+        return Err(JobError::PayloadTooLarge {
+            size: payload.len(),
+            limit,
+            push_type,
+        });
+    }
+
+    Ok(Job {
+        id,
+        app,
+        tokens,
+        topic,
+        push_type,
+        priority,
+        expiration,
+        collapse_id,
+        apns_id,
+        payload,
+    })
+}
+
+fn wire_error(e: serde_json::Error) -> JobError {
+    let text = e.to_string();
+    // serde reports unknown fields as "unknown field `x`, expected one of ...";
+    // the field name alone is what a publisher needs to fix a typo.
+    if let Some(rest) = text.strip_prefix("unknown field `") {
+        if let Some(end) = rest.find('`') {
+            return JobError::UnknownField(rest[..end].to_owned());
+        }
+    }
+    JobError::NotJson(text)
+}
+
+fn parse_tokens(list: &[String]) -> Result<Vec<DeviceToken>, JobError> {
+    if list.is_empty() || list.len() > MAX_TOKENS {
+        return Err(JobError::field(
+            "tokens",
+            format!("holds {} tokens; 1 to {MAX_TOKENS} are allowed", list.len()),
+        ));
+    }
+    let mut seen = HashSet::with_capacity(list.len());
+    let mut tokens = Vec::with_capacity(list.len());
+    for raw in list {
+        let token = DeviceToken::parse("tokens", raw)?;
+        if !seen.insert(token.clone()) {
+            return Err(JobError::field(
+                "tokens",
+                format!("lists {} more than once", token.as_str()),
+            ));
+        }
+        tokens.push(token);
+    }
+    Ok(tokens)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,297 @@
+//! Domain types of the job contract. Each is built only through its `parse`, so
+//! holding one proves the rule it stands for.
+
+use super::JobError;
+use std::fmt;
+
+/// An APNs device token: hexadecimal, even length, 16 to 200 characters.
+/// Stored in lower case so that "AB.." and "ab.." are recognised as the same device.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceToken(String);
+
+impl DeviceToken {
+    pub fn parse(field: &'static str, raw: &str) -> Result<Self, JobError> {
+        let len = raw.len();
+        if !(16..=200).contains(&len) || len % 2 != 0 {
+            return Err(JobError::field(
+                field,
+                format!("has a token of {len} characters; a device token has an even length from 16 to 200"),
+            ));
+        }
+        if !raw.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(JobError::field(
+                field,
+                format!("has a token that is not hexadecimal: {raw:?}"),
+            ));
+        }
+        Ok(DeviceToken(raw.to_ascii_lowercase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DeviceToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An `apns-topic`: usually the app's bundle id, with a suffix for some push types.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Topic(String);
+
+impl Topic {
+    pub fn parse(raw: String) -> Result<Self, JobError> {
+        if raw.is_empty() || raw.len() > 255 {
+            return Err(JobError::field("topic", "must hold 1 to 255 characters"));
+        }
+        // The topic travels as an HTTP header value: no spaces or control characters.
+        if !raw.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(JobError::field(
+                "topic",
+                format!("{raw:?} has characters a bundle id cannot have"),
+            ));
+        }
+        Ok(Topic(raw))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `apns-push-type`. Our own enum: `a2` 0.10 lacks complication, widgets and controls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PushType {
+    Alert,
+    Background,
+    Voip,
+    Complication,
+    FileProvider,
+    Mdm,
+    LiveActivity,
+    Location,
+    PushToTalk,
+    Widgets,
+    Controls,
+}
+
+impl PushType {
+    pub const ALL: [PushType; 11] = [
+        PushType::Alert,
+        PushType::Background,
+        PushType::Voip,
+        PushType::Complication,
+        PushType::FileProvider,
+        PushType::Mdm,
+        PushType::LiveActivity,
+        PushType::Location,
+        PushType::PushToTalk,
+        PushType::Widgets,
+        PushType::Controls,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PushType::Alert => "alert",
+            PushType::Background => "background",
+            PushType::Voip => "voip",
+            PushType::Complication => "complication",
+            PushType::FileProvider => "fileprovider",
+            PushType::Mdm => "mdm",
+            PushType::LiveActivity => "liveactivity",
+            PushType::Location => "location",
+            PushType::PushToTalk => "pushtotalk",
+            PushType::Widgets => "widgets",
+            PushType::Controls => "controls",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, JobError> {
+        PushType::ALL
+            .into_iter()
+            .find(|p| p.as_str() == raw)
+            .ok_or_else(|| {
+                let names: Vec<_> = PushType::ALL.iter().map(|p| p.as_str()).collect();
+                JobError::field(
+                    "push_type",
+                    format!("is {raw:?}; expected one of {}", names.join(", ")),
+                )
+            })
+    }
+
+    /// APNs' payload limit in bytes: 5120 for VoIP, 4096 for everything else.
+    pub fn payload_limit(self) -> usize {
+        match self {
+            PushType::Voip => 5120,
+            _ => 4096,
+        }
+    }
+}
+
+impl fmt::Display for PushType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `apns-priority`. Our own enum: `a2` 0.10 has no priority 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Priority {
+    /// 10: deliver immediately.
+    Immediate,
+    /// 5: deliver considering the device's power.
+    ConservePower,
+    /// 1: prioritise the device's power over all else.
+    Low,
+}
+
+impl Priority {
+    pub fn parse(raw: i64) -> Result<Self, JobError> {
+        match raw {
+            10 => Ok(Priority::Immediate),
+            5 => Ok(Priority::ConservePower),
+            1 => Ok(Priority::Low),
+            other => Err(JobError::field(
+                "priority",
+                format!("is {other}; expected 10, 5 or 1"),
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Immediate => "10",
+            Priority::ConservePower => "5",
+            Priority::Low => "1",
+        }
+    }
+}
+
+/// The job's id: from the body, else the AMQP `message_id`, else generated.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct JobId(String);
+
+impl JobId {
+    pub fn parse(raw: String) -> Result<Self, JobError> {
+        let chars = raw.chars().count();
+        if chars == 0 || chars > 128 {
+            return Err(JobError::field(
+                "id",
+                format!("has {chars} characters; 1 to 128 are allowed"),
+            ));
+        }
+        Ok(JobId(raw))
+    }
+
+    pub fn generate() -> Self {
+        JobId(uuid::Uuid::new_v4().to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The credentials profile a job is sent with. It becomes the first word of the
+/// feedback routing key `<app>.<reason>`, so it may not contain dots or wildcards.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AppName(String);
+
+impl AppName {
+    pub fn parse(raw: String) -> Result<Self, JobError> {
+        let ok_len = (1..=64).contains(&raw.len());
+        let ok_chars = raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !ok_len || !ok_chars {
+            return Err(JobError::field(
+                "app",
+                format!("is {raw:?}; use 1 to 64 letters, digits, '_' or '-'"),
+            ));
+        }
+        Ok(AppName(raw))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for AppName {
+    fn default() -> Self {
+        AppName("default".to_owned())
+    }
+}
+
+impl fmt::Display for AppName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `apns-collapse-id`: at most 64 bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollapseId(String);
+
+impl CollapseId {
+    pub fn parse(raw: String) -> Result<Self, JobError> {
+        if raw.is_empty() || raw.len() > 64 {
+            return Err(JobError::field(
+                "collapse_id",
+                format!("is {} bytes; 1 to 64 are allowed", raw.len()),
+            ));
+        }
+        if raw.bytes().any(|b| b.is_ascii_control()) {
+            return Err(JobError::field("collapse_id", "has control characters"));
+        }
+        Ok(CollapseId(raw))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `apns-id`: a canonical UUID, 8-4-4-4-12 hexadecimal digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ApnsId(uuid::Uuid);
+
+impl ApnsId {
+    pub fn parse(raw: &str) -> Result<Self, JobError> {
+        let canonical = raw.len() == 36
+            && raw
+                .char_indices()
+                .all(|(i, c)| matches!(i, 8 | 13 | 18 | 23) == (c == '-'));
+        match uuid::Uuid::try_parse(raw) {
+            Ok(id) if canonical => Ok(ApnsId(id)),
+            _ => Err(JobError::field(
+                "apns_id",
+                format!("is {raw:?}; expected a UUID like 123e4567-e89b-12d3-a456-4266554400a0"),
+            )),
+        }
+    }
+
+    pub fn new_random() -> Self {
+        ApnsId(uuid::Uuid::new_v4())
+    }
+
+    /// Lower-case hyphenated form, as APNs echoes it.
+    pub fn to_header(self) -> String {
+        self.0.hyphenated().to_string()
+    }
+}

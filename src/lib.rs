@@ -1,0 +1,5 @@
+//! Misiva delivers Apple push notifications from RabbitMQ.
+//!
+//! See ARCHITECTURE.md at the repository root for the map of this crate.
+
+pub mod job;
