@@ -3,3 +3,7 @@
 //! See ARCHITECTURE.md at the repository root for the map of this crate.
 
 pub mod job;
+pub mod outcome;
+pub mod config;
+pub mod jwt;
+pub mod apns;

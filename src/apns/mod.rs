@@ -1,0 +1,221 @@
+//! The APNs side: one client per app (credentials profile), each with its own
+//! connection, provider token and default topic. Only this module (and the
+//! simulator) speaks HTTP/2.
+
+mod auth;
+mod connection;
+mod tls;
+
+pub use auth::ProviderToken;
+pub use connection::{ConnectError, Connection, Target};
+pub use tls::{TlsError, client_config};
+
+use crate::config::{AppConfig, Auth, Config};
+use crate::job::{DeviceToken, Job, Topic};
+use crate::jwt::{KeyError, SigningKey};
+use crate::outcome::{ApnsAnswer, TokenOutcome, classify};
+use bytes::Bytes;
+use http::HeaderValue;
+use http_body_util::Full;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A problem with an app's APNs settings: reported at start, never retried.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("app {app:?}: {source}")]
+    Key { app: String, source: KeyError },
+    #[error("app {app:?}: {source}")]
+    Tls { app: String, source: TlsError },
+    #[error("app {app:?}: certificate auth is not supported by this version; use token auth (.p8)")]
+    CertificateAuth { app: String },
+    #[error("app {app:?}: topic {topic:?} is not a valid apns-topic")]
+    Topic { app: String, topic: String },
+}
+
+/// Everything of a job that is the same for each of its tokens, prepared once.
+#[derive(Debug, Clone)]
+pub struct JobRequest {
+    topic: Option<HeaderValue>,
+    push_type: HeaderValue,
+    priority: Option<HeaderValue>,
+    expiration: Option<HeaderValue>,
+    collapse_id: Option<HeaderValue>,
+    apns_id: Option<HeaderValue>,
+    payload: Bytes,
+}
+
+impl JobRequest {
+    /// `default_topic` is the app's, used when the job names none.
+    pub fn new(job: &Job, default_topic: Option<&Topic>) -> JobRequest {
+        // Every value below was validated by `job::decode` to be printable ASCII,
+        // so conversion to a header value cannot fail; `.ok()` keeps it total.
+        let value = |s: &str| HeaderValue::from_str(s).ok();
+        JobRequest {
+            topic: job.topic.as_ref().or(default_topic).and_then(|t| value(t.as_str())),
+            push_type: HeaderValue::from_static(job.push_type.as_str()),
+            priority: job.priority.map(|p| HeaderValue::from_static(p.as_str())),
+            expiration: job.expiration.map(HeaderValue::from),
+            collapse_id: job.collapse_id.as_ref().and_then(|c| value(c.as_str())),
+            apns_id: job.apns_id.and_then(|id| value(&id.to_header())),
+            payload: job.payload.clone(),
+        }
+    }
+}
+
+/// The client of one app.
+#[derive(Debug, Clone)]
+pub struct ApnsClient {
+    inner: Arc<ClientInner>,
+}
+
+#[derive(Debug)]
+struct ClientInner {
+    connection: Connection,
+    token: ProviderToken,
+    /// `https://host:port`, the scheme and authority of every request URI.
+    base: String,
+    topic: Option<Topic>,
+    request_timeout: Duration,
+    target: Target,
+}
+
+impl ApnsClient {
+    /// Builds the client of one app: reads its key and CA (errors here are
+    /// configuration errors), and starts its connection actor.
+    pub fn new(app: &str, config: &AppConfig) -> Result<ApnsClient, SetupError> {
+        let token = match &config.auth {
+            Auth::Token {
+                key_file,
+                key_id,
+                team_id,
+            } => {
+                let key = SigningKey::from_file(key_file).map_err(|source| SetupError::Key {
+                    app: app.to_owned(),
+                    source,
+                })?;
+                ProviderToken::new(key, key_id.clone(), team_id.clone())
+            }
+            Auth::Certificate { .. } => {
+                return Err(SetupError::CertificateAuth {
+                    app: app.to_owned(),
+                });
+            }
+        };
+        let tls = client_config(config.ca_file.as_deref()).map_err(|source| SetupError::Tls {
+            app: app.to_owned(),
+            source,
+        })?;
+        let topic = config
+            .topic
+            .clone()
+            .map(|t| {
+                Topic::parse(t.clone()).map_err(|_| SetupError::Topic {
+                    app: app.to_owned(),
+                    topic: t,
+                })
+            })
+            .transpose()?;
+        let target = Target {
+            host: config.endpoint.host().to_owned(),
+            port: config.endpoint.port(),
+            tls,
+        };
+        let base = if target.port == 443 {
+            format!("https://{}", target.host)
+        } else {
+            format!("https://{}:{}", target.host, target.port)
+        };
+        Ok(ApnsClient {
+            inner: Arc::new(ClientInner {
+                connection: Connection::start(target.clone()),
+                token,
+                base,
+                topic,
+                request_timeout: config.request_timeout,
+                target,
+            }),
+        })
+    }
+
+    pub fn default_topic(&self) -> Option<&Topic> {
+        self.inner.topic.as_ref()
+    }
+
+    /// Connects once to prove the endpoint and CA are right.
+    pub async fn probe(&self) -> Result<(), ConnectError> {
+        Connection::probe(&self.inner.target).await
+    }
+
+    /// Sends the job's notification to one device. An `ExpiredProviderToken`
+    /// answer renews the token and retries once, at once (CONTRACT §3).
+    pub async fn send(&self, job: &JobRequest, token: &DeviceToken) -> ApnsAnswer {
+        let inner = &self.inner;
+        let bearer = inner.token.header();
+        let answer = inner
+            .connection
+            .send(self.request(job, token, &bearer), inner.request_timeout)
+            .await;
+        if let TokenOutcome::Credentials { renew: true, .. } = classify(&answer) {
+            if let Some(renewed) = inner.token.renew_after_rejection(&bearer) {
+                return inner
+                    .connection
+                    .send(self.request(job, token, &renewed), inner.request_timeout)
+                    .await;
+            }
+        }
+        answer
+    }
+
+    fn request(&self, job: &JobRequest, token: &DeviceToken, bearer: &str) -> http::Request<Full<Bytes>> {
+        let uri = format!("{}/3/device/{}", self.inner.base, token.as_str());
+        let mut builder = http::Request::post(uri)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header("apns-push-type", job.push_type.clone());
+        if let Ok(value) = HeaderValue::from_str(bearer) {
+            builder = builder.header(http::header::AUTHORIZATION, value);
+        }
+        let optional = [
+            ("apns-topic", &job.topic),
+            ("apns-priority", &job.priority),
+            ("apns-expiration", &job.expiration),
+            ("apns-collapse-id", &job.collapse_id),
+            ("apns-id", &job.apns_id),
+        ];
+        for (name, value) in optional {
+            if let Some(value) = value {
+                builder = builder.header(name, value.clone());
+            }
+        }
+        builder
+            .body(Full::new(job.payload.clone()))
+            // The URI is our base (validated at start) and a hex token, and every
+            // header is a valid value: building cannot fail.
+            .expect("an APNs request built from validated parts")
+    }
+}
+
+/// The clients of every configured app, by app name.
+#[derive(Debug, Clone, Default)]
+pub struct Apns {
+    clients: HashMap<String, ApnsClient>,
+}
+
+impl Apns {
+    pub fn from_config(config: &Config) -> Result<Apns, SetupError> {
+        let mut clients = HashMap::new();
+        for (name, app) in &config.apps {
+            clients.insert(name.clone(), ApnsClient::new(name, app)?);
+        }
+        Ok(Apns { clients })
+    }
+
+    pub fn client(&self, app: &str) -> Option<&ApnsClient> {
+        self.clients.get(app)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &ApnsClient)> {
+        self.clients.iter()
+    }
+}

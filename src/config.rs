@@ -1,0 +1,459 @@
+//! Settings: an optional TOML file (`--config` / `MISIVA_CONFIG`) overridden by the
+//! `MISIVA_*` environment variables of CONTRACT §4. Every mistake is a
+//! [`ConfigError`] reported at start; configuration never causes a restart.
+
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A value that must never reach a log, an error or a metric. `Debug` and
+/// `Display` print a placeholder; [`Secret::expose`] is the only way in.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(value: T) -> Self {
+        Secret(value)
+    }
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl<T> fmt::Display for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{name} is {value:?}: {problem}")]
+    Invalid {
+        name: String,
+        value: String,
+        problem: String,
+    },
+    #[error("app {app:?}: {problem}")]
+    App { app: String, problem: String },
+}
+
+fn invalid(name: &str, value: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        name: name.to_owned(),
+        value: value.into(),
+        problem: problem.into(),
+    }
+}
+
+/// Where an app's notifications go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Production,
+    Sandbox,
+    /// Anything else speaking APNs over HTTP/2 + TLS: the simulator, a proxy.
+    Custom { host: String, port: u16 },
+}
+
+impl Endpoint {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        match raw {
+            "production" => return Ok(Endpoint::Production),
+            "sandbox" | "development" => return Ok(Endpoint::Sandbox),
+            _ => {}
+        }
+        let rest = raw
+            .strip_prefix("https://")
+            .ok_or("expected production, sandbox or https://host:port")?;
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
+                let port = port.parse().map_err(|_| format!("bad port {port:?}"))?;
+                (host, port)
+            }
+            _ => (rest, 443),
+        };
+        if host.is_empty() || host.contains('/') {
+            return Err("expected https://host:port without a path".into());
+        }
+        Ok(Endpoint::Custom {
+            host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            port,
+        })
+    }
+
+    pub fn host(&self) -> &str {
+        match self {
+            Endpoint::Production => "api.push.apple.com",
+            Endpoint::Sandbox => "api.sandbox.push.apple.com",
+            Endpoint::Custom { host, .. } => host,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        match self {
+            Endpoint::Custom { port, .. } => *port,
+            _ => 443,
+        }
+    }
+}
+
+/// How an app proves itself to APNs.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// Token auth: an ES256 `.p8` key (PKCS#8 PEM), its key id and the team id.
+    Token {
+        key_file: PathBuf,
+        key_id: String,
+        team_id: String,
+    },
+    /// Certificate auth: PKCS#12 (with password) or PEM certificate + key.
+    Certificate {
+        cert_file: PathBuf,
+        password: Option<Secret<String>>,
+    },
+}
+
+/// One credentials profile (`[apps.<name>]`).
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub endpoint: Endpoint,
+    pub ca_file: Option<PathBuf>,
+    pub auth: Auth,
+    pub topic: Option<String>,
+    pub connections: usize,
+    /// How long one request may wait for its answer.
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub amqp_url: Secret<String>,
+    pub queue: String,
+    pub dead_letter_queue: String,
+    pub feedback_exchange: String,
+    pub feedback_queue: String,
+    pub consumers: usize,
+    pub prefetch: u16,
+    pub apps: BTreeMap<String, AppConfig>,
+    pub admin_addr: String,
+    pub log: String,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// The file's shape. Field names are the environment variables without the
+/// `MISIVA_` prefix, in lower case.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    amqp_url: Option<String>,
+    queue: Option<String>,
+    dead_letter_queue: Option<String>,
+    feedback_exchange: Option<String>,
+    feedback_queue: Option<String>,
+    consumers: Option<usize>,
+    prefetch: Option<u16>,
+    admin_addr: Option<String>,
+    log: Option<String>,
+    log_format: Option<String>,
+    #[serde(default)]
+    apps: BTreeMap<String, FileApp>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileApp {
+    endpoint: Option<String>,
+    ca_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    key_id: Option<String>,
+    team_id: Option<String>,
+    cert_file: Option<PathBuf>,
+    cert_password: Option<String>,
+    topic: Option<String>,
+    connections: Option<usize>,
+    request_timeout_ms: Option<u64>,
+}
+
+pub const DEFAULT_PREFETCH: u16 = 500;
+pub const DEFAULT_CONNECTIONS: usize = 1;
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Config {
+    /// Loads from the process environment and the file it names, if any.
+    pub fn load(file: Option<PathBuf>) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("MISIVA_"))
+            .collect();
+        let file = file.or_else(|| env.get("MISIVA_CONFIG").map(PathBuf::from));
+        let parsed = match &file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        Config::from_parts(parsed, &env)
+    }
+
+    /// Loads from an explicit environment map; tests use this.
+    pub fn from_env_map(env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        Config::from_parts(FileConfig::default(), env)
+    }
+
+    fn from_parts(file: FileConfig, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let var = |name: &str| env.get(name).filter(|v| !v.is_empty()).cloned();
+        let number = |name: &str, file_value: Option<u64>| -> Result<Option<u64>, ConfigError> {
+            match var(name) {
+                Some(v) => v
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| invalid(name, v, "expected a whole number")),
+                None => Ok(file_value),
+            }
+        };
+
+        let amqp_url = var("MISIVA_AMQP_URL")
+            .or(file.amqp_url)
+            .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+        if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
+            // The URL may hold a password: name the variable, not the value.
+            return Err(invalid(
+                "MISIVA_AMQP_URL",
+                "(hidden)",
+                "expected amqp://user:pass@host:port/vhost or amqps://...",
+            ));
+        }
+        let queue = var("MISIVA_QUEUE")
+            .or(file.queue)
+            .unwrap_or_else(|| "misiva.jobs".into());
+        let dead_letter_queue = file
+            .dead_letter_queue
+            .unwrap_or_else(|| format!("{queue}.dead"));
+        let feedback_exchange = file
+            .feedback_exchange
+            .unwrap_or_else(|| "misiva.feedback".into());
+        let feedback_queue = file
+            .feedback_queue
+            .unwrap_or_else(|| feedback_exchange.clone());
+        let consumers = number("MISIVA_CONSUMERS", file.consumers.map(|c| c as u64))?.unwrap_or(2);
+        if !(1..=256).contains(&consumers) {
+            return Err(invalid("MISIVA_CONSUMERS", consumers.to_string(), "expected 1 to 256"));
+        }
+        let prefetch = number("MISIVA_PREFETCH", file.prefetch.map(u64::from))?
+            .unwrap_or(u64::from(DEFAULT_PREFETCH));
+        if !(1..=u64::from(u16::MAX)).contains(&prefetch) {
+            return Err(invalid("MISIVA_PREFETCH", prefetch.to_string(), "expected 1 to 65535"));
+        }
+        let log_format = match var("MISIVA_LOG_FORMAT")
+            .or(file.log_format)
+            .as_deref()
+            .unwrap_or("json")
+        {
+            "json" => LogFormat::Json,
+            "text" => LogFormat::Text,
+            other => return Err(invalid("MISIVA_LOG_FORMAT", other, "expected json or text")),
+        };
+
+        // The environment describes the `default` app, on top of its file section.
+        let mut apps_raw = file.apps;
+        let default = apps_raw.entry("default".to_owned()).or_default();
+        let overrides: [(&str, &mut Option<String>); 5] = [
+            ("MISIVA_APNS_ENDPOINT", &mut default.endpoint),
+            ("MISIVA_APNS_KEY_ID", &mut default.key_id),
+            ("MISIVA_APNS_TEAM_ID", &mut default.team_id),
+            ("MISIVA_APNS_CERT_PASSWORD", &mut default.cert_password),
+            ("MISIVA_APNS_TOPIC", &mut default.topic),
+        ];
+        for (name, slot) in overrides {
+            if let Some(v) = var(name) {
+                *slot = Some(v);
+            }
+        }
+        for (name, slot) in [
+            ("MISIVA_APNS_CA_FILE", &mut default.ca_file),
+            ("MISIVA_APNS_KEY_FILE", &mut default.key_file),
+            ("MISIVA_APNS_CERT_FILE", &mut default.cert_file),
+        ] {
+            if let Some(v) = var(name) {
+                *slot = Some(PathBuf::from(v));
+            }
+        }
+        if let Some(n) = number("MISIVA_APNS_CONNECTIONS", None)? {
+            default.connections = Some(n as usize);
+        }
+
+        let mut apps = BTreeMap::new();
+        for (name, raw) in apps_raw {
+            let has_credentials = raw.key_file.is_some() || raw.cert_file.is_some();
+            if name == "default" && !has_credentials && raw.key_id.is_none() {
+                // A deployment with only named apps in its file needs no default.
+                continue;
+            }
+            apps.insert(name.clone(), app_config(&name, raw)?);
+        }
+        if apps.is_empty() {
+            return Err(ConfigError::App {
+                app: "default".into(),
+                problem: "no APNs credentials: set MISIVA_APNS_KEY_FILE, MISIVA_APNS_KEY_ID and MISIVA_APNS_TEAM_ID (token auth) or MISIVA_APNS_CERT_FILE (certificate auth), or configure [apps.<name>] in the config file".into(),
+            });
+        }
+
+        Ok(Config {
+            amqp_url: Secret::new(amqp_url),
+            queue,
+            dead_letter_queue,
+            feedback_exchange,
+            feedback_queue,
+            consumers: consumers as usize,
+            prefetch: prefetch as u16,
+            apps,
+            admin_addr: var("MISIVA_ADMIN_ADDR")
+                .or(file.admin_addr)
+                .unwrap_or_else(|| "0.0.0.0:9090".into()),
+            log: var("MISIVA_LOG").or(file.log).unwrap_or_else(|| "info".into()),
+            log_format,
+        })
+    }
+}
+
+fn app_config(name: &str, raw: FileApp) -> Result<AppConfig, ConfigError> {
+    let app_err = |problem: String| ConfigError::App {
+        app: name.to_owned(),
+        problem,
+    };
+    let endpoint = Endpoint::parse(raw.endpoint.as_deref().unwrap_or("production"))
+        .map_err(|p| app_err(format!("endpoint: {p}")))?;
+    let auth = match (raw.key_file, raw.cert_file) {
+        (Some(key_file), None) => Auth::Token {
+            key_file,
+            key_id: raw
+                .key_id
+                .ok_or_else(|| app_err("token auth needs a key id (MISIVA_APNS_KEY_ID)".into()))?,
+            team_id: raw
+                .team_id
+                .ok_or_else(|| app_err("token auth needs a team id (MISIVA_APNS_TEAM_ID)".into()))?,
+        },
+        (None, Some(cert_file)) => Auth::Certificate {
+            cert_file,
+            password: raw.cert_password.map(Secret::new),
+        },
+        (Some(_), Some(_)) => {
+            return Err(app_err(
+                "both a token key and a certificate are configured; choose one".into(),
+            ));
+        }
+        (None, None) => {
+            return Err(app_err(
+                "no credentials: set key_file, key_id and team_id, or cert_file".into(),
+            ));
+        }
+    };
+    let connections = raw.connections.unwrap_or(DEFAULT_CONNECTIONS);
+    if !(1..=64).contains(&connections) {
+        return Err(app_err(format!("connections is {connections}; expected 1 to 64")));
+    }
+    Ok(AppConfig {
+        endpoint,
+        ca_file: raw.ca_file,
+        auth,
+        topic: raw.topic,
+        connections,
+        request_timeout: raw
+            .request_timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(DEFAULT_REQUEST_TIMEOUT),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    const TOKEN_AUTH: [(&str, &str); 3] = [
+        ("MISIVA_APNS_KEY_FILE", "/k.p8"),
+        ("MISIVA_APNS_KEY_ID", "KEY1"),
+        ("MISIVA_APNS_TEAM_ID", "TEAM1"),
+    ];
+
+    #[test]
+    fn defaults_from_the_contract() {
+        let c = Config::from_env_map(&env(&TOKEN_AUTH)).unwrap();
+        assert_eq!(c.amqp_url.expose(), "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(c.queue, "misiva.jobs");
+        assert_eq!(c.dead_letter_queue, "misiva.jobs.dead");
+        assert_eq!(c.feedback_exchange, "misiva.feedback");
+        assert_eq!(c.consumers, 2);
+        assert_eq!(c.prefetch, DEFAULT_PREFETCH);
+        assert_eq!(c.log_format, LogFormat::Json);
+        let app = &c.apps["default"];
+        assert_eq!(app.endpoint, Endpoint::Production);
+        assert!(matches!(&app.auth, Auth::Token { key_id, .. } if key_id == "KEY1"));
+    }
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(Endpoint::parse("sandbox").unwrap().host(), "api.sandbox.push.apple.com");
+        let e = Endpoint::parse("https://127.0.0.1:8443").unwrap();
+        assert_eq!((e.host(), e.port()), ("127.0.0.1", 8443));
+        assert_eq!(Endpoint::parse("https://sim.local").unwrap().port(), 443);
+        assert!(Endpoint::parse("http://x:1").is_err());
+        assert!(Endpoint::parse("https://x:notaport").is_err());
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let mut e = env(&TOKEN_AUTH);
+        e.insert("MISIVA_CONSUMERS".into(), "lots".into());
+        let msg = Config::from_env_map(&e).unwrap_err().to_string();
+        assert!(msg.contains("MISIVA_CONSUMERS"), "{msg}");
+        let msg = Config::from_env_map(&env(&[])).unwrap_err().to_string();
+        assert!(msg.contains("MISIVA_APNS_KEY_FILE"), "{msg}");
+        let msg = Config::from_env_map(&env(&TOKEN_AUTH[..2])).unwrap_err().to_string();
+        assert!(msg.contains("team id"), "{msg}");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let mut e = env(&TOKEN_AUTH);
+        e.insert("MISIVA_AMQP_URL".into(), "amqp://u:hunter2@h:5672/%2f".into());
+        let c = Config::from_env_map(&e).unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        e.insert("MISIVA_AMQP_URL".into(), "tcp://u:hunter2@h".into());
+        assert!(!Config::from_env_map(&e).unwrap_err().to_string().contains("hunter2"));
+    }
+}

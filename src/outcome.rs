@@ -1,0 +1,351 @@
+//! The contract's outcome rules (CONTRACT §3), in one place and without I/O:
+//! [`classify`] turns one APNs answer into a [`TokenOutcome`]; [`settle`] turns the
+//! outcomes of a whole job into the one [`Settlement`] the AMQP shell carries out.
+//! Nothing else in the crate decides between ack, requeue and dead letter.
+
+use crate::job::DeviceToken;
+
+/// What came back for one device token's request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApnsAnswer {
+    /// APNs answered: the HTTP status, the `reason` of the JSON body when there was
+    /// one, and the `timestamp` (ms) that 410 answers carry.
+    Status {
+        code: u16,
+        reason: Option<String>,
+        timestamp_ms: Option<u64>,
+    },
+    /// No answer: connection lost, GOAWAY before processing, deadline passed, TLS.
+    Transport(String),
+}
+
+/// The fate of one token (CONTRACT §3, "outcome" column).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenOutcome {
+    Delivered,
+    /// The token is dead or wrong: tell the app, settle the token.
+    Feedback {
+        reason: String,
+        timestamp_ms: Option<u64>,
+    },
+    /// The request can never succeed as it is: dead letter.
+    Permanent { status: u16, reason: String },
+    /// The app's credentials were refused. `renew` means "a new provider token
+    /// fixes it" (`ExpiredProviderToken`), which the APNs client does at once.
+    Credentials {
+        status: u16,
+        reason: String,
+        renew: bool,
+    },
+    /// Worth trying again later.
+    Transient { detail: String },
+}
+
+/// The classification table. Every APNs status and reason from Apple's
+/// documentation has a row; unknown reasons fall back to their status class.
+pub fn classify(answer: &ApnsAnswer) -> TokenOutcome {
+    let (code, reason, timestamp_ms) = match answer {
+        ApnsAnswer::Transport(detail) => {
+            return TokenOutcome::Transient {
+                detail: detail.clone(),
+            };
+        }
+        ApnsAnswer::Status {
+            code,
+            reason,
+            timestamp_ms,
+        } => (*code, reason.as_deref().unwrap_or(""), *timestamp_ms),
+    };
+    let feedback = |reason: &str| TokenOutcome::Feedback {
+        reason: reason.to_owned(),
+        timestamp_ms,
+    };
+    let permanent = |reason: &str| TokenOutcome::Permanent {
+        status: code,
+        reason: if reason.is_empty() {
+            format!("Http{code}")
+        } else {
+            reason.to_owned()
+        },
+    };
+    let credentials = |renew: bool| TokenOutcome::Credentials {
+        status: code,
+        reason: reason.to_owned(),
+        renew,
+    };
+    let transient = || TokenOutcome::Transient {
+        detail: if reason.is_empty() {
+            format!("APNs answered {code}")
+        } else {
+            format!("APNs answered {code} {reason}")
+        },
+    };
+    match (code, reason) {
+        (200, _) => TokenOutcome::Delivered,
+        (410, "") => feedback("Unregistered"),
+        (410, r) => feedback(r),
+        (400, r @ ("BadDeviceToken" | "DeviceTokenNotForTopic")) => feedback(r),
+        // IdleTimeout is a connection-level reason (sent with GOAWAY): try again.
+        (400, "IdleTimeout") => transient(),
+        (403, "ExpiredProviderToken") => credentials(true),
+        (403, _) => credentials(false),
+        (429, "TooManyProviderTokenUpdates") => credentials(false),
+        (429, _) => transient(),
+        (400 | 404 | 405 | 413, r) => permanent(r),
+        (500..=599, _) => transient(),
+        // A status Apple does not document: a client error will not fix itself,
+        // anything else may.
+        (400..=499, r) => permanent(r),
+        _ => transient(),
+    }
+}
+
+/// A token feedback event to publish (CONTRACT §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Feedback {
+    pub token: DeviceToken,
+    pub reason: String,
+    pub timestamp_ms: Option<u64>,
+}
+
+/// The single decision for one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    /// Every token is settled: publish the feedback events, then ack.
+    Ack { feedback: Vec<Feedback> },
+    /// Some token can never succeed and nothing is left to retry: publish the
+    /// feedback and a dead letter holding only those tokens, then ack.
+    DeadLetter {
+        feedback: Vec<Feedback>,
+        tokens: Vec<DeviceToken>,
+        reason: String,
+        detail: String,
+    },
+    /// Some token failed transiently: return the message to the queue.
+    /// (Delayed retry tiers replace this with a republish of the unsettled tokens.)
+    Requeue { detail: String },
+}
+
+/// The dead-letter reason of a job that failed validation.
+pub const INVALID_JOB: &str = "invalid_job";
+
+/// Combines the outcome of every token of one job into its settlement.
+pub fn settle(outcomes: Vec<(DeviceToken, TokenOutcome)>) -> Settlement {
+    let mut feedback = Vec::new();
+    let mut dead = Vec::new();
+    let mut first_dead: Option<(u16, String)> = None;
+    let mut retry: Option<String> = None;
+    for (token, outcome) in outcomes {
+        match outcome {
+            TokenOutcome::Delivered => {}
+            TokenOutcome::Feedback {
+                reason,
+                timestamp_ms,
+            } => feedback.push(Feedback {
+                token,
+                reason,
+                timestamp_ms,
+            }),
+            TokenOutcome::Permanent { status, reason } => {
+                first_dead.get_or_insert((status, reason));
+                dead.push(token);
+            }
+            TokenOutcome::Credentials { status, reason, .. } => {
+                retry.get_or_insert(format!("APNs refused the credentials: {status} {reason}"));
+            }
+            TokenOutcome::Transient { detail } => {
+                retry.get_or_insert(detail);
+            }
+        }
+    }
+    if let Some(detail) = retry {
+        return Settlement::Requeue { detail };
+    }
+    match first_dead {
+        Some((status, reason)) => Settlement::DeadLetter {
+            feedback,
+            detail: format!(
+                "APNs answered {status} {reason} for {} of the job's tokens",
+                dead.len()
+            ),
+            reason: snake_case(&reason),
+            tokens: dead,
+        },
+        None => Settlement::Ack { feedback },
+    }
+}
+
+/// `TopicDisallowed` → `topic_disallowed`: dead-letter reasons are snake_case codes.
+pub fn snake_case(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len() + 4);
+    for (i, c) in reason.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else {
+            out.push('_');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16, reason: &str) -> ApnsAnswer {
+        ApnsAnswer::Status {
+            code,
+            reason: (!reason.is_empty()).then(|| reason.to_owned()),
+            timestamp_ms: None,
+        }
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Kind {
+        Delivered,
+        Feedback,
+        Permanent,
+        Credentials,
+        Renew,
+        Transient,
+    }
+
+    fn kind(o: &TokenOutcome) -> Kind {
+        match o {
+            TokenOutcome::Delivered => Kind::Delivered,
+            TokenOutcome::Feedback { .. } => Kind::Feedback,
+            TokenOutcome::Permanent { .. } => Kind::Permanent,
+            TokenOutcome::Credentials { renew: true, .. } => Kind::Renew,
+            TokenOutcome::Credentials { renew: false, .. } => Kind::Credentials,
+            TokenOutcome::Transient { .. } => Kind::Transient,
+        }
+    }
+
+    /// Apple's full list of statuses and reasons, plus the unknowns.
+    #[test]
+    fn classification_table() {
+        use Kind::*;
+        let table = [
+            (200, "", Delivered),
+            (400, "BadCollapseId", Permanent),
+            (400, "BadDeviceToken", Feedback),
+            (400, "BadExpirationDate", Permanent),
+            (400, "BadMessageId", Permanent),
+            (400, "BadPriority", Permanent),
+            (400, "BadTopic", Permanent),
+            (400, "DeviceTokenNotForTopic", Feedback),
+            (400, "DuplicateHeaders", Permanent),
+            (400, "IdleTimeout", Transient),
+            (400, "InvalidPushType", Permanent),
+            (400, "MissingDeviceToken", Permanent),
+            (400, "MissingTopic", Permanent),
+            (400, "PayloadEmpty", Permanent),
+            (400, "TopicDisallowed", Permanent),
+            (400, "SomethingNew", Permanent),
+            (403, "BadCertificate", Credentials),
+            (403, "BadCertificateEnvironment", Credentials),
+            (403, "ExpiredProviderToken", Renew),
+            (403, "Forbidden", Credentials),
+            (403, "InvalidProviderToken", Credentials),
+            (403, "MissingProviderToken", Credentials),
+            (403, "UnrelatedKeyIdInToken", Credentials),
+            (403, "BadEnvironmentKeyIdInToken", Credentials),
+            (404, "BadPath", Permanent),
+            (405, "MethodNotAllowed", Permanent),
+            (410, "ExpiredToken", Feedback),
+            (410, "Unregistered", Feedback),
+            (410, "", Feedback),
+            (413, "PayloadTooLarge", Permanent),
+            (429, "TooManyProviderTokenUpdates", Credentials),
+            (429, "TooManyRequests", Transient),
+            (500, "InternalServerError", Transient),
+            (503, "ServiceUnavailable", Transient),
+            (503, "Shutdown", Transient),
+            (502, "", Transient),
+            (418, "", Permanent),
+            (302, "", Transient),
+        ];
+        for (code, reason, expected) in table {
+            assert_eq!(kind(&classify(&status(code, reason))), expected, "{code} {reason}");
+        }
+        assert_eq!(
+            classify(&ApnsAnswer::Transport("GOAWAY".into())),
+            TokenOutcome::Transient {
+                detail: "GOAWAY".into()
+            }
+        );
+        assert_eq!(
+            classify(&status(413, "")),
+            TokenOutcome::Permanent {
+                status: 413,
+                reason: "Http413".into()
+            }
+        );
+    }
+
+    #[test]
+    fn feedback_keeps_the_apns_timestamp() {
+        let answer = ApnsAnswer::Status {
+            code: 410,
+            reason: Some("Unregistered".into()),
+            timestamp_ms: Some(1_700_000_000_000),
+        };
+        assert_eq!(
+            classify(&answer),
+            TokenOutcome::Feedback {
+                reason: "Unregistered".into(),
+                timestamp_ms: Some(1_700_000_000_000)
+            }
+        );
+    }
+
+    fn token(n: u8) -> DeviceToken {
+        DeviceToken::parse("token", &format!("{n:02x}").repeat(32)).unwrap()
+    }
+
+    #[test]
+    fn settlement_rules() {
+        let delivered = TokenOutcome::Delivered;
+        let gone = classify(&status(410, "Unregistered"));
+        let bad_topic = classify(&status(400, "BadTopic"));
+        let busy = classify(&status(503, "ServiceUnavailable"));
+
+        assert_eq!(
+            settle(vec![(token(1), delivered.clone())]),
+            Settlement::Ack { feedback: vec![] }
+        );
+        assert_eq!(
+            settle(vec![(token(1), delivered.clone()), (token(2), gone.clone())]),
+            Settlement::Ack {
+                feedback: vec![Feedback {
+                    token: token(2),
+                    reason: "Unregistered".into(),
+                    timestamp_ms: None
+                }]
+            }
+        );
+        match settle(vec![(token(1), bad_topic.clone()), (token(2), delivered.clone())]) {
+            Settlement::DeadLetter { tokens, reason, .. } => {
+                assert_eq!(tokens, vec![token(1)]);
+                assert_eq!(reason, "bad_topic");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            settle(vec![(token(1), bad_topic), (token(2), busy), (token(3), gone)]),
+            Settlement::Requeue { .. }
+        ));
+    }
+
+    #[test]
+    fn reasons_become_snake_case() {
+        assert_eq!(snake_case("TopicDisallowed"), "topic_disallowed");
+        assert_eq!(snake_case("Http413"), "http413");
+        assert_eq!(snake_case("BadCollapseId"), "bad_collapse_id");
+    }
+}
