@@ -59,6 +59,8 @@ loopback_users.guest = true
 disk_free_limit.absolute = 50MB
 log.console = false
 log.file.level = warning
+# Fresh queue counts for list_queues (the demo and tests read them).
+collect_statistics_interval = 500
 CONF
   if running; then echo "broker: $node already running on port $port" >&2; return 0; fi
   nohup "$sbin/rabbitmq-server" >"$dir/server.out" 2>&1 &

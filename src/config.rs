@@ -154,6 +154,8 @@ pub struct Config {
     pub admin_addr: String,
     pub log: String,
     pub log_format: LogFormat,
+    /// How long a stopping worker may take to settle what is in flight.
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +179,7 @@ struct FileConfig {
     admin_addr: Option<String>,
     log: Option<String>,
     log_format: Option<String>,
+    shutdown_grace_secs: Option<u64>,
     #[serde(default)]
     apps: BTreeMap<String, FileApp>,
 }
@@ -340,6 +343,9 @@ impl Config {
                 .unwrap_or_else(|| "0.0.0.0:9090".into()),
             log: var("MISIVA_LOG").or(file.log).unwrap_or_else(|| "info".into()),
             log_format,
+            shutdown_grace: Duration::from_secs(
+                number("MISIVA_SHUTDOWN_GRACE", file.shutdown_grace_secs)?.unwrap_or(20),
+            ),
         })
     }
 }

@@ -113,11 +113,12 @@ pub struct Feedback {
 pub enum Settlement {
     /// Every token is settled: publish the feedback events, then ack.
     Ack { feedback: Vec<Feedback> },
-    /// Some token can never succeed and nothing is left to retry: publish the
-    /// feedback and a dead letter holding only those tokens, then ack.
+    /// Some token (or the whole job) can never succeed and nothing is left to
+    /// retry: publish the feedback and a dead letter, then ack. `tokens` names
+    /// the tokens the dead letter keeps; `None` keeps the body as it came.
     DeadLetter {
         feedback: Vec<Feedback>,
-        tokens: Vec<DeviceToken>,
+        tokens: Option<Vec<DeviceToken>>,
         reason: String,
         detail: String,
     },
@@ -128,6 +129,18 @@ pub enum Settlement {
 
 /// The dead-letter reason of a job that failed validation.
 pub const INVALID_JOB: &str = "invalid_job";
+/// The dead-letter reason of a job whose `app` has no credentials here.
+pub const UNKNOWN_APP: &str = "unknown_app";
+
+/// The settlement of a job that cannot even be attempted (invalid, unknown app).
+pub fn reject_job(reason: &str, detail: String) -> Settlement {
+    Settlement::DeadLetter {
+        feedback: Vec::new(),
+        tokens: None,
+        reason: reason.to_owned(),
+        detail,
+    }
+}
 
 /// Combines the outcome of every token of one job into its settlement.
 pub fn settle(outcomes: Vec<(DeviceToken, TokenOutcome)>) -> Settlement {
@@ -169,7 +182,7 @@ pub fn settle(outcomes: Vec<(DeviceToken, TokenOutcome)>) -> Settlement {
                 dead.len()
             ),
             reason: snake_case(&reason),
-            tokens: dead,
+            tokens: Some(dead),
         },
         None => Settlement::Ack { feedback },
     }
@@ -331,7 +344,7 @@ mod tests {
         );
         match settle(vec![(token(1), bad_topic.clone()), (token(2), delivered.clone())]) {
             Settlement::DeadLetter { tokens, reason, .. } => {
-                assert_eq!(tokens, vec![token(1)]);
+                assert_eq!(tokens, Some(vec![token(1)]));
                 assert_eq!(reason, "bad_topic");
             }
             other => panic!("{other:?}"),

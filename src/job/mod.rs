@@ -220,6 +220,25 @@ pub fn decode(body: &[u8], message_id: Option<&str>) -> Result<Job, JobError> {
     })
 }
 
+/// The body of a dead letter or retry that carries only `tokens` of the job:
+/// a fan-out job's `tokens` is replaced, everything else is kept. A single-token
+/// job (or a body that is not a job object) is returned unchanged.
+pub fn body_with_tokens(body: &[u8], tokens: &[DeviceToken]) -> Vec<u8> {
+    let Ok(mut object) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
+    else {
+        return body.to_vec();
+    };
+    if !object.contains_key("tokens") {
+        return body.to_vec();
+    }
+    let list = tokens
+        .iter()
+        .map(|t| serde_json::Value::String(t.as_str().to_owned()))
+        .collect();
+    object.insert("tokens".to_owned(), serde_json::Value::Array(list));
+    serde_json::to_vec(&object).unwrap_or_else(|_| body.to_vec())
+}
+
 fn wire_error(e: serde_json::Error) -> JobError {
     let text = e.to_string();
     // serde reports unknown fields as "unknown field `x`, expected one of ...";

@@ -184,3 +184,13 @@ fn oversized_and_non_utf8_bodies_are_rejected() {
     assert_eq!(decode(&big, None), Err(JobError::BodyTooLarge(MAX_BODY_BYTES + 1)));
     assert!(matches!(decode(&[0xff, 0xfe], None), Err(JobError::NotJson(_))));
 }
+
+#[test]
+fn dead_letter_bodies_keep_only_the_given_tokens() {
+    let body = json!({"tokens": [T1, T2], "alert": "x"}).to_string();
+    let t2 = DeviceToken::parse("t", T2).unwrap();
+    let out: Value = serde_json::from_slice(&body_with_tokens(body.as_bytes(), &[t2])).unwrap();
+    assert_eq!(out, json!({"tokens": [T2], "alert": "x"}));
+    let single = json!({"token": T1}).to_string();
+    assert_eq!(body_with_tokens(single.as_bytes(), &[]), single.as_bytes());
+}

@@ -1,0 +1,286 @@
+//! A consumer actor: one channel, one `basic.consume` with manual acks and a
+//! prefetch, one task per delivery in flight. Each delivery is handed to the
+//! [`Dispatcher`] and its settlement carried out here, in this order: feedback
+//! and dead letters published and confirmed, then the delivery acked (or nacked
+//! back to the queue). Nothing is acked before its outcome is settled.
+
+use super::publisher::{ConfirmChannel, header_string, headers};
+use super::{AmqpError, Broker, Topology};
+use crate::dispatch::{Dispatcher, Inbound, Verdict};
+use crate::job;
+use crate::outcome::{Feedback, Settlement};
+use futures_util::StreamExt;
+use lapin::BasicProperties;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Why a consumer stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerExit {
+    #[error("consumer {0} stopped on request")]
+    Stopped(usize),
+    #[error("consumer {index}: the broker ended the consumption ({detail})")]
+    Lost { index: usize, detail: String },
+    #[error(transparent)]
+    Amqp(#[from] AmqpError),
+}
+
+/// Counters shared by every consumer, for logs now and metrics later.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub acked: AtomicU64,
+    pub requeued: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub feedback: AtomicU64,
+    pub delivered: AtomicU64,
+}
+
+/// One consumer's settings and shared parts.
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    pub index: usize,
+    pub prefetch: u16,
+    pub topology: Arc<Topology>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub counters: Arc<Counters>,
+}
+
+impl Consumer {
+    /// Consumes until `stop` turns true (then cancels, finishes what is in
+    /// flight within `grace`, and returns `Stopped`) or the broker ends it.
+    pub async fn run(
+        self,
+        broker: &Broker,
+        mut stop: watch::Receiver<bool>,
+        grace: Duration,
+    ) -> Result<ConsumerExit, ConsumerExit> {
+        let channel = broker.channel().await?;
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(AmqpError::Channel)?;
+        // Feedback and dead letters go out on their own confirm channel, so the
+        // confirms never interleave with the deliveries' acks.
+        let publisher = ConfirmChannel::open(broker).await?;
+        let tag = format!("misiva-{}-{}", std::process::id(), self.index);
+        let mut deliveries = channel
+            .basic_consume(
+                self.topology.queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(AmqpError::Channel)?;
+        tracing::info!(consumer = self.index, queue = %self.topology.queue, prefetch = self.prefetch, "consuming");
+
+        // The tasks of the deliveries in flight; at most `prefetch` of them.
+        let mut in_flight = JoinSet::new();
+        let exit = loop {
+            tokio::select! {
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        break ConsumerExit::Stopped(self.index);
+                    }
+                }
+                Some(_) = in_flight.join_next() => {}
+                next = deliveries.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let worker = self.clone();
+                        let publisher = publisher.clone();
+                        in_flight.spawn(async move { worker.process(delivery, &publisher).await });
+                    }
+                    Some(Err(e)) => break ConsumerExit::Lost { index: self.index, detail: e.to_string() },
+                    None => break ConsumerExit::Lost { index: self.index, detail: "consumer cancelled".into() },
+                },
+            }
+        };
+
+        if let ConsumerExit::Stopped(_) = exit {
+            // Stop new deliveries first, then let the ones in flight settle.
+            if let Err(e) = channel
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await
+            {
+                tracing::warn!(consumer = self.index, error = %e, "basic.cancel failed");
+            }
+        }
+        let drained = tokio::time::timeout(grace, async {
+            while in_flight.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(consumer = self.index, left = in_flight.len(), "grace period over; unsettled deliveries return to the queue");
+            in_flight.abort_all();
+        }
+        publisher.close().await;
+        // Closing the channel returns every unacked delivery to the queue.
+        let _ = channel.close(200, "bye".into()).await;
+        match exit {
+            ConsumerExit::Stopped(_) => Ok(exit),
+            lost => Err(lost),
+        }
+    }
+
+    async fn process(&self, delivery: Delivery, publisher: &ConfirmChannel) {
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.as_str().to_owned());
+        let verdict = self
+            .dispatcher
+            .handle(Inbound {
+                body: &delivery.data,
+                message_id: message_id.as_deref(),
+            })
+            .await;
+        self.counters
+            .delivered
+            .fetch_add(verdict.delivered as u64, Ordering::Relaxed);
+        if let Err(e) = self.settle(&delivery, &verdict, publisher).await {
+            // Whatever failed, the delivery is not acked: the broker redelivers
+            // it when the channel closes, or now if the nack goes through.
+            tracing::warn!(consumer = self.index, job_id = ?verdict.job_id, error = %e, "settlement failed; returning the job to the queue");
+            let _ = delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await;
+        }
+    }
+
+    async fn settle(
+        &self,
+        delivery: &Delivery,
+        verdict: &Verdict,
+        publisher: &ConfirmChannel,
+    ) -> Result<(), String> {
+        let (feedback, dead) = match &verdict.settlement {
+            Settlement::Requeue { detail } => {
+                tracing::info!(job_id = ?verdict.job_id, %detail, "transient failure; job returned to the queue");
+                self.counters.requeued.fetch_add(1, Ordering::Relaxed);
+                return delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    })
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string());
+            }
+            Settlement::Ack { feedback } => (feedback, None),
+            Settlement::DeadLetter {
+                feedback,
+                tokens,
+                reason,
+                detail,
+            } => (feedback, Some((tokens, reason, detail))),
+        };
+        for event in feedback {
+            let routing_key = format!("{}.{}", verdict.app, event.reason);
+            let body = feedback_body(event, verdict);
+            let properties = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2);
+            publisher
+                .publish(&self.topology.feedback_exchange, &routing_key, &body, properties)
+                .await
+                .map_err(|e| format!("feedback for {}: {e}", event.token))?;
+            self.counters.feedback.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some((tokens, reason, detail)) = dead {
+            let body = match tokens {
+                Some(tokens) => job::body_with_tokens(&delivery.data, tokens),
+                None => delivery.data.clone(),
+            };
+            let properties = dead_letter_properties(&delivery.properties, verdict, reason, detail);
+            publisher
+                .publish("", &self.topology.dead_letter_queue, &body, properties)
+                .await
+                .map_err(|e| format!("dead letter: {e}"))?;
+            tracing::warn!(job_id = ?verdict.job_id, %reason, %detail, "job dead-lettered");
+            self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        }
+        delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.counters.acked.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn now_rfc3339() -> String {
+    OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+fn feedback_body(event: &Feedback, verdict: &Verdict) -> Vec<u8> {
+    let timestamp = event.timestamp_ms.unwrap_or_else(|| {
+        (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64
+    });
+    serde_json::json!({
+        "token": event.token.as_str(),
+        "app": verdict.app,
+        "topic": verdict.topic,
+        "reason": event.reason,
+        "timestamp": timestamp,
+        "job_id": verdict.job_id,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// The dead letter keeps the original properties and adds CONTRACT §3's headers.
+fn dead_letter_properties(
+    original: &BasicProperties,
+    verdict: &Verdict,
+    reason: &str,
+    detail: &str,
+) -> BasicProperties {
+    let incoming = original.headers().clone().unwrap_or_default();
+    let attempts = match incoming.inner().get("x-misiva-attempts") {
+        Some(AMQPValue::LongInt(n)) => i64::from(*n),
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        _ => 1,
+    };
+    let first_seen = match incoming.inner().get("x-misiva-first-seen") {
+        Some(AMQPValue::LongString(s)) => s.to_string(),
+        _ => now_rfc3339(),
+    };
+    let mut table = incoming;
+    let ours = headers(vec![
+        ("x-misiva-reason", header_string(reason)),
+        ("x-misiva-detail", header_string(detail)),
+        ("x-misiva-attempts", AMQPValue::LongLongInt(attempts)),
+        ("x-misiva-first-seen", header_string(&first_seen)),
+        ("x-misiva-failed-at", header_string(&now_rfc3339())),
+        ("x-misiva-app", header_string(&verdict.app)),
+    ]);
+    for (k, v) in ours.inner() {
+        table.insert(k.clone(), v.clone());
+    }
+    let mut properties = original.clone().with_headers(table).with_delivery_mode(2);
+    if properties.message_id().is_none() {
+        if let Some(id) = &verdict.job_id {
+            properties = properties.with_message_id(id.as_str().into());
+        }
+    }
+    properties
+}

@@ -1,0 +1,59 @@
+//! The AMQP shell: connection, topology, consumer actors and the publisher with
+//! confirms. Only this module sees lapin types.
+
+mod consumer;
+mod publisher;
+mod topology;
+
+pub use consumer::{Consumer, ConsumerExit, Counters};
+pub use publisher::{JobPublisher, PublishError};
+pub use topology::{Topology, TopologyError, declare};
+
+use crate::config::Secret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    #[error("cannot connect to RabbitMQ: {0}")]
+    Connect(lapin::Error),
+    #[error("RabbitMQ channel error: {0}")]
+    Channel(lapin::Error),
+}
+
+/// A connection to the broker, with the name operators see in the management UI.
+#[derive(Clone)]
+pub struct Broker {
+    connection: std::sync::Arc<lapin::Connection>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    pub async fn connect(url: &Secret<String>, name: &str) -> Result<Broker, AmqpError> {
+        let properties =
+            lapin::ConnectionProperties::default().with_connection_name(name.to_owned().into());
+        let connection = lapin::Connection::connect(url.expose(), properties)
+            .await
+            .map_err(AmqpError::Connect)?;
+        Ok(Broker {
+            connection: std::sync::Arc::new(connection),
+        })
+    }
+
+    pub(crate) async fn channel(&self) -> Result<lapin::Channel, AmqpError> {
+        self.connection
+            .create_channel()
+            .await
+            .map_err(AmqpError::Channel)
+    }
+
+    /// Closes the connection; channels should be closed first (see `app`).
+    pub async fn close(&self) {
+        if let Err(e) = self.connection.close(200, "bye".into()).await {
+            tracing::debug!(error = %e, "closing the RabbitMQ connection");
+        }
+    }
+}

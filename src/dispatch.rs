@@ -1,0 +1,101 @@
+//! One job's walk through APNs: decode the body, pick the app's client, send
+//! every token (concurrently, bounded), classify each answer, and settle.
+//! No AMQP here: the shell hands in the message and carries out the settlement.
+
+use crate::apns::{Apns, JobRequest};
+use crate::job;
+use crate::outcome::{self, Settlement, classify};
+use futures_util::StreamExt;
+use std::sync::Arc;
+
+/// Requests of one job in flight at once. A 10,000-token job therefore holds at
+/// most this many requests (and their futures) in memory; the connection's
+/// stream limit and the actor's bounded queue push back beyond it.
+pub const FANOUT_CONCURRENCY: usize = 256;
+
+/// What the shell knows of one delivery, without AMQP types.
+#[derive(Debug, Clone, Copy)]
+pub struct Inbound<'a> {
+    pub body: &'a [u8],
+    pub message_id: Option<&'a str>,
+}
+
+/// The settlement of one delivery and what its dead letters and feedback
+/// events must say about the job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub settlement: Settlement,
+    pub app: String,
+    pub job_id: Option<String>,
+    pub topic: Option<String>,
+    /// Notifications APNs accepted for this delivery.
+    pub delivered: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    apns: Apns,
+}
+
+impl Dispatcher {
+    pub fn new(apns: Apns) -> Self {
+        Dispatcher { apns }
+    }
+
+    pub async fn handle(&self, inbound: Inbound<'_>) -> Verdict {
+        let job = match job::decode(inbound.body, inbound.message_id) {
+            Ok(job) => job,
+            Err(e) => {
+                return Verdict {
+                    settlement: outcome::reject_job(outcome::INVALID_JOB, e.to_string()),
+                    app: job::AppName::default().to_string(),
+                    job_id: inbound.message_id.map(str::to_owned),
+                    topic: None,
+                    delivered: 0,
+                };
+            }
+        };
+        let Some(client) = self.apns.client(job.app.as_str()) else {
+            return Verdict {
+                settlement: outcome::reject_job(
+                    outcome::UNKNOWN_APP,
+                    format!("no credentials are configured for app {:?}", job.app.as_str()),
+                ),
+                app: job.app.to_string(),
+                job_id: Some(job.id.to_string()),
+                topic: job.topic.as_ref().map(ToString::to_string),
+                delivered: 0,
+            };
+        };
+        // Owned parts per request: the futures run inside a spawned task, where
+        // borrowed closures hit the compiler's higher-ranked lifetime limits.
+        let request = Arc::new(JobRequest::new(&job, client.default_topic()));
+        let outcomes: Vec<_> = futures_util::stream::iter(job.tokens.clone())
+            .map(|token| {
+                let request = request.clone();
+                let client = client.clone();
+                async move {
+                    let answer = client.send(&request, &token).await;
+                    (token, classify(&answer))
+                }
+            })
+            .buffer_unordered(FANOUT_CONCURRENCY)
+            .collect()
+            .await;
+        let delivered = outcomes
+            .iter()
+            .filter(|(_, o)| *o == outcome::TokenOutcome::Delivered)
+            .count();
+        Verdict {
+            settlement: outcome::settle(outcomes),
+            app: job.app.to_string(),
+            job_id: Some(job.id.to_string()),
+            topic: job
+                .topic
+                .as_ref()
+                .or(client.default_topic())
+                .map(ToString::to_string),
+            delivered,
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! `misiva apns-sim` on the command line.
+
+use super::{Faults, SimConfig, SimKey, Simulator};
+use crate::cli::SimArgs;
+use std::time::Duration;
+
+/// Runs until SIGINT/SIGTERM; returns the process exit code.
+pub async fn run(args: SimArgs) -> i32 {
+    match serve(args).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("misiva apns-sim: {e}");
+            2
+        }
+    }
+}
+
+async fn serve(args: SimArgs) -> anyhow::Result<()> {
+    if !args.key_file.exists() {
+        std::fs::write(&args.key_file, crate::jwt::generate_p8())?;
+        tracing::info!(path = %args.key_file.display(), "generated a new signing key (.p8) for the simulator");
+    }
+    let key = SimKey::from_file(&args.key_id, &args.team_id, &args.key_file)?;
+    if !(0.0..=1.0).contains(&args.error_rate) {
+        anyhow::bail!("--error-rate must be between 0 and 1");
+    }
+    let sim = Simulator::start(SimConfig {
+        listen: args.listen,
+        keys: vec![key],
+        max_streams: args.max_streams,
+        faults: Faults {
+            error_rate: args.error_rate,
+            error_status: args.error_status,
+            latency: Duration::from_millis(args.latency_ms),
+        },
+        // The command-line simulator may run for days: count, do not keep.
+        record: false,
+        hostnames: args.hostname,
+        log_deliveries: args.show_deliveries,
+    })
+    .await?;
+    std::fs::write(&args.ca_out, sim.ca_pem())?;
+    tracing::info!(endpoint = %sim.endpoint(), ca = %args.ca_out.display(), key_id = %args.key_id, team_id = %args.team_id, "APNs simulator ready");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut report = tokio::time::interval(Duration::from_secs(5));
+    let mut last = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = report.tick() => {
+                let now = sim.accepted_count();
+                if now != last {
+                    tracing::info!(accepted = now, rejected = ?sim.rejected(), "simulator totals");
+                    last = now;
+                }
+            }
+        }
+    }
+    tracing::info!(accepted = sim.accepted_count(), rejected = ?sim.rejected(), "simulator stopped");
+    Ok(())
+}

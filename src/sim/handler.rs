@@ -1,0 +1,283 @@
+//! One request to the simulator, answered as APNs would.
+
+use super::{Body, State, lock};
+use crate::jwt::{VerifyError, decode_unverified, verify_signature};
+use bytes::Bytes;
+use http::{HeaderMap, Method, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
+
+/// A notification the simulator answered 200.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub token: String,
+    pub apns_id: String,
+    pub topic: String,
+    pub push_type: Option<String>,
+    pub priority: Option<String>,
+    pub expiration: Option<String>,
+    pub collapse_id: Option<String>,
+    pub key_id: String,
+    pub payload: Bytes,
+}
+
+/// Token prefixes with a fixed answer, so tests and staging can produce every
+/// outcome on purpose. Real tokens practically never start with `ffff0`.
+pub const PREFIXES: [(&str, u16, &str); 7] = [
+    ("ffff0410", 410, "Unregistered"),
+    ("ffff0411", 410, "ExpiredToken"),
+    ("ffff0400", 400, "BadDeviceToken"),
+    ("ffff0401", 400, "DeviceTokenNotForTopic"),
+    ("ffff0429", 429, "TooManyRequests"),
+    ("ffff0500", 500, "InternalServerError"),
+    ("ffff0503", 503, "ServiceUnavailable"),
+];
+
+const PUSH_TYPES: [&str; 11] = [
+    "alert",
+    "background",
+    "voip",
+    "complication",
+    "fileprovider",
+    "mdm",
+    "liveactivity",
+    "location",
+    "pushtotalk",
+    "widgets",
+    "controls",
+];
+
+/// Apple refuses provider tokens older than an hour.
+const TOKEN_MAX_AGE: u64 = 3600;
+/// Apple refuses a new provider token on a connection within 20 minutes of the last.
+const TOKEN_MIN_INTERVAL: Duration = Duration::from_secs(20 * 60);
+
+/// The provider-token state of one connection.
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionAuth {
+    /// The last token that verified on this connection and when it was first seen,
+    /// so that repeated requests skip the signature check (as APNs does) and a
+    /// too-early change is caught.
+    verified: Mutex<Option<(String, Instant)>>,
+}
+
+struct Rejection {
+    status: u16,
+    reason: &'static str,
+}
+
+const fn reject(status: u16, reason: &'static str) -> Rejection {
+    Rejection { status, reason }
+}
+
+pub(crate) async fn handle(
+    state: &State,
+    connection: &ConnectionAuth,
+    request: http::Request<hyper::body::Incoming>,
+) -> Response<Body> {
+    let apns_id = request
+        .headers()
+        .get("apns-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let faults = state.faults.borrow().clone();
+    if !faults.latency.is_zero() {
+        tokio::time::sleep(faults.latency).await;
+    }
+    let echo_id = apns_id
+        .clone()
+        .filter(|id| uuid::Uuid::try_parse(id).is_ok())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    match check(state, connection, request, apns_id, &faults).await {
+        Ok(mut accepted) => {
+            accepted.apns_id = echo_id.clone();
+            state.accepted_count.fetch_add(1, Ordering::Relaxed);
+            if state.log_deliveries {
+                tracing::info!(
+                    token = %accepted.token,
+                    topic = %accepted.topic,
+                    push_type = accepted.push_type.as_deref().unwrap_or("-"),
+                    payload = %String::from_utf8_lossy(&accepted.payload),
+                    "delivered"
+                );
+            }
+            if state.record {
+                lock(&state.accepted).push(accepted);
+            }
+            respond(StatusCode::OK, &echo_id, Bytes::new())
+        }
+        Err(Rejection { status, reason }) => {
+            *lock(&state.rejected)
+                .entry((status, reason.to_owned()))
+                .or_default() += 1;
+            let body = if status == 410 {
+                let now_ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or_default();
+                serde_json::json!({"reason": reason, "timestamp": now_ms})
+            } else {
+                serde_json::json!({"reason": reason})
+            };
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            respond(status, &echo_id, Bytes::from(body.to_string()))
+        }
+    }
+}
+
+fn respond(status: StatusCode, apns_id: &str, body: Bytes) -> Response<Body> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(apns_id) {
+        response.headers_mut().insert("apns-id", v);
+    }
+    if status != StatusCode::OK {
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+    }
+    response
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Rejection> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(_), Some(_)) => Err(reject(400, "DuplicateHeaders")),
+        (Some(v), None) => v.to_str().map(Some).map_err(|_| reject(400, "BadPath")),
+    }
+}
+
+async fn check(
+    state: &State,
+    connection: &ConnectionAuth,
+    request: http::Request<hyper::body::Incoming>,
+    apns_id: Option<String>,
+    faults: &super::Faults,
+) -> Result<Accepted, Rejection> {
+    if request.method() != Method::POST {
+        return Err(reject(405, "MethodNotAllowed"));
+    }
+    let token = match request.uri().path().strip_prefix("/3/device/") {
+        Some("") => return Err(reject(400, "MissingDeviceToken")),
+        Some(token) if !token.contains('/') => token.to_owned(),
+        _ => return Err(reject(404, "BadPath")),
+    };
+    let headers = request.headers();
+    let key_id = authenticate(state, connection, headers)?;
+
+    let topic = header(headers, "apns-topic")?.ok_or(reject(400, "MissingTopic"))?;
+    let push_type = header(headers, "apns-push-type")?;
+    if push_type.is_some_and(|p| !PUSH_TYPES.contains(&p)) {
+        return Err(reject(400, "InvalidPushType"));
+    }
+    let priority = header(headers, "apns-priority")?;
+    if priority.is_some_and(|p| !matches!(p, "10" | "5" | "1")) {
+        return Err(reject(400, "BadPriority"));
+    }
+    let expiration = header(headers, "apns-expiration")?;
+    if expiration.is_some_and(|e| e.parse::<u64>().is_err()) {
+        return Err(reject(400, "BadExpirationDate"));
+    }
+    let collapse_id = header(headers, "apns-collapse-id")?;
+    if collapse_id.is_some_and(|c| c.len() > 64) {
+        return Err(reject(400, "BadCollapseId"));
+    }
+    if apns_id.as_deref().is_some_and(|id| uuid::Uuid::try_parse(id).is_err()) {
+        return Err(reject(400, "BadMessageId"));
+    }
+    let valid_token = (16..=200).contains(&token.len())
+        && token.len() % 2 == 0
+        && token.bytes().all(|b| b.is_ascii_hexdigit());
+    if !valid_token {
+        return Err(reject(400, "BadDeviceToken"));
+    }
+    let limit = if push_type == Some("voip") { 5120 } else { 4096 };
+    let accepted = Accepted {
+        token: token.clone(),
+        apns_id: String::new(),
+        topic: topic.to_owned(),
+        push_type: push_type.map(str::to_owned),
+        priority: priority.map(str::to_owned),
+        expiration: expiration.map(str::to_owned),
+        collapse_id: collapse_id.map(str::to_owned),
+        key_id,
+        payload: Bytes::new(),
+    };
+
+    // Read at most one byte past the limit: enough to know it is too large.
+    let body = Limited::new(request.into_body(), limit + 1)
+        .collect()
+        .await
+        .map_err(|_| reject(413, "PayloadTooLarge"))?
+        .to_bytes();
+    if body.is_empty() {
+        return Err(reject(400, "PayloadEmpty"));
+    }
+    if body.len() > limit {
+        return Err(reject(413, "PayloadTooLarge"));
+    }
+    let lower = token.to_ascii_lowercase();
+    if let Some((_, status, reason)) = PREFIXES.iter().find(|(p, _, _)| lower.starts_with(p)) {
+        return Err(reject(*status, reason));
+    }
+    if faults.error_rate > 0.0 && fastrand::f64() < faults.error_rate {
+        return Err(match faults.error_status {
+            500 => reject(500, "InternalServerError"),
+            429 => reject(429, "TooManyRequests"),
+            _ => reject(503, "ServiceUnavailable"),
+        });
+    }
+    Ok(Accepted {
+        payload: body,
+        ..accepted
+    })
+}
+
+/// Checks the provider token; returns its key id.
+fn authenticate(
+    state: &State,
+    connection: &ConnectionAuth,
+    headers: &HeaderMap,
+) -> Result<String, Rejection> {
+    let bearer = header(headers, "authorization")?
+        .and_then(|v| v.strip_prefix("bearer ").or_else(|| v.strip_prefix("Bearer ")))
+        .ok_or(reject(403, "MissingProviderToken"))?;
+    let (jwt_header, claims) =
+        decode_unverified(bearer).map_err(|_| reject(403, "InvalidProviderToken"))?;
+    let key = state
+        .keys
+        .iter()
+        .find(|k| k.key_id == jwt_header.kid)
+        .ok_or(reject(403, "InvalidProviderToken"))?;
+    if key.team_id != claims.iss {
+        return Err(reject(403, "InvalidProviderToken"));
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    if claims.iat + TOKEN_MAX_AGE < now {
+        return Err(reject(403, "ExpiredProviderToken"));
+    }
+    let mut verified = lock(&connection.verified);
+    match &*verified {
+        Some((known, _)) if known == bearer => {}
+        previous => {
+            verify_signature(bearer, &key.public_key).map_err(|e| match e {
+                VerifyError::Malformed | VerifyError::UnknownKey(_) | VerifyError::BadSignature => {
+                    reject(403, "InvalidProviderToken")
+                }
+            })?;
+            if previous.as_ref().is_some_and(|(_, since)| since.elapsed() < TOKEN_MIN_INTERVAL) {
+                return Err(reject(429, "TooManyProviderTokenUpdates"));
+            }
+            *verified = Some((bearer.to_owned(), Instant::now()));
+        }
+    }
+    Ok(jwt_header.kid)
+}

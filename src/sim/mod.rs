@@ -1,0 +1,258 @@
+//! `misiva apns-sim`: an APNs look-alike for staging, load tests and CI. It speaks
+//! HTTP/2 over TLS with a certificate it generates (its CA written where the worker
+//! can trust it), validates requests as Apple does, verifies provider tokens
+//! against the public half of configured keys, answers deterministically by token
+//! prefix, injects faults on demand and counts what it accepted.
+
+mod certs;
+mod handler;
+
+pub use handler::{Accepted, PREFIXES};
+
+use crate::jwt::{KeyError, public_key_from_pem};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+/// A key the simulator accepts provider tokens from.
+#[derive(Debug, Clone)]
+pub struct SimKey {
+    pub key_id: String,
+    pub team_id: String,
+    /// Uncompressed P-256 point.
+    pub public_key: Vec<u8>,
+}
+
+impl SimKey {
+    /// Reads the public half from a `.p8` or a `BEGIN PUBLIC KEY` PEM file.
+    pub fn from_file(key_id: &str, team_id: &str, path: &Path) -> Result<SimKey, KeyError> {
+        let label = path.display().to_string();
+        let pem = std::fs::read(path).map_err(|e| KeyError::Read(label.clone(), e))?;
+        Ok(SimKey {
+            key_id: key_id.to_owned(),
+            team_id: team_id.to_owned(),
+            public_key: public_key_from_pem(&label, &pem)?,
+        })
+    }
+}
+
+/// Fault knobs, changeable while the simulator runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Faults {
+    /// Fraction (0..=1) of otherwise valid requests answered with `error_status`.
+    pub error_rate: f64,
+    /// 500 (InternalServerError), 503 (ServiceUnavailable) or 429 (TooManyRequests).
+    pub error_status: u16,
+    /// Added before every answer.
+    pub latency: Duration,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            error_rate: 0.0,
+            error_status: 503,
+            latency: Duration::ZERO,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub listen: SocketAddr,
+    pub keys: Vec<SimKey>,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS advertised on every connection.
+    pub max_streams: u32,
+    pub faults: Faults,
+    /// Keep every accepted notification in memory (tests); otherwise only count.
+    pub record: bool,
+    /// Extra DNS names for the server certificate (beside localhost, 127.0.0.1, ::1).
+    pub hostnames: Vec<String>,
+    /// Log every accepted notification at info level (the demo shows them).
+    pub log_deliveries: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            keys: Vec::new(),
+            max_streams: 1000,
+            faults: Faults::default(),
+            record: true,
+            hostnames: Vec::new(),
+            log_deliveries: false,
+        }
+    }
+}
+
+/// What the simulator has seen, shared by every connection.
+#[derive(Debug)]
+pub(crate) struct State {
+    keys: Vec<SimKey>,
+    record: bool,
+    log_deliveries: bool,
+    /// Current fault knobs; a watch so that changes apply to the next request.
+    faults: watch::Receiver<Faults>,
+    accepted_count: AtomicU64,
+    /// Every accepted notification, when `record` is on.
+    accepted: Mutex<Vec<Accepted>>,
+    /// Answers other than 200, by status and reason.
+    rejected: Mutex<BTreeMap<(u16, String), u64>>,
+    connections: AtomicU64,
+}
+
+/// A running simulator. Dropping it stops accepting connections.
+#[derive(Debug)]
+pub struct Simulator {
+    addr: SocketAddr,
+    ca_pem: String,
+    state: Arc<State>,
+    /// Sends new fault knobs to the request handlers.
+    faults: watch::Sender<Faults>,
+    /// Ends the accept loop when the simulator is dropped.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Simulator {
+    pub async fn start(config: SimConfig) -> std::io::Result<Simulator> {
+        let certs = certs::generate(&config.hostnames).map_err(std::io::Error::other)?;
+        let listener = TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        let (faults_tx, faults_rx) = watch::channel(config.faults.clone());
+        let state = Arc::new(State {
+            keys: config.keys,
+            record: config.record,
+            log_deliveries: config.log_deliveries,
+            faults: faults_rx,
+            accepted_count: AtomicU64::new(0),
+            accepted: Mutex::new(Vec::new()),
+            rejected: Mutex::new(BTreeMap::new()),
+            connections: AtomicU64::new(0),
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        tokio::spawn(accept_loop(
+            listener,
+            TlsAcceptor::from(certs.server_config),
+            config.max_streams,
+            state.clone(),
+            stopped,
+        ));
+        tracing::info!(%addr, "APNs simulator listening");
+        Ok(Simulator {
+            addr,
+            ca_pem: certs.ca_pem,
+            state,
+            faults: faults_tx,
+            _stop: stop,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `https://127.0.0.1:<port>`, the value for `MISIVA_APNS_ENDPOINT`.
+    pub fn endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.addr.port())
+    }
+
+    /// The PEM of the CA that signed the server certificate.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        self.faults.send_replace(faults);
+    }
+
+    pub fn accepted_count(&self) -> u64 {
+        self.state.accepted_count.load(Ordering::Relaxed)
+    }
+
+    /// Every accepted notification so far (empty unless `record` is on).
+    pub fn accepted(&self) -> Vec<Accepted> {
+        lock(&self.state.accepted).clone()
+    }
+
+    /// Answers other than 200, by (status, reason).
+    pub fn rejected(&self) -> BTreeMap<(u16, String), u64> {
+        lock(&self.state.rejected).clone()
+    }
+
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::Relaxed)
+    }
+}
+
+/// The simulator's maps are only ever pushed to or read whole, so a panic
+/// elsewhere cannot leave them half-written: a poisoned lock is still usable.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    max_streams: u32,
+    state: Arc<State>,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut stopped => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "simulator accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let state = state.clone();
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(tls) => tls,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "simulator TLS handshake failed");
+                    return;
+                }
+            };
+            state.connections.fetch_add(1, Ordering::Relaxed);
+            let connection = Arc::new(handler::ConnectionAuth::default());
+            let service = service_fn(move |request| {
+                let state = state.clone();
+                let connection = connection.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        handler::handle(&state, &connection, request).await,
+                    )
+                }
+            });
+            let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(max_streams)
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "simulator connection ended");
+            }
+        });
+    }
+}
+
+type Body = Full<Bytes>;
+pub mod cli;
