@@ -26,11 +26,12 @@ pub struct Accepted {
 
 /// Token prefixes with a fixed answer, so tests and staging can produce every
 /// outcome on purpose. Real tokens practically never start with `ffff0`.
-pub const PREFIXES: [(&str, u16, &str); 7] = [
+pub const PREFIXES: [(&str, u16, &str); 8] = [
     ("ffff0410", 410, "Unregistered"),
     ("ffff0411", 410, "ExpiredToken"),
     ("ffff0400", 400, "BadDeviceToken"),
     ("ffff0401", 400, "DeviceTokenNotForTopic"),
+    ("ffff0402", 400, "TopicDisallowed"),
     ("ffff0429", 429, "TooManyRequests"),
     ("ffff0500", 500, "InternalServerError"),
     ("ffff0503", 503, "ServiceUnavailable"),

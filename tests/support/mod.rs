@@ -1,0 +1,318 @@
+//! The one harness every integration test uses: a private RabbitMQ node started
+//! by `scripts/broker.sh` (installed from Debian's packages when missing), the
+//! APNs simulator on a free port, and the `misiva` binary as a child process.
+//! Each test gets its own queue names, so tests share the node safely.
+
+#![allow(dead_code)]
+
+use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use misiva::config::{AppConfig, Auth, Endpoint};
+use misiva::sim::{SimConfig, SimKey, Simulator};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const TOPIC: &str = "com.example.tests";
+pub const KEY_ID: &str = "TESTKEY001";
+pub const TEAM_ID: &str = "TESTTEAM01";
+
+/// A distinct 64-hex-digit device token per `n` (never a simulator prefix).
+pub fn token(n: u64) -> String {
+    format!("{:064x}", n + 1)
+}
+
+/// A token the simulator always answers with `status`/`reason` (see sim::PREFIXES).
+pub fn special_token(prefix: &str, n: u64) -> String {
+    format!("{prefix}{:056x}", n)
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+// ---------- broker ----------
+
+pub struct Broker {
+    pub port: u16,
+    pub url: String,
+}
+
+/// The test node, started once per test binary (and reused if already up).
+pub fn broker() -> &'static Broker {
+    static BROKER: OnceLock<Broker> = OnceLock::new();
+    BROKER.get_or_init(|| {
+        let port: u16 = std::env::var("MISIVA_TEST_BROKER_PORT")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(5699);
+        let status = Command::new(root().join("scripts/broker.sh"))
+            .arg("start")
+            .env("MISIVA_BROKER_PORT", port.to_string())
+            .status()
+            .expect("running scripts/broker.sh");
+        assert!(status.success(), "the test broker did not start");
+        Broker {
+            port,
+            url: format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+        }
+    })
+}
+
+impl Broker {
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out = Command::new(root().join("scripts/broker.sh"))
+            .arg("ctl")
+            .args(args)
+            .env("MISIVA_BROKER_PORT", self.port.to_string())
+            .output()
+            .expect("rabbitmqctl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// (ready, unacked) of a queue, as the broker reports them.
+    pub fn counts(&self, queue: &str) -> Option<(u64, u64)> {
+        let out = self.ctl(&["list_queues", "name", "messages_ready", "messages_unacknowledged"]);
+        out.lines().find_map(|line| {
+            let mut f = line.split_whitespace();
+            (f.next()? == queue).then_some(())?;
+            Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+        })
+    }
+
+    pub async fn connect(&self) -> Connection {
+        Connection::connect(&self.url, ConnectionProperties::default())
+            .await
+            .expect("test connection to RabbitMQ")
+    }
+}
+
+/// Publishes bodies to the default exchange with confirms, like any application would.
+pub async fn publish(conn: &Connection, queue: &str, bodies: &[Vec<u8>]) {
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut confirms = Vec::new();
+    for body in bodies {
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2),
+            )
+            .await
+            .unwrap();
+        confirms.push(confirm);
+    }
+    for confirm in confirms {
+        let confirm = confirm.await.unwrap();
+        assert!(confirm.is_ack());
+        assert!(confirm.take_message().is_none(), "published to a queue that does not exist");
+    }
+    let _ = channel.close(200, "done".into()).await;
+}
+
+/// Takes every message of a queue (acking them).
+pub async fn drain(conn: &Connection, queue: &str) -> Vec<lapin::message::BasicGetMessage> {
+    let channel = conn.create_channel().await.unwrap();
+    let mut out = Vec::new();
+    while let Some(message) = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        out.push(message);
+    }
+    let _ = channel.close(200, "done".into()).await;
+    out
+}
+
+pub fn header(message: &lapin::message::BasicGetMessage, name: &str) -> Option<String> {
+    let headers = message.delivery.properties.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
+        lapin::types::AMQPValue::LongLongInt(n) => Some(n.to_string()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+// ---------- simulator ----------
+
+pub struct SimFixture {
+    pub sim: Simulator,
+    pub dir: tempfile::TempDir,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
+}
+
+impl SimFixture {
+    /// Starts the simulator on a free loopback port with a fresh key.
+    pub async fn start(mut config: SimConfig) -> SimFixture {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("AuthKey_TESTKEY001.p8");
+        std::fs::write(&key_file, misiva::jwt::generate_p8()).unwrap();
+        config.keys = vec![SimKey::from_file(KEY_ID, TEAM_ID, &key_file).unwrap()];
+        let sim = Simulator::start(config).await.unwrap();
+        let ca_file = dir.path().join("sim-ca.pem");
+        std::fs::write(&ca_file, sim.ca_pem()).unwrap();
+        SimFixture {
+            sim,
+            dir,
+            key_file,
+            ca_file,
+        }
+    }
+
+    pub fn app_config(&self) -> AppConfig {
+        AppConfig {
+            endpoint: Endpoint::parse(&self.sim.endpoint()).unwrap(),
+            ca_file: Some(self.ca_file.clone()),
+            auth: Auth::Token {
+                key_file: self.key_file.clone(),
+                key_id: KEY_ID.into(),
+                team_id: TEAM_ID.into(),
+            },
+            topic: Some(TOPIC.into()),
+            connections: 1,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+// ---------- worker ----------
+
+/// The `misiva run` binary as a child process, with its own queues.
+pub struct Worker {
+    child: Child,
+    pub log: PathBuf,
+    pub queue: String,
+}
+
+/// Queue names unique to one test.
+pub fn unique_queue(test: &str) -> String {
+    format!("t.{test}.{}", &uuid_like()[..8])
+}
+
+fn uuid_like() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
+impl Worker {
+    pub fn start(sim: &SimFixture, queue: &str, extra_env: &[(&str, &str)]) -> Worker {
+        let broker = broker();
+        let log = sim.dir.path().join(format!("worker-{}.log", uuid_like()));
+        let config = sim.dir.path().join(format!("{queue}.toml"));
+        // Feedback names per test, through the config file (the env covers the rest).
+        std::fs::write(
+            &config,
+            format!("feedback_exchange = \"{queue}.feedback\"\nfeedback_queue = \"{queue}.feedback\"\n"),
+        )
+        .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_misiva"));
+        command
+            .arg("run")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("MISIVA_CONFIG", &config)
+            .env("MISIVA_AMQP_URL", &broker.url)
+            .env("MISIVA_QUEUE", queue)
+            .env("MISIVA_APNS_ENDPOINT", sim.sim.endpoint())
+            .env("MISIVA_APNS_CA_FILE", &sim.ca_file)
+            .env("MISIVA_APNS_KEY_FILE", &sim.key_file)
+            .env("MISIVA_APNS_KEY_ID", KEY_ID)
+            .env("MISIVA_APNS_TEAM_ID", TEAM_ID)
+            .env("MISIVA_APNS_TOPIC", TOPIC)
+            .env("MISIVA_LOG_FORMAT", "text")
+            .env("MISIVA_LOG", "info")
+            .env("MISIVA_ADMIN_ADDR", "127.0.0.1:0");
+        for (k, v) in extra_env {
+            command.env(k, v);
+        }
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting misiva run");
+        Worker {
+            child,
+            log,
+            queue: queue.to_owned(),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for "worker running" (topology declared, consumers started).
+    pub async fn ready(&mut self) {
+        let log = self.log.clone();
+        wait_for(Duration::from_secs(30), "the worker to start", || {
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains("worker running"))
+        })
+        .await;
+        assert!(self.running(), "worker exited:\n{}", self.log_text());
+    }
+
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        signal(self.child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "worker did not stop:\n{}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
+}
+
+/// Polls `done` every 50 ms until it holds, or fails the test after `limit`.
+pub async fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The number after `name=` in the worker's "worker stopped" line.
+pub fn stopped_counter(log: &str, name: &str) -> Option<u64> {
+    let line = log.lines().rev().find(|l| l.contains("worker stopped"))?;
+    let start = line.find(&format!("{name}="))? + name.len() + 1;
+    line[start..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}
