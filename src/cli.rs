@@ -5,7 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "misiva", version, about = "Delivers Apple push notifications from RabbitMQ")]
+#[command(
+    name = "misiva",
+    version,
+    about = "Delivers Apple push notifications from RabbitMQ"
+)]
 pub struct Cli {
     /// TOML configuration file (environment variables override it).
     #[arg(long, global = true, env = "MISIVA_CONFIG")]

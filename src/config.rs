@@ -67,7 +67,10 @@ pub enum Endpoint {
     Production,
     Sandbox,
     /// Anything else speaking APNs over HTTP/2 + TLS: the simulator, a proxy.
-    Custom { host: String, port: u16 },
+    Custom {
+        host: String,
+        port: u16,
+    },
 }
 
 impl Endpoint {
@@ -92,7 +95,10 @@ impl Endpoint {
             return Err("expected https://host:port without a path".into());
         }
         Ok(Endpoint::Custom {
-            host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
             port,
         })
     }
@@ -268,12 +274,20 @@ impl Config {
             .unwrap_or_else(|| feedback_exchange.clone());
         let consumers = number("MISIVA_CONSUMERS", file.consumers.map(|c| c as u64))?.unwrap_or(2);
         if !(1..=256).contains(&consumers) {
-            return Err(invalid("MISIVA_CONSUMERS", consumers.to_string(), "expected 1 to 256"));
+            return Err(invalid(
+                "MISIVA_CONSUMERS",
+                consumers.to_string(),
+                "expected 1 to 256",
+            ));
         }
         let prefetch = number("MISIVA_PREFETCH", file.prefetch.map(u64::from))?
             .unwrap_or(u64::from(DEFAULT_PREFETCH));
         if !(1..=u64::from(u16::MAX)).contains(&prefetch) {
-            return Err(invalid("MISIVA_PREFETCH", prefetch.to_string(), "expected 1 to 65535"));
+            return Err(invalid(
+                "MISIVA_PREFETCH",
+                prefetch.to_string(),
+                "expected 1 to 65535",
+            ));
         }
         let log_format = match var("MISIVA_LOG_FORMAT")
             .or(file.log_format)
@@ -341,7 +355,9 @@ impl Config {
             admin_addr: var("MISIVA_ADMIN_ADDR")
                 .or(file.admin_addr)
                 .unwrap_or_else(|| "0.0.0.0:9090".into()),
-            log: var("MISIVA_LOG").or(file.log).unwrap_or_else(|| "info".into()),
+            log: var("MISIVA_LOG")
+                .or(file.log)
+                .unwrap_or_else(|| "info".into()),
             log_format,
             shutdown_grace: Duration::from_secs(
                 number("MISIVA_SHUTDOWN_GRACE", file.shutdown_grace_secs)?.unwrap_or(20),
@@ -363,9 +379,9 @@ fn app_config(name: &str, raw: FileApp) -> Result<AppConfig, ConfigError> {
             key_id: raw
                 .key_id
                 .ok_or_else(|| app_err("token auth needs a key id (MISIVA_APNS_KEY_ID)".into()))?,
-            team_id: raw
-                .team_id
-                .ok_or_else(|| app_err("token auth needs a team id (MISIVA_APNS_TEAM_ID)".into()))?,
+            team_id: raw.team_id.ok_or_else(|| {
+                app_err("token auth needs a team id (MISIVA_APNS_TEAM_ID)".into())
+            })?,
         },
         (None, Some(cert_file)) => Auth::Certificate {
             cert_file,
@@ -384,7 +400,9 @@ fn app_config(name: &str, raw: FileApp) -> Result<AppConfig, ConfigError> {
     };
     let connections = raw.connections.unwrap_or(DEFAULT_CONNECTIONS);
     if !(1..=64).contains(&connections) {
-        return Err(app_err(format!("connections is {connections}; expected 1 to 64")));
+        return Err(app_err(format!(
+            "connections is {connections}; expected 1 to 64"
+        )));
     }
     Ok(AppConfig {
         endpoint,
@@ -433,7 +451,10 @@ mod tests {
 
     #[test]
     fn endpoints() {
-        assert_eq!(Endpoint::parse("sandbox").unwrap().host(), "api.sandbox.push.apple.com");
+        assert_eq!(
+            Endpoint::parse("sandbox").unwrap().host(),
+            "api.sandbox.push.apple.com"
+        );
         let e = Endpoint::parse("https://127.0.0.1:8443").unwrap();
         assert_eq!((e.host(), e.port()), ("127.0.0.1", 8443));
         assert_eq!(Endpoint::parse("https://sim.local").unwrap().port(), 443);
@@ -449,17 +470,27 @@ mod tests {
         assert!(msg.contains("MISIVA_CONSUMERS"), "{msg}");
         let msg = Config::from_env_map(&env(&[])).unwrap_err().to_string();
         assert!(msg.contains("MISIVA_APNS_KEY_FILE"), "{msg}");
-        let msg = Config::from_env_map(&env(&TOKEN_AUTH[..2])).unwrap_err().to_string();
+        let msg = Config::from_env_map(&env(&TOKEN_AUTH[..2]))
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("team id"), "{msg}");
     }
 
     #[test]
     fn secrets_do_not_print() {
         let mut e = env(&TOKEN_AUTH);
-        e.insert("MISIVA_AMQP_URL".into(), "amqp://u:hunter2@h:5672/%2f".into());
+        e.insert(
+            "MISIVA_AMQP_URL".into(),
+            "amqp://u:hunter2@h:5672/%2f".into(),
+        );
         let c = Config::from_env_map(&e).unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
         e.insert("MISIVA_AMQP_URL".into(), "tcp://u:hunter2@h".into());
-        assert!(!Config::from_env_map(&e).unwrap_err().to_string().contains("hunter2"));
+        assert!(
+            !Config::from_env_map(&e)
+                .unwrap_err()
+                .to_string()
+                .contains("hunter2")
+        );
     }
 }

@@ -59,7 +59,10 @@ impl Dispatcher {
             return Verdict {
                 settlement: outcome::reject_job(
                     outcome::UNKNOWN_APP,
-                    format!("no credentials are configured for app {:?}", job.app.as_str()),
+                    format!(
+                        "no credentials are configured for app {:?}",
+                        job.app.as_str()
+                    ),
                 ),
                 app: job.app.to_string(),
                 job_id: Some(job.id.to_string()),

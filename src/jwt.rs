@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("{0}: not a PEM private key (expected an Apple .p8 file, PKCS#8 \"BEGIN PRIVATE KEY\")")]
+    #[error(
+        "{0}: not a PEM private key (expected an Apple .p8 file, PKCS#8 \"BEGIN PRIVATE KEY\")"
+    )]
     NotPem(String),
     #[error("{0}: not a P-256 (ES256) key")]
     NotP256(String),
@@ -41,9 +43,12 @@ impl SigningKey {
         let der = PrivatePkcs8KeyDer::from_pem_slice(pem)
             .map_err(|_| KeyError::NotPem(label.to_owned()))?;
         let rng = SystemRandom::new();
-        let pair =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der.secret_pkcs8_der(), &rng)
-                .map_err(|_| KeyError::NotP256(label.to_owned()))?;
+        let pair = EcdsaKeyPair::from_pkcs8(
+            &ECDSA_P256_SHA256_FIXED_SIGNING,
+            der.secret_pkcs8_der(),
+            &rng,
+        )
+        .map_err(|_| KeyError::NotP256(label.to_owned()))?;
         Ok(SigningKey { pair, rng })
     }
 
@@ -60,9 +65,8 @@ impl SigningKey {
 
     /// Signs a provider token issued at `iat` (unix seconds).
     pub fn sign(&self, key_id: &str, team_id: &str, iat: u64) -> String {
-        let header = URL_SAFE_NO_PAD.encode(
-            serde_json::json!({"alg": "ES256", "kid": key_id}).to_string(),
-        );
+        let header =
+            URL_SAFE_NO_PAD.encode(serde_json::json!({"alg": "ES256", "kid": key_id}).to_string());
         let claims =
             URL_SAFE_NO_PAD.encode(serde_json::json!({"iss": team_id, "iat": iat}).to_string());
         let input = format!("{header}.{claims}");
@@ -102,11 +106,16 @@ pub enum VerifyError {
 /// Splits a token and reads its header and claims without checking the signature.
 pub fn decode_unverified(token: &str) -> Result<(Header, Claims), VerifyError> {
     let mut parts = token.split('.');
-    let (Some(h), Some(c), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(c), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(VerifyError::Malformed);
     };
-    let read = |part: &str| URL_SAFE_NO_PAD.decode(part).map_err(|_| VerifyError::Malformed);
+    let read = |part: &str| {
+        URL_SAFE_NO_PAD
+            .decode(part)
+            .map_err(|_| VerifyError::Malformed)
+    };
     let header: Header = serde_json::from_slice(&read(h)?).map_err(|_| VerifyError::Malformed)?;
     let claims: Claims = serde_json::from_slice(&read(c)?).map_err(|_| VerifyError::Malformed)?;
     if header.alg != "ES256" {
@@ -173,11 +182,20 @@ mod tests {
         let token = key.sign("KEY123", "TEAM456", 1_700_000_000);
         let (header, claims) = decode_unverified(&token).unwrap();
         assert_eq!(header.kid, "KEY123");
-        assert_eq!(claims, Claims { iss: "TEAM456".into(), iat: 1_700_000_000 });
+        assert_eq!(
+            claims,
+            Claims {
+                iss: "TEAM456".into(),
+                iat: 1_700_000_000
+            }
+        );
         assert_eq!(verify_signature(&token, &key.public_key()), Ok(()));
 
         let other = SigningKey::from_pem("k", generate_p8().as_bytes()).unwrap();
-        assert_eq!(verify_signature(&token, &other.public_key()), Err(VerifyError::BadSignature));
+        assert_eq!(
+            verify_signature(&token, &other.public_key()),
+            Err(VerifyError::BadSignature)
+        );
         let tampered = token.replacen('.', ".e30", 1);
         assert!(verify_signature(&tampered, &key.public_key()).is_err());
         assert_eq!(decode_unverified("a.b"), Err(VerifyError::Malformed));
@@ -187,8 +205,14 @@ mod tests {
     fn public_key_from_either_pem() {
         let pem = generate_p8();
         let key = SigningKey::from_pem("k", pem.as_bytes()).unwrap();
-        assert_eq!(public_key_from_pem("k", pem.as_bytes()).unwrap(), key.public_key());
-        assert!(matches!(public_key_from_pem("k", b"nope"), Err(KeyError::NotPem(_))));
+        assert_eq!(
+            public_key_from_pem("k", pem.as_bytes()).unwrap(),
+            key.public_key()
+        );
+        assert!(matches!(
+            public_key_from_pem("k", b"nope"),
+            Err(KeyError::NotPem(_))
+        ));
         assert!(format!("{key:?}").contains("***"));
     }
 }

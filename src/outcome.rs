@@ -29,7 +29,10 @@ pub enum TokenOutcome {
         timestamp_ms: Option<u64>,
     },
     /// The request can never succeed as it is: dead letter.
-    Permanent { status: u16, reason: String },
+    Permanent {
+        status: u16,
+        reason: String,
+    },
     /// The app's credentials were refused. `renew` means "a new provider token
     /// fixes it" (`ExpiredProviderToken`), which the APNs client does at once.
     Credentials {
@@ -38,7 +41,9 @@ pub enum TokenOutcome {
         renew: bool,
     },
     /// Worth trying again later.
-    Transient { detail: String },
+    Transient {
+        detail: String,
+    },
 }
 
 /// The classification table. Every APNs status and reason from Apple's
@@ -284,7 +289,11 @@ mod tests {
             (302, "", Transient),
         ];
         for (code, reason, expected) in table {
-            assert_eq!(kind(&classify(&status(code, reason))), expected, "{code} {reason}");
+            assert_eq!(
+                kind(&classify(&status(code, reason))),
+                expected,
+                "{code} {reason}"
+            );
         }
         assert_eq!(
             classify(&ApnsAnswer::Transport("GOAWAY".into())),
@@ -333,7 +342,10 @@ mod tests {
             Settlement::Ack { feedback: vec![] }
         );
         assert_eq!(
-            settle(vec![(token(1), delivered.clone()), (token(2), gone.clone())]),
+            settle(vec![
+                (token(1), delivered.clone()),
+                (token(2), gone.clone())
+            ]),
             Settlement::Ack {
                 feedback: vec![Feedback {
                     token: token(2),
@@ -342,7 +354,10 @@ mod tests {
                 }]
             }
         );
-        match settle(vec![(token(1), bad_topic.clone()), (token(2), delivered.clone())]) {
+        match settle(vec![
+            (token(1), bad_topic.clone()),
+            (token(2), delivered.clone()),
+        ]) {
             Settlement::DeadLetter { tokens, reason, .. } => {
                 assert_eq!(tokens, Some(vec![token(1)]));
                 assert_eq!(reason, "bad_topic");
@@ -350,7 +365,11 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            settle(vec![(token(1), bad_topic), (token(2), busy), (token(3), gone)]),
+            settle(vec![
+                (token(1), bad_topic),
+                (token(2), busy),
+                (token(3), gone)
+            ]),
             Settlement::Requeue { .. }
         ));
     }

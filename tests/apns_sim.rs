@@ -21,8 +21,17 @@ async fn client_delivers_and_simulator_answers_like_apple() {
         "token": support::token(1), "alert": "hello", "priority": 5, "collapse_id": "c",
         "apns_id": "123e4567-e89b-12d3-a456-4266554400a0", "expiration": 42
     }));
-    let answer = client.send(&JobRequest::new(&ok, client.default_topic()), &ok.tokens[0]).await;
-    assert_eq!(answer, ApnsAnswer::Status { code: 200, reason: None, timestamp_ms: None });
+    let answer = client
+        .send(&JobRequest::new(&ok, client.default_topic()), &ok.tokens[0])
+        .await;
+    assert_eq!(
+        answer,
+        ApnsAnswer::Status {
+            code: 200,
+            reason: None,
+            timestamp_ms: None
+        }
+    );
     let seen = sim.sim.accepted();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].token, support::token(1));
@@ -34,19 +43,42 @@ async fn client_delivers_and_simulator_answers_like_apple() {
     assert_eq!(seen[0].push_type.as_deref(), Some("alert"));
     assert_eq!(&seen[0].payload[..], br#"{"aps":{"alert":"hello"}}"#);
 
-    let gone = job(serde_json::json!({"token": format!("ffff0410{}", "0".repeat(56)), "alert": "x"}));
-    match client.send(&JobRequest::new(&gone, client.default_topic()), &gone.tokens[0]).await {
-        ApnsAnswer::Status { code: 410, reason: Some(r), timestamp_ms: Some(ts) } => {
+    let gone =
+        job(serde_json::json!({"token": format!("ffff0410{}", "0".repeat(56)), "alert": "x"}));
+    match client
+        .send(
+            &JobRequest::new(&gone, client.default_topic()),
+            &gone.tokens[0],
+        )
+        .await
+    {
+        ApnsAnswer::Status {
+            code: 410,
+            reason: Some(r),
+            timestamp_ms: Some(ts),
+        } => {
             assert_eq!(r, "Unregistered");
             assert!(ts > 1_600_000_000_000);
         }
         other => panic!("{other:?}"),
     }
     let bad = job(serde_json::json!({"token": format!("ffff0400{}", "0".repeat(56))}));
-    let answer = client.send(&JobRequest::new(&bad, client.default_topic()), &bad.tokens[0]).await;
-    assert!(matches!(answer, ApnsAnswer::Status { code: 400, reason: Some(ref r), .. } if r == "BadDeviceToken"), "{answer:?}");
+    let answer = client
+        .send(
+            &JobRequest::new(&bad, client.default_topic()),
+            &bad.tokens[0],
+        )
+        .await;
+    assert!(
+        matches!(answer, ApnsAnswer::Status { code: 400, reason: Some(ref r), .. } if r == "BadDeviceToken"),
+        "{answer:?}"
+    );
     assert_eq!(sim.sim.accepted_count(), 1);
-    assert_eq!(sim.sim.connections(), 2, "the probe's connection and the actor's one");
+    assert_eq!(
+        sim.sim.connections(),
+        2,
+        "the probe's connection and the actor's one"
+    );
 }
 
 #[tokio::test]
@@ -60,14 +92,22 @@ async fn wrong_key_is_refused_and_missing_topic_reported() {
     }
     let client = ApnsClient::new("default", &config).unwrap();
     let j = job(serde_json::json!({"token": support::token(2)}));
-    let answer = client.send(&JobRequest::new(&j, client.default_topic()), &j.tokens[0]).await;
-    assert!(matches!(answer, ApnsAnswer::Status { code: 403, reason: Some(ref r), .. } if r == "InvalidProviderToken"), "{answer:?}");
+    let answer = client
+        .send(&JobRequest::new(&j, client.default_topic()), &j.tokens[0])
+        .await;
+    assert!(
+        matches!(answer, ApnsAnswer::Status { code: 403, reason: Some(ref r), .. } if r == "InvalidProviderToken"),
+        "{answer:?}"
+    );
 
     let mut config = sim.app_config();
     config.topic = None;
     let client = ApnsClient::new("default", &config).unwrap();
     let answer = client.send(&JobRequest::new(&j, None), &j.tokens[0]).await;
-    assert!(matches!(answer, ApnsAnswer::Status { code: 400, reason: Some(ref r), .. } if r == "MissingTopic"), "{answer:?}");
+    assert!(
+        matches!(answer, ApnsAnswer::Status { code: 400, reason: Some(ref r), .. } if r == "MissingTopic"),
+        "{answer:?}"
+    );
 }
 
 #[tokio::test]

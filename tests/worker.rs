@@ -104,7 +104,11 @@ async fn a_thousand_jobs_are_each_delivered_once_and_acked() {
     let log = worker.log_text();
     assert_eq!(support::stopped_counter(&log, "acked"), Some(1000), "{log}");
     assert_eq!(support::stopped_counter(&log, "requeued"), Some(0), "{log}");
-    assert_eq!(support::stopped_counter(&log, "delivered"), Some(total), "{log}");
+    assert_eq!(
+        support::stopped_counter(&log, "delivered"),
+        Some(total),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,11 +122,26 @@ async fn malformed_jobs_are_dead_lettered_with_a_reason_and_the_worker_keeps_goi
     let big = "x".repeat(5000);
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"this is not json".to_vec(), "not valid JSON"),
-        (json!({"token": t, "alrt": "typo"}).to_string().into_bytes(), "unknown field: alrt"),
-        (json!({"token": "xyz", "alert": "a"}).to_string().into_bytes(), "field `token`"),
-        (json!({"token": t, "data": {"big": big}}).to_string().into_bytes(), "the limit for push type alert is 4096"),
         (
-            json!({"token": t, "alert": "a", "payload": {"aps": {}}}).to_string().into_bytes(),
+            json!({"token": t, "alrt": "typo"}).to_string().into_bytes(),
+            "unknown field: alrt",
+        ),
+        (
+            json!({"token": "xyz", "alert": "a"})
+                .to_string()
+                .into_bytes(),
+            "field `token`",
+        ),
+        (
+            json!({"token": t, "data": {"big": big}})
+                .to_string()
+                .into_bytes(),
+            "the limit for push type alert is 4096",
+        ),
+        (
+            json!({"token": t, "alert": "a", "payload": {"aps": {}}})
+                .to_string()
+                .into_bytes(),
             "cannot be combined",
         ),
     ];
@@ -130,12 +149,24 @@ async fn malformed_jobs_are_dead_lettered_with_a_reason_and_the_worker_keeps_goi
     let conn = broker().connect().await;
     publish(&conn, &queue, &bodies).await;
     // A good job after the bad ones: the consumer is still alive and delivering.
-    publish(&conn, &queue, &[json!({"token": token(2), "alert": "still here"}).to_string().into_bytes()]).await;
+    publish(
+        &conn,
+        &queue,
+        &[json!({"token": token(2), "alert": "still here"})
+            .to_string()
+            .into_bytes()],
+    )
+    .await;
 
-    wait_for(Duration::from_secs(20), "the good job", || sim.sim.accepted_count() == 1).await;
+    wait_for(Duration::from_secs(20), "the good job", || {
+        sim.sim.accepted_count() == 1
+    })
+    .await;
     let dead_queue = format!("{queue}.dead");
     wait_for(Duration::from_secs(20), "five dead letters", || {
-        broker().counts(&dead_queue).is_some_and(|(ready, _)| ready == 5)
+        broker()
+            .counts(&dead_queue)
+            .is_some_and(|(ready, _)| ready == 5)
     })
     .await;
     let dead = drain(&conn, &dead_queue).await;
@@ -145,7 +176,10 @@ async fn malformed_jobs_are_dead_lettered_with_a_reason_and_the_worker_keeps_goi
             .iter()
             .find(|m| &m.delivery.data == body)
             .unwrap_or_else(|| panic!("no dead letter for {}", String::from_utf8_lossy(body)));
-        assert_eq!(header(letter, "x-misiva-reason").as_deref(), Some("invalid_job"));
+        assert_eq!(
+            header(letter, "x-misiva-reason").as_deref(),
+            Some("invalid_job")
+        );
         let detail = header(letter, "x-misiva-detail").unwrap();
         assert!(detail.contains(fragment), "{detail:?} lacks {fragment:?}");
         assert_eq!(header(letter, "x-misiva-app").as_deref(), Some("default"));
@@ -153,7 +187,8 @@ async fn malformed_jobs_are_dead_lettered_with_a_reason_and_the_worker_keeps_goi
         for stamp in ["x-misiva-first-seen", "x-misiva-failed-at"] {
             let value = header(letter, stamp).unwrap();
             assert!(
-                time::OffsetDateTime::parse(&value, &time::format_description::well_known::Rfc3339).is_ok(),
+                time::OffsetDateTime::parse(&value, &time::format_description::well_known::Rfc3339)
+                    .is_ok(),
                 "{stamp} = {value:?}"
             );
         }
@@ -180,7 +215,9 @@ async fn an_unregistered_token_is_settled_with_feedback_and_not_retried() {
 
     let feedback_queue = format!("{queue}.feedback");
     wait_for(Duration::from_secs(20), "one feedback event", || {
-        broker().counts(&feedback_queue).is_some_and(|(ready, _)| ready == 1)
+        broker()
+            .counts(&feedback_queue)
+            .is_some_and(|(ready, _)| ready == 1)
     })
     .await;
     wait_for(Duration::from_secs(20), "the work queue to settle", || {
@@ -189,12 +226,19 @@ async fn an_unregistered_token_is_settled_with_feedback_and_not_retried() {
     .await;
     // Give a wrongly requeued job time to come back before counting answers.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(sim.sim.rejected().get(&(410, "Unregistered".into())), Some(&1), "sent once, never retried");
+    assert_eq!(
+        sim.sim.rejected().get(&(410, "Unregistered".into())),
+        Some(&1),
+        "sent once, never retried"
+    );
     assert_eq!(sim.sim.accepted_count(), 1);
 
     let events = drain(&conn, &feedback_queue).await;
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0].delivery.routing_key.as_str(), "default.Unregistered");
+    assert_eq!(
+        events[0].delivery.routing_key.as_str(),
+        "default.Unregistered"
+    );
     let event: Value = serde_json::from_slice(&events[0].delivery.data).unwrap();
     assert_eq!(event["token"], json!(gone));
     assert_eq!(event["app"], json!("default"));
@@ -204,7 +248,10 @@ async fn an_unregistered_token_is_settled_with_feedback_and_not_retried() {
     assert!(event["timestamp"].as_u64().unwrap() > 1_600_000_000_000);
 
     assert!(worker.terminate().await.success());
-    assert_eq!(support::stopped_counter(&worker.log_text(), "acked"), Some(1));
+    assert_eq!(
+        support::stopped_counter(&worker.log_text(), "acked"),
+        Some(1)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,10 +267,20 @@ async fn a_permanent_apns_rejection_dead_letters_only_the_rejected_tokens() {
     let job = json!({"id": "p-1", "tokens": [token(10), refused, token(11)], "alert": "x"});
     // An app with no credentials here: dead-lettered as unknown_app, never sent.
     let unknown = json!({"id": "p-2", "app": "nosuchapp", "token": token(12), "alert": "x"});
-    publish(&conn, &queue, &[job.to_string().into_bytes(), unknown.to_string().into_bytes()]).await;
+    publish(
+        &conn,
+        &queue,
+        &[
+            job.to_string().into_bytes(),
+            unknown.to_string().into_bytes(),
+        ],
+    )
+    .await;
     let dead_queue = format!("{queue}.dead");
     wait_for(Duration::from_secs(20), "two dead letters", || {
-        broker().counts(&dead_queue).is_some_and(|(ready, _)| ready == 2)
+        broker()
+            .counts(&dead_queue)
+            .is_some_and(|(ready, _)| ready == 2)
     })
     .await;
     let dead = drain(&conn, &dead_queue).await;
@@ -233,12 +290,25 @@ async fn a_permanent_apns_rejection_dead_letters_only_the_rejected_tokens() {
             .unwrap_or_else(|| panic!("no dead letter for {id}"))
     };
     let partial = by_id("p-1");
-    assert_eq!(header(partial, "x-misiva-reason").as_deref(), Some("topic_disallowed"));
+    assert_eq!(
+        header(partial, "x-misiva-reason").as_deref(),
+        Some("topic_disallowed")
+    );
     let body: Value = serde_json::from_slice(&partial.delivery.data).unwrap();
-    assert_eq!(body["tokens"], json!([refused]), "only the refused token is kept");
+    assert_eq!(
+        body["tokens"],
+        json!([refused]),
+        "only the refused token is kept"
+    );
     let unknown = by_id("p-2");
-    assert_eq!(header(unknown, "x-misiva-reason").as_deref(), Some("unknown_app"));
-    assert_eq!(header(unknown, "x-misiva-app").as_deref(), Some("nosuchapp"));
+    assert_eq!(
+        header(unknown, "x-misiva-reason").as_deref(),
+        Some("unknown_app")
+    );
+    assert_eq!(
+        header(unknown, "x-misiva-app").as_deref(),
+        Some("nosuchapp")
+    );
 
     let delivered: Vec<String> = sim.sim.accepted().into_iter().map(|a| a.token).collect();
     assert_eq!(delivered.len(), 2);

@@ -120,7 +120,11 @@ impl Consumer {
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(consumer = self.index, left = in_flight.len(), "grace period over; unsettled deliveries return to the queue");
+            tracing::warn!(
+                consumer = self.index,
+                left = in_flight.len(),
+                "grace period over; unsettled deliveries return to the queue"
+            );
             in_flight.abort_all();
         }
         publisher.close().await;
@@ -197,7 +201,12 @@ impl Consumer {
                 .with_content_type("application/json".into())
                 .with_delivery_mode(2);
             publisher
-                .publish(&self.topology.feedback_exchange, &routing_key, &body, properties)
+                .publish(
+                    &self.topology.feedback_exchange,
+                    &routing_key,
+                    &body,
+                    properties,
+                )
                 .await
                 .map_err(|e| format!("feedback for {}: {e}", event.token))?;
             self.counters.feedback.fetch_add(1, Ordering::Relaxed);
@@ -232,9 +241,9 @@ fn now_rfc3339() -> String {
 }
 
 fn feedback_body(event: &Feedback, verdict: &Verdict) -> Vec<u8> {
-    let timestamp = event.timestamp_ms.unwrap_or_else(|| {
-        (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64
-    });
+    let timestamp = event
+        .timestamp_ms
+        .unwrap_or_else(|| (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64);
     serde_json::json!({
         "token": event.token.as_str(),
         "app": verdict.app,

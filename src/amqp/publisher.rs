@@ -114,7 +114,9 @@ impl JobPublisher {
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2);
-        self.channel.publish("", &self.queue, body, properties).await
+        self.channel
+            .publish("", &self.queue, body, properties)
+            .await
     }
 
     /// Publishes many bodies pipelined (all sent, then all confirms awaited).

@@ -46,7 +46,10 @@ pub enum TopologyError {
 
 fn quorum() -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
     args
 }
 
@@ -57,7 +60,11 @@ pub async fn declare(broker: &Broker, topology: &Topology) -> Result<(), Topolog
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    for name in [&topology.queue, &topology.dead_letter_queue, &topology.feedback_queue] {
+    for name in [
+        &topology.queue,
+        &topology.dead_letter_queue,
+        &topology.feedback_queue,
+    ] {
         let channel = broker.channel().await?;
         channel
             .queue_declare(name.as_str().into(), durable, quorum())

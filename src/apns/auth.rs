@@ -112,7 +112,11 @@ mod tests {
         let t = token();
         let first = t.header();
         tokio::time::advance(Duration::from_secs(19 * 60)).await;
-        assert_eq!(t.renew_after_rejection(&first), None, "too young to replace");
+        assert_eq!(
+            t.renew_after_rejection(&first),
+            None,
+            "too young to replace"
+        );
         tokio::time::advance(Duration::from_secs(60)).await;
         let second = t.renew_after_rejection(&first).unwrap();
         assert_ne!(second, first);

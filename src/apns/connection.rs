@@ -64,7 +64,10 @@ impl Target {
         tcp.set_nodelay(true)
             .map_err(|e| ConnectError::Tcp(addr.clone(), e))?;
         let name = ServerName::try_from(self.host.clone()).map_err(|e| {
-            ConnectError::Tls(addr.clone(), std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+            ConnectError::Tls(
+                addr.clone(),
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+            )
         })?;
         let tls = TlsConnector::from(self.tls.clone())
             .connect(name, tcp)
@@ -125,7 +128,11 @@ impl Connection {
     }
 
     /// Sends one request and waits for APNs' answer, at most `deadline`.
-    pub async fn send(&self, request: http::Request<Full<Bytes>>, deadline: Duration) -> ApnsAnswer {
+    pub async fn send(
+        &self,
+        request: http::Request<Full<Bytes>>,
+        deadline: Duration,
+    ) -> ApnsAnswer {
         let (reply, answer) = oneshot::channel();
         let command = Command::Send {
             request,
@@ -244,7 +251,10 @@ mod tests {
     #[test]
     fn error_bodies_are_read_and_tolerated() {
         assert_eq!(
-            answer_from(410, br#"{"reason":"Unregistered","timestamp":1700000000000}"#),
+            answer_from(
+                410,
+                br#"{"reason":"Unregistered","timestamp":1700000000000}"#
+            ),
             ApnsAnswer::Status {
                 code: 410,
                 reason: Some("Unregistered".into()),

@@ -53,7 +53,11 @@ impl JobRequest {
         // so conversion to a header value cannot fail; `.ok()` keeps it total.
         let value = |s: &str| HeaderValue::from_str(s).ok();
         JobRequest {
-            topic: job.topic.as_ref().or(default_topic).and_then(|t| value(t.as_str())),
+            topic: job
+                .topic
+                .as_ref()
+                .or(default_topic)
+                .and_then(|t| value(t.as_str())),
             push_type: HeaderValue::from_static(job.push_type.as_str()),
             priority: job.priority.map(|p| HeaderValue::from_static(p.as_str())),
             expiration: job.expiration.map(HeaderValue::from),
@@ -168,7 +172,12 @@ impl ApnsClient {
         answer
     }
 
-    fn request(&self, job: &JobRequest, token: &DeviceToken, bearer: &str) -> http::Request<Full<Bytes>> {
+    fn request(
+        &self,
+        job: &JobRequest,
+        token: &DeviceToken,
+        bearer: &str,
+    ) -> http::Request<Full<Bytes>> {
         let uri = format!("{}/3/device/{}", self.inner.base, token.as_str());
         let mut builder = http::Request::post(uri)
             .header(http::header::CONTENT_TYPE, "application/json")

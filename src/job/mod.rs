@@ -8,7 +8,7 @@ mod payload;
 mod types;
 
 pub use payload::MAX_BODY_BYTES;
-pub use types::{AppName, ApnsId, CollapseId, DeviceToken, JobId, Priority, PushType, Topic};
+pub use types::{ApnsId, AppName, CollapseId, DeviceToken, JobId, Priority, PushType, Topic};
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -47,7 +47,10 @@ pub enum JobError {
     #[error("job has an unknown field: {0}")]
     UnknownField(String),
     #[error("field `{field}` {problem}")]
-    Field { field: &'static str, problem: String },
+    Field {
+        field: &'static str,
+        problem: String,
+    },
     #[error("exactly one of `token` and `tokens` is required")]
     TokenCount,
     #[error("`payload` cannot be combined with the convenience field `{0}`")]
@@ -139,17 +142,22 @@ pub fn decode(body: &[u8], message_id: Option<&str>) -> Result<Job, JobError> {
     if body.len() > MAX_BODY_BYTES {
         return Err(JobError::BodyTooLarge(body.len()));
     }
-    let text = std::str::from_utf8(body)
-        .map_err(|e| JobError::NotJson(format!("not UTF-8 ({e})")))?;
+    let text =
+        std::str::from_utf8(body).map_err(|e| JobError::NotJson(format!("not UTF-8 ({e})")))?;
     // serde would also read a struct from a JSON array, positionally; a job is an object.
     if !text.trim_start().starts_with('{') {
-        return Err(JobError::NotJson("the body must be a JSON object".to_owned()));
+        return Err(JobError::NotJson(
+            "the body must be a JSON object".to_owned(),
+        ));
     }
     let wire: Wire<'_> = serde_json::from_str(text).map_err(wire_error)?;
 
     if let Some(v) = typed::<u64>("v", wire.v, "the integer 1")? {
         if v != 1 {
-            return Err(JobError::field("v", format!("is {v}; this worker reads version 1")));
+            return Err(JobError::field(
+                "v",
+                format!("is {v}; this worker reads version 1"),
+            ));
         }
     }
     let id = match typed::<String>("id", wire.id, "a string")? {

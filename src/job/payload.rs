@@ -40,7 +40,7 @@ struct AlertObject {
 #[serde(untagged)]
 enum AlertField {
     Text(String),
-    Object(AlertObject),
+    Object(Box<AlertObject>),
 }
 
 #[derive(Deserialize)]
@@ -107,7 +107,11 @@ fn verbatim(raw: &str) -> Result<Bytes, JobError> {
 }
 
 fn convenience_payload(wire: &Wire<'_>) -> Result<Bytes, JobError> {
-    let alert = typed::<AlertField>("alert", wire.alert, "a string or an alert object with Apple's keys (title, subtitle, body, loc-key, ...)")?;
+    let alert = typed::<AlertField>(
+        "alert",
+        wire.alert,
+        "a string or an alert object with Apple's keys (title, subtitle, body, loc-key, ...)",
+    )?;
     let badge = typed::<u32>("badge", wire.badge, "a non-negative integer")?;
     let sound = typed::<SoundField>(
         "sound",
@@ -207,8 +211,14 @@ fn convenience_payload(wire: &Wire<'_>) -> Result<Bytes, JobError> {
     }
     if let Some(o) = object {
         let extra = [
-            ("subtitle-loc-key", o.subtitle_loc_key.clone().map(Value::from)),
-            ("subtitle-loc-args", o.subtitle_loc_args.clone().map(Value::from)),
+            (
+                "subtitle-loc-key",
+                o.subtitle_loc_key.clone().map(Value::from),
+            ),
+            (
+                "subtitle-loc-args",
+                o.subtitle_loc_args.clone().map(Value::from),
+            ),
             ("action", o.action.clone().map(Value::from)),
         ];
         if extra.iter().any(|(_, v)| v.is_some()) {

@@ -27,7 +27,10 @@ fn minimal_job_takes_the_defaults() {
     assert_eq!(job.push_type, PushType::Alert);
     assert_eq!(job.topic, None);
     assert_eq!(job.priority, None);
-    assert!(uuid::Uuid::parse_str(job.id.as_str()).is_ok(), "generated id is a uuid");
+    assert!(
+        uuid::Uuid::parse_str(job.id.as_str()).is_ok(),
+        "generated id is a uuid"
+    );
     assert_eq!(payload_of(&job), json!({"aps": {"alert": "hi"}}));
 }
 
@@ -41,7 +44,10 @@ fn every_field_is_read() {
     assert_eq!(job.id.as_str(), "job-1");
     assert_eq!(job.app.as_str(), "shop_eu");
     assert_eq!(job.tokens[0].as_str(), T1, "tokens are lower-cased");
-    assert_eq!(job.topic.as_ref().map(Topic::as_str), Some("com.example.app"));
+    assert_eq!(
+        job.topic.as_ref().map(Topic::as_str),
+        Some("com.example.app")
+    );
     assert_eq!(job.push_type, PushType::Background);
     assert_eq!(job.priority, Some(Priority::ConservePower));
     assert_eq!(job.expiration, Some(0));
@@ -56,9 +62,15 @@ fn every_field_is_read() {
 #[test]
 fn message_id_is_the_id_unless_the_body_has_one() {
     let body = json!({"token": T1}).to_string();
-    assert_eq!(decode(body.as_bytes(), Some("m-7")).unwrap().id.as_str(), "m-7");
+    assert_eq!(
+        decode(body.as_bytes(), Some("m-7")).unwrap().id.as_str(),
+        "m-7"
+    );
     let body = json!({"id": "b-1", "token": T1}).to_string();
-    assert_eq!(decode(body.as_bytes(), Some("m-7")).unwrap().id.as_str(), "b-1");
+    assert_eq!(
+        decode(body.as_bytes(), Some("m-7")).unwrap().id.as_str(),
+        "b-1"
+    );
 }
 
 #[test]
@@ -67,7 +79,11 @@ fn every_push_type_and_priority_is_accepted() {
         let job = ok(json!({"token": T1, "push_type": p.as_str()}));
         assert_eq!(job.push_type, p);
     }
-    for (n, p) in [(10, Priority::Immediate), (5, Priority::ConservePower), (1, Priority::Low)] {
+    for (n, p) in [
+        (10, Priority::Immediate),
+        (5, Priority::ConservePower),
+        (1, Priority::Low),
+    ] {
         assert_eq!(ok(json!({"token": T1, "priority": n})).priority, Some(p));
     }
 }
@@ -85,7 +101,10 @@ fn fan_out_keeps_order_and_the_limit_is_ten_thousand() {
 fn payload_is_sent_verbatim() {
     let body = format!(r#"{{"token":"{T1}","payload":{{"aps":{{"alert":"x"}},  "z":1,"a":[2]}}}}"#);
     let job = decode(body.as_bytes(), None).unwrap();
-    assert_eq!(&job.payload[..], br#"{"aps":{"alert":"x"},  "z":1,"a":[2]}"#);
+    assert_eq!(
+        &job.payload[..],
+        br#"{"aps":{"alert":"x"},  "z":1,"a":[2]}"#
+    );
 }
 
 #[test]
@@ -111,7 +130,10 @@ fn convenience_fields_build_aps() {
         })
     );
     let job = ok(json!({"token": T1, "sound": "default", "badge": 0}));
-    assert_eq!(payload_of(&job), json!({"aps": {"sound": "default", "badge": 0}}));
+    assert_eq!(
+        payload_of(&job),
+        json!({"aps": {"sound": "default", "badge": 0}})
+    );
 }
 
 #[test]
@@ -120,9 +142,15 @@ fn voip_may_use_5120_bytes_and_others_4096() {
     let voip = ok(json!({"token": T1, "push_type": "voip", "data": {"d": text}}));
     assert!(voip.payload.len() > 4096 && voip.payload.len() <= 5120);
     let e = err(&json!({"token": T1, "data": {"d": text}}).to_string());
-    assert!(matches!(e, JobError::PayloadTooLarge { limit: 4096, .. }), "{e}");
+    assert!(
+        matches!(e, JobError::PayloadTooLarge { limit: 4096, .. }),
+        "{e}"
+    );
     let fits = "x".repeat(4096 - r#"{"aps":{},"d":""}"#.len());
-    assert_eq!(ok(json!({"token": T1, "data": {"d": fits}})).payload.len(), 4096);
+    assert_eq!(
+        ok(json!({"token": T1, "data": {"d": fits}})).payload.len(),
+        4096
+    );
 }
 
 /// Each rejected body, and a fragment its error message must contain.
@@ -132,27 +160,60 @@ fn every_rule_rejects_with_a_clear_error() {
     let cases: Vec<(String, &str)> = vec![
         ("not json".into(), "not valid JSON"),
         ("[1,2]".into(), "JSON object"),
-        (format!(r#"{{"token":"{T1}","alrt":"typo"}}"#), "unknown field: alrt"),
-        (r#"{"alert":"no token"}"#.into(), "exactly one of `token` and `tokens`"),
-        (format!(r#"{{"token":"{T1}","tokens":["{T2}"]}}"#), "exactly one of"),
+        (
+            format!(r#"{{"token":"{T1}","alrt":"typo"}}"#),
+            "unknown field: alrt",
+        ),
+        (
+            r#"{"alert":"no token"}"#.into(),
+            "exactly one of `token` and `tokens`",
+        ),
+        (
+            format!(r#"{{"token":"{T1}","tokens":["{T2}"]}}"#),
+            "exactly one of",
+        ),
         (r#"{"token":"abc"}"#.into(), "even length from 16 to 200"),
         (r#"{"token":"0123456789abcdef0"}"#.into(), "even length"),
         (format!(r#"{{"token":"{long_token}"}}"#), "202 characters"),
         (r#"{"token":"zz23456789abcdef"}"#.into(), "not hexadecimal"),
         (r#"{"token":123}"#.into(), "field `token` must be a string"),
         (r#"{"tokens":[]}"#.into(), "1 to 10000"),
-        (format!(r#"{{"tokens":["{T1}","{}"]}}"#, T1.to_uppercase()), "more than once"),
+        (
+            format!(r#"{{"tokens":["{T1}","{}"]}}"#, T1.to_uppercase()),
+            "more than once",
+        ),
         (format!(r#"{{"v":2,"token":"{T1}"}}"#), "version 1"),
         (format!(r#"{{"id":"","token":"{T1}"}}"#), "field `id`"),
-        (format!(r#"{{"id":"{}","token":"{T1}"}}"#, "i".repeat(129)), "129 characters"),
+        (
+            format!(r#"{{"id":"{}","token":"{T1}"}}"#, "i".repeat(129)),
+            "129 characters",
+        ),
         (format!(r#"{{"app":"a.b","token":"{T1}"}}"#), "field `app`"),
         (format!(r#"{{"topic":"","token":"{T1}"}}"#), "field `topic`"),
-        (format!(r#"{{"topic":"a b","token":"{T1}"}}"#), "field `topic`"),
-        (format!(r#"{{"push_type":"pager","token":"{T1}"}}"#), "expected one of alert"),
-        (format!(r#"{{"priority":7,"token":"{T1}"}}"#), "expected 10, 5 or 1"),
-        (format!(r#"{{"expiration":-1,"token":"{T1}"}}"#), "field `expiration`"),
-        (format!(r#"{{"collapse_id":"{}","token":"{T1}"}}"#, "c".repeat(65)), "65 bytes"),
-        (format!(r#"{{"apns_id":"nope","token":"{T1}"}}"#), "expected a UUID"),
+        (
+            format!(r#"{{"topic":"a b","token":"{T1}"}}"#),
+            "field `topic`",
+        ),
+        (
+            format!(r#"{{"push_type":"pager","token":"{T1}"}}"#),
+            "expected one of alert",
+        ),
+        (
+            format!(r#"{{"priority":7,"token":"{T1}"}}"#),
+            "expected 10, 5 or 1",
+        ),
+        (
+            format!(r#"{{"expiration":-1,"token":"{T1}"}}"#),
+            "field `expiration`",
+        ),
+        (
+            format!(r#"{{"collapse_id":"{}","token":"{T1}"}}"#, "c".repeat(65)),
+            "65 bytes",
+        ),
+        (
+            format!(r#"{{"apns_id":"nope","token":"{T1}"}}"#),
+            "expected a UUID",
+        ),
         (
             format!(r#"{{"apns_id":"123e4567e89b12d3a4564266554400a0","token":"{T1}"}}"#),
             "expected a UUID",
@@ -161,28 +222,52 @@ fn every_rule_rejects_with_a_clear_error() {
             format!(r#"{{"apns_id":"123e4567-e89b-12d3-a456-4266554400a0","tokens":["{T1}"]}}"#),
             "only allowed with a single",
         ),
-        (format!(r#"{{"token":"{T1}","payload":{{"alert":"x"}}}}"#), "`aps` object"),
-        (format!(r#"{{"token":"{T1}","payload":"x"}}"#), "must be a JSON object"),
+        (
+            format!(r#"{{"token":"{T1}","payload":{{"alert":"x"}}}}"#),
+            "`aps` object",
+        ),
+        (
+            format!(r#"{{"token":"{T1}","payload":"x"}}"#),
+            "must be a JSON object",
+        ),
         (
             format!(r#"{{"token":"{T1}","payload":{{"aps":{{}}}},"alert":"x"}}"#),
             "convenience field `alert`",
         ),
-        (format!(r#"{{"token":"{T1}","data":{{"aps":{{}}}}}}"#), "may not hold `aps`"),
-        (format!(r#"{{"token":"{T1}","alert":{{"titel":"x"}}}}"#), "field `alert`"),
+        (
+            format!(r#"{{"token":"{T1}","data":{{"aps":{{}}}}}}"#),
+            "may not hold `aps`",
+        ),
+        (
+            format!(r#"{{"token":"{T1}","alert":{{"titel":"x"}}}}"#),
+            "field `alert`",
+        ),
         (format!(r#"{{"token":"{T1}","badge":-1}}"#), "field `badge`"),
-        (format!(r#"{{"token":"{T1}","content_available":1}}"#), "must be a boolean"),
+        (
+            format!(r#"{{"token":"{T1}","content_available":1}}"#),
+            "must be a boolean",
+        ),
     ];
     for (body, fragment) in cases {
         let message = err(&body).to_string();
-        assert!(message.contains(fragment), "{body}: {message:?} lacks {fragment:?}");
+        assert!(
+            message.contains(fragment),
+            "{body}: {message:?} lacks {fragment:?}"
+        );
     }
 }
 
 #[test]
 fn oversized_and_non_utf8_bodies_are_rejected() {
     let big = vec![b' '; MAX_BODY_BYTES + 1];
-    assert_eq!(decode(&big, None), Err(JobError::BodyTooLarge(MAX_BODY_BYTES + 1)));
-    assert!(matches!(decode(&[0xff, 0xfe], None), Err(JobError::NotJson(_))));
+    assert_eq!(
+        decode(&big, None),
+        Err(JobError::BodyTooLarge(MAX_BODY_BYTES + 1))
+    );
+    assert!(matches!(
+        decode(&[0xff, 0xfe], None),
+        Err(JobError::NotJson(_))
+    ));
 }
 
 #[test]

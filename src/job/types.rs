@@ -15,7 +15,9 @@ impl DeviceToken {
         if !(16..=200).contains(&len) || len % 2 != 0 {
             return Err(JobError::field(
                 field,
-                format!("has a token of {len} characters; a device token has an even length from 16 to 200"),
+                format!(
+                    "has a token of {len} characters; a device token has an even length from 16 to 200"
+                ),
             ));
         }
         if !raw.bytes().all(|b| b.is_ascii_hexdigit()) {

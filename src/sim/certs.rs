@@ -27,7 +27,11 @@ pub(super) fn generate(hostnames: &[String]) -> Result<Certs, CertError> {
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca_params, ca_key);
 
-    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
     names.extend(hostnames.iter().cloned());
     let server_key = KeyPair::generate()?;
     let mut server_params = CertificateParams::new(names)?;

@@ -188,7 +188,10 @@ async fn check(
     if collapse_id.is_some_and(|c| c.len() > 64) {
         return Err(reject(400, "BadCollapseId"));
     }
-    if apns_id.as_deref().is_some_and(|id| uuid::Uuid::try_parse(id).is_err()) {
+    if apns_id
+        .as_deref()
+        .is_some_and(|id| uuid::Uuid::try_parse(id).is_err())
+    {
         return Err(reject(400, "BadMessageId"));
     }
     let valid_token = (16..=200).contains(&token.len())
@@ -197,7 +200,11 @@ async fn check(
     if !valid_token {
         return Err(reject(400, "BadDeviceToken"));
     }
-    let limit = if push_type == Some("voip") { 5120 } else { 4096 };
+    let limit = if push_type == Some("voip") {
+        5120
+    } else {
+        4096
+    };
     let accepted = Accepted {
         token: token.clone(),
         apns_id: String::new(),
@@ -246,7 +253,10 @@ fn authenticate(
     headers: &HeaderMap,
 ) -> Result<String, Rejection> {
     let bearer = header(headers, "authorization")?
-        .and_then(|v| v.strip_prefix("bearer ").or_else(|| v.strip_prefix("Bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("bearer ")
+                .or_else(|| v.strip_prefix("Bearer "))
+        })
         .ok_or(reject(403, "MissingProviderToken"))?;
     let (jwt_header, claims) =
         decode_unverified(bearer).map_err(|_| reject(403, "InvalidProviderToken"))?;
@@ -274,7 +284,10 @@ fn authenticate(
                     reject(403, "InvalidProviderToken")
                 }
             })?;
-            if previous.as_ref().is_some_and(|(_, since)| since.elapsed() < TOKEN_MIN_INTERVAL) {
+            if previous
+                .as_ref()
+                .is_some_and(|(_, since)| since.elapsed() < TOKEN_MIN_INTERVAL)
+            {
                 return Err(reject(429, "TooManyProviderTokenUpdates"));
             }
             *verified = Some((bearer.to_owned(), Instant::now()));

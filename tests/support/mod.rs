@@ -73,7 +73,12 @@ impl Broker {
 
     /// (ready, unacked) of a queue, as the broker reports them.
     pub fn counts(&self, queue: &str) -> Option<(u64, u64)> {
-        let out = self.ctl(&["list_queues", "name", "messages_ready", "messages_unacknowledged"]);
+        let out = self.ctl(&[
+            "list_queues",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        ]);
         out.lines().find_map(|line| {
             let mut f = line.split_whitespace();
             (f.next()? == queue).then_some(())?;
@@ -117,7 +122,10 @@ pub async fn publish(conn: &Connection, queue: &str, bodies: &[Vec<u8>]) {
     for confirm in confirms {
         let confirm = confirm.await.unwrap();
         assert!(confirm.is_ack());
-        assert!(confirm.take_message().is_none(), "published to a queue that does not exist");
+        assert!(
+            confirm.take_message().is_none(),
+            "published to a queue that does not exist"
+        );
     }
     let _ = channel.close(200, "done".into()).await;
 }
@@ -215,7 +223,9 @@ impl Worker {
         // Feedback names per test, through the config file (the env covers the rest).
         std::fs::write(
             &config,
-            format!("feedback_exchange = \"{queue}.feedback\"\nfeedback_queue = \"{queue}.feedback\"\n"),
+            format!(
+                "feedback_exchange = \"{queue}.feedback\"\nfeedback_queue = \"{queue}.feedback\"\n"
+            ),
         )
         .unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_misiva"));
@@ -276,7 +286,11 @@ impl Worker {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "worker did not stop:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "worker did not stop:\n{}",
+                self.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -290,7 +304,10 @@ impl Drop for Worker {
 }
 
 fn signal(pid: u32, name: &str) {
-    let _ = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 /// Polls `done` every 50 ms until it holds, or fails the test after `limit`.

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine with only the Rust toolchain:
+# installs RabbitMQ from Debian's packages if missing, starts the private test
+# node, checks formatting and lints, runs every test, and stops the node.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+export MISIVA_TEST_BROKER_PORT="${MISIVA_TEST_BROKER_PORT:-5699}"
+
+MISIVA_BROKER_PORT="$MISIVA_TEST_BROKER_PORT" scripts/broker.sh start
+stop_broker() { MISIVA_BROKER_PORT="$MISIVA_TEST_BROKER_PORT" scripts/broker.sh stop || true; }
+trap stop_broker EXIT
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+# --nocapture shows the figures tests print (throughput of the 1,000-job test).
+cargo test --locked -- --nocapture
