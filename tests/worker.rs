@@ -315,3 +315,62 @@ async fn a_permanent_apns_rejection_dead_letters_only_the_rejected_tokens() {
     assert!(delivered.contains(&token(10)) && delivered.contains(&token(11)));
     assert!(worker.terminate().await.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_declares_idempotently_and_names_a_conflicting_argument() {
+    let sim = SimFixture::start(Default::default()).await;
+    let conn = broker().connect().await;
+    let run_topology = |queue: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_misiva"))
+            .arg("topology")
+            .env("MISIVA_AMQP_URL", &broker().url)
+            .env("MISIVA_QUEUE", queue)
+            .env("MISIVA_APNS_KEY_FILE", &sim.key_file)
+            .env("MISIVA_APNS_KEY_ID", support::KEY_ID)
+            .env("MISIVA_APNS_TEAM_ID", support::TEAM_ID)
+            .env("MISIVA_LOG_FORMAT", "text")
+            .output()
+            .unwrap()
+    };
+
+    let fresh = unique_queue("topology");
+    for _ in 0..2 {
+        let out = run_topology(&fresh);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let listed = broker().ctl(&["list_queues", "name", "type"]);
+    for name in [fresh.clone(), format!("{fresh}.dead")] {
+        assert!(
+            listed
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == [name.as_str(), "quorum"]),
+            "{name} is not a quorum queue:\n{listed}"
+        );
+    }
+
+    // A classic queue already holds the name: the error says which queue and which argument.
+    let taken = unique_queue("conflict");
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .queue_declare(
+            taken.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let out = run_topology(&taken);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&taken) && stderr.contains("x-queue-type"),
+        "{stderr}"
+    );
+}
