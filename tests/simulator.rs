@@ -57,6 +57,9 @@ impl Client {
     }
 }
 
+/// A request and the status and reason APNs answers it with.
+type Case = (http::Request<Full<Bytes>>, u16, Option<&'static str>);
+
 fn body(s: &str) -> Full<Bytes> {
     Full::new(Bytes::from(s.to_owned()))
 }
@@ -68,7 +71,7 @@ async fn every_validation_gives_apples_status_and_reason() {
     let t = token(1);
     let good = client.bearer(now());
     let payload = r#"{"aps":{"alert":"x"}}"#;
-    let cases: Vec<(http::Request<Full<Bytes>>, u16, Option<&str>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             client.request(&t, &good).body(body(payload)).unwrap(),
             200,
