@@ -81,7 +81,11 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let topology = Arc::new(Topology::from_config(&config));
     amqp::declare(&broker, &topology).await?;
 
-    let dispatcher = Arc::new(Dispatcher::new(apns));
+    let policy = crate::outcome::RetryPolicy {
+        tiers: config.retry_delays.len(),
+        max_attempts: config.max_attempts,
+    };
+    let dispatcher = Arc::new(Dispatcher::new(apns, policy));
     let counters = Arc::new(amqp::Counters::default());
     // Tells every consumer to stop taking deliveries; a watch so that late
     // subscribers see the current value.
@@ -122,7 +126,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     tracing::info!(
         delivered = counters.delivered.load(Ordering::Relaxed),
         acked = counters.acked.load(Ordering::Relaxed),
-        requeued = counters.requeued.load(Ordering::Relaxed),
+        retried = counters.retried.load(Ordering::Relaxed),
         dead_lettered = counters.dead_lettered.load(Ordering::Relaxed),
         feedback = counters.feedback.load(Ordering::Relaxed),
         "worker stopped"

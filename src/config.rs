@@ -162,6 +162,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// How long a stopping worker may take to settle what is in flight.
     pub shutdown_grace: Duration,
+    /// Delay of each retry tier, shortest first.
+    pub retry_delays: Vec<Duration>,
+    /// Deliveries a job gets before its unsettled tokens are dead-lettered.
+    pub max_attempts: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,6 +190,8 @@ struct FileConfig {
     log: Option<String>,
     log_format: Option<String>,
     shutdown_grace_secs: Option<u64>,
+    retry_delays: Option<Vec<String>>,
+    max_attempts: Option<u32>,
     #[serde(default)]
     apps: BTreeMap<String, FileApp>,
 }
@@ -299,6 +305,26 @@ impl Config {
             other => return Err(invalid("MISIVA_LOG_FORMAT", other, "expected json or text")),
         };
 
+        let retry_delays = match var("MISIVA_RETRY_DELAYS") {
+            Some(list) => parse_delays("MISIVA_RETRY_DELAYS", list.split(','))?,
+            None => match &file.retry_delays {
+                Some(list) => parse_delays("retry_delays", list.iter().map(String::as_str))?,
+                None => DEFAULT_RETRY_DELAYS
+                    .iter()
+                    .map(|s| Duration::from_secs(*s))
+                    .collect(),
+            },
+        };
+        let max_attempts =
+            number("MISIVA_MAX_ATTEMPTS", file.max_attempts.map(u64::from))?.unwrap_or(8);
+        if !(1..=1000).contains(&max_attempts) {
+            return Err(invalid(
+                "MISIVA_MAX_ATTEMPTS",
+                max_attempts.to_string(),
+                "expected 1 to 1000",
+            ));
+        }
+
         // The environment describes the `default` app, on top of its file section.
         let mut apps_raw = file.apps;
         let default = apps_raw.entry("default".to_owned()).or_default();
@@ -362,8 +388,65 @@ impl Config {
             shutdown_grace: Duration::from_secs(
                 number("MISIVA_SHUTDOWN_GRACE", file.shutdown_grace_secs)?.unwrap_or(20),
             ),
+            retry_delays,
+            max_attempts: max_attempts as u32,
         })
     }
+}
+
+/// Default retry tiers, in seconds: 1s, 5s, 30s, 2m, 10m.
+pub const DEFAULT_RETRY_DELAYS: [u64; 5] = [1, 5, 30, 120, 600];
+
+/// Reads "250ms", "5s", "2m", "1h".
+pub fn parse_duration(raw: &str) -> Option<Duration> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = raw.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n * 60)),
+        "h" => Some(Duration::from_secs(n * 3600)),
+        _ => None,
+    }
+}
+
+/// The label of a delay in a retry queue's name: `1s`, `2m`, `250ms`.
+pub fn delay_label(delay: Duration) -> String {
+    let ms = delay.as_millis();
+    if ms % 3_600_000 == 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+fn parse_delays<'a>(
+    name: &str,
+    items: impl Iterator<Item = &'a str>,
+) -> Result<Vec<Duration>, ConfigError> {
+    let mut delays = Vec::new();
+    for item in items {
+        match parse_duration(item) {
+            Some(d) if !d.is_zero() && delays.last().is_none_or(|last| *last < d) => delays.push(d),
+            _ => {
+                return Err(invalid(
+                    name,
+                    item,
+                    "expected increasing delays like 1s,5s,30s,2m,10m (units ms, s, m, h)",
+                ));
+            }
+        }
+    }
+    if delays.is_empty() || delays.len() > 20 {
+        return Err(invalid(name, "", "expected 1 to 20 delays"));
+    }
+    Ok(delays)
 }
 
 fn app_config(name: &str, raw: FileApp) -> Result<AppConfig, ConfigError> {
@@ -447,6 +530,29 @@ mod tests {
         let app = &c.apps["default"];
         assert_eq!(app.endpoint, Endpoint::Production);
         assert!(matches!(&app.auth, Auth::Token { key_id, .. } if key_id == "KEY1"));
+    }
+
+    #[test]
+    fn retry_tiers() {
+        let c = Config::from_env_map(&env(&TOKEN_AUTH)).unwrap();
+        let labels: Vec<_> = c.retry_delays.iter().map(|d| delay_label(*d)).collect();
+        assert_eq!(labels, ["1s", "5s", "30s", "2m", "10m"]);
+        assert_eq!(c.max_attempts, 8);
+        let mut e = env(&TOKEN_AUTH);
+        e.insert("MISIVA_RETRY_DELAYS".into(), "100ms,1s,1h".into());
+        e.insert("MISIVA_MAX_ATTEMPTS".into(), "3".into());
+        let c = Config::from_env_map(&e).unwrap();
+        let labels: Vec<_> = c.retry_delays.iter().map(|d| delay_label(*d)).collect();
+        assert_eq!(labels, ["100ms", "1s", "1h"]);
+        assert_eq!(c.max_attempts, 3);
+        for bad in ["5s,1s", "1x", "", "0s"] {
+            e.insert("MISIVA_RETRY_DELAYS".into(), bad.into());
+            if bad.is_empty() {
+                continue; // an empty variable counts as unset
+            }
+            let msg = Config::from_env_map(&e).unwrap_err().to_string();
+            assert!(msg.contains("MISIVA_RETRY_DELAYS"), "{bad}: {msg}");
+        }
     }
 
     #[test]

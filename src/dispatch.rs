@@ -4,7 +4,7 @@
 
 use crate::apns::{Apns, JobRequest};
 use crate::job;
-use crate::outcome::{self, Settlement, classify};
+use crate::outcome::{self, RetryPolicy, Settlement, classify};
 use futures_util::StreamExt;
 use std::sync::Arc;
 
@@ -18,6 +18,8 @@ pub const FANOUT_CONCURRENCY: usize = 256;
 pub struct Inbound<'a> {
     pub body: &'a [u8],
     pub message_id: Option<&'a str>,
+    /// Deliveries of this job before this one (the `x-misiva-attempts` header).
+    pub previous_attempts: u32,
 }
 
 /// The settlement of one delivery and what its dead letters and feedback
@@ -35,19 +37,21 @@ pub struct Verdict {
 #[derive(Debug, Clone)]
 pub struct Dispatcher {
     apns: Apns,
+    policy: RetryPolicy,
 }
 
 impl Dispatcher {
-    pub fn new(apns: Apns) -> Self {
-        Dispatcher { apns }
+    pub fn new(apns: Apns, policy: RetryPolicy) -> Self {
+        Dispatcher { apns, policy }
     }
 
     pub async fn handle(&self, inbound: Inbound<'_>) -> Verdict {
+        let attempt = inbound.previous_attempts.saturating_add(1);
         let job = match job::decode(inbound.body, inbound.message_id) {
             Ok(job) => job,
             Err(e) => {
                 return Verdict {
-                    settlement: outcome::reject_job(outcome::INVALID_JOB, e.to_string()),
+                    settlement: outcome::reject_job(attempt, outcome::INVALID_JOB, e.to_string()),
                     app: job::AppName::default().to_string(),
                     job_id: inbound.message_id.map(str::to_owned),
                     topic: None,
@@ -58,6 +62,7 @@ impl Dispatcher {
         let Some(client) = self.apns.client(job.app.as_str()) else {
             return Verdict {
                 settlement: outcome::reject_job(
+                    attempt,
                     outcome::UNKNOWN_APP,
                     format!(
                         "no credentials are configured for app {:?}",
@@ -90,7 +95,7 @@ impl Dispatcher {
             .filter(|(_, o)| *o == outcome::TokenOutcome::Delivered)
             .count();
         Verdict {
-            settlement: outcome::settle(outcomes),
+            settlement: outcome::settle(outcomes, attempt, self.policy),
             app: job.app.to_string(),
             job_id: Some(job.id.to_string()),
             topic: job

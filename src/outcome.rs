@@ -113,46 +113,86 @@ pub struct Feedback {
     pub timestamp_ms: Option<u64>,
 }
 
-/// The single decision for one delivery.
+/// A dead letter to publish: the job (or only `tokens` of it), with a reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Settlement {
-    /// Every token is settled: publish the feedback events, then ack.
-    Ack { feedback: Vec<Feedback> },
-    /// Some token (or the whole job) can never succeed and nothing is left to
-    /// retry: publish the feedback and a dead letter, then ack. `tokens` names
-    /// the tokens the dead letter keeps; `None` keeps the body as it came.
-    DeadLetter {
-        feedback: Vec<Feedback>,
-        tokens: Option<Vec<DeviceToken>>,
-        reason: String,
-        detail: String,
-    },
-    /// Some token failed transiently: return the message to the queue.
-    /// (Delayed retry tiers replace this with a republish of the unsettled tokens.)
-    Requeue { detail: String },
+pub struct DeadLetter {
+    /// The tokens the dead letter keeps; `None` keeps the body as it came.
+    pub tokens: Option<Vec<DeviceToken>>,
+    /// snake_case code for `x-misiva-reason`.
+    pub reason: String,
+    /// Human text for `x-misiva-detail`.
+    pub detail: String,
+}
+
+/// A delayed retry: the unsettled tokens go to a retry tier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    pub tokens: Vec<DeviceToken>,
+    /// Index into the configured retry delays.
+    pub tier: usize,
+    /// The last transient error, for `x-misiva-last-error`.
+    pub detail: String,
+}
+
+/// How many attempts a job gets and over how many delay tiers they spread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub tiers: usize,
+    pub max_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            tiers: 5,
+            max_attempts: 8,
+        }
+    }
+}
+
+/// The single decision for one delivery: publish every feedback event, every
+/// dead letter and the retry (each confirmed by the broker), then ack.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Settlement {
+    /// Which attempt this delivery was (1 for the first), for the headers.
+    pub attempt: u32,
+    pub feedback: Vec<Feedback>,
+    pub dead_letters: Vec<DeadLetter>,
+    pub retry: Option<Retry>,
 }
 
 /// The dead-letter reason of a job that failed validation.
 pub const INVALID_JOB: &str = "invalid_job";
 /// The dead-letter reason of a job whose `app` has no credentials here.
 pub const UNKNOWN_APP: &str = "unknown_app";
+/// The dead-letter reason of tokens that failed transiently on every attempt.
+pub const RETRIES_EXHAUSTED: &str = "retries_exhausted";
 
 /// The settlement of a job that cannot even be attempted (invalid, unknown app).
-pub fn reject_job(reason: &str, detail: String) -> Settlement {
-    Settlement::DeadLetter {
-        feedback: Vec::new(),
-        tokens: None,
-        reason: reason.to_owned(),
-        detail,
+pub fn reject_job(attempt: u32, reason: &str, detail: String) -> Settlement {
+    Settlement {
+        attempt,
+        dead_letters: vec![DeadLetter {
+            tokens: None,
+            reason: reason.to_owned(),
+            detail,
+        }],
+        ..Settlement::default()
     }
 }
 
-/// Combines the outcome of every token of one job into its settlement.
-pub fn settle(outcomes: Vec<(DeviceToken, TokenOutcome)>) -> Settlement {
+/// Combines the outcome of every token of one job, on its `attempt`-th
+/// delivery, into its settlement.
+pub fn settle(
+    outcomes: Vec<(DeviceToken, TokenOutcome)>,
+    attempt: u32,
+    policy: RetryPolicy,
+) -> Settlement {
     let mut feedback = Vec::new();
-    let mut dead = Vec::new();
-    let mut first_dead: Option<(u16, String)> = None;
-    let mut retry: Option<String> = None;
+    // Permanent rejections, grouped by APNs reason: one dead letter per reason.
+    let mut rejected: Vec<(u16, String, Vec<DeviceToken>)> = Vec::new();
+    let mut unsettled = Vec::new();
+    let mut last_error: Option<String> = None;
     for (token, outcome) in outcomes {
         match outcome {
             TokenOutcome::Delivered => {}
@@ -165,31 +205,54 @@ pub fn settle(outcomes: Vec<(DeviceToken, TokenOutcome)>) -> Settlement {
                 timestamp_ms,
             }),
             TokenOutcome::Permanent { status, reason } => {
-                first_dead.get_or_insert((status, reason));
-                dead.push(token);
+                match rejected.iter_mut().find(|(_, r, _)| *r == reason) {
+                    Some((_, _, tokens)) => tokens.push(token),
+                    None => rejected.push((status, reason, vec![token])),
+                }
             }
             TokenOutcome::Credentials { status, reason, .. } => {
-                retry.get_or_insert(format!("APNs refused the credentials: {status} {reason}"));
+                last_error = Some(format!("APNs refused the credentials: {status} {reason}"));
+                unsettled.push(token);
             }
             TokenOutcome::Transient { detail } => {
-                retry.get_or_insert(detail);
+                last_error = Some(detail);
+                unsettled.push(token);
             }
         }
     }
-    if let Some(detail) = retry {
-        return Settlement::Requeue { detail };
-    }
-    match first_dead {
-        Some((status, reason)) => Settlement::DeadLetter {
-            feedback,
+    let mut dead_letters: Vec<DeadLetter> = rejected
+        .into_iter()
+        .map(|(status, reason, tokens)| DeadLetter {
             detail: format!(
                 "APNs answered {status} {reason} for {} of the job's tokens",
-                dead.len()
+                tokens.len()
             ),
             reason: snake_case(&reason),
-            tokens: Some(dead),
-        },
-        None => Settlement::Ack { feedback },
+            tokens: Some(tokens),
+        })
+        .collect();
+    let mut retry = None;
+    if !unsettled.is_empty() {
+        let detail = last_error.unwrap_or_default();
+        if attempt >= policy.max_attempts || policy.tiers == 0 {
+            dead_letters.push(DeadLetter {
+                reason: RETRIES_EXHAUSTED.to_owned(),
+                detail: format!("gave up after {attempt} attempts; last error: {detail}"),
+                tokens: Some(unsettled),
+            });
+        } else {
+            retry = Some(Retry {
+                tokens: unsettled,
+                tier: (attempt.saturating_sub(1) as usize).min(policy.tiers - 1),
+                detail,
+            });
+        }
+    }
+    Settlement {
+        attempt,
+        feedback,
+        dead_letters,
+        retry,
     }
 }
 
@@ -332,46 +395,93 @@ mod tests {
 
     #[test]
     fn settlement_rules() {
+        let policy = RetryPolicy {
+            tiers: 3,
+            max_attempts: 4,
+        };
         let delivered = TokenOutcome::Delivered;
         let gone = classify(&status(410, "Unregistered"));
         let bad_topic = classify(&status(400, "BadTopic"));
+        let too_big = classify(&status(413, "PayloadTooLarge"));
         let busy = classify(&status(503, "ServiceUnavailable"));
+        let refused = classify(&status(403, "InvalidProviderToken"));
 
         assert_eq!(
-            settle(vec![(token(1), delivered.clone())]),
-            Settlement::Ack { feedback: vec![] }
+            settle(vec![(token(1), delivered.clone())], 1, policy),
+            Settlement {
+                attempt: 1,
+                ..Settlement::default()
+            }
+        );
+        let s = settle(
+            vec![(token(1), delivered.clone()), (token(2), gone.clone())],
+            1,
+            policy,
         );
         assert_eq!(
-            settle(vec![
-                (token(1), delivered.clone()),
-                (token(2), gone.clone())
-            ]),
-            Settlement::Ack {
-                feedback: vec![Feedback {
-                    token: token(2),
-                    reason: "Unregistered".into(),
-                    timestamp_ms: None
-                }]
-            }
+            s.feedback,
+            vec![Feedback {
+                token: token(2),
+                reason: "Unregistered".into(),
+                timestamp_ms: None
+            }]
         );
-        match settle(vec![
-            (token(1), bad_topic.clone()),
-            (token(2), delivered.clone()),
-        ]) {
-            Settlement::DeadLetter { tokens, reason, .. } => {
-                assert_eq!(tokens, Some(vec![token(1)]));
-                assert_eq!(reason, "bad_topic");
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(
-            settle(vec![
-                (token(1), bad_topic),
-                (token(2), busy),
-                (token(3), gone)
-            ]),
-            Settlement::Requeue { .. }
-        ));
+        assert!(s.dead_letters.is_empty() && s.retry.is_none());
+
+        // Everything at once: feedback, two dead letters by reason, one retry.
+        let s = settle(
+            vec![
+                (token(1), bad_topic.clone()),
+                (token(2), busy.clone()),
+                (token(3), gone),
+                (token(4), too_big),
+                (token(5), bad_topic),
+                (token(6), refused),
+                (token(7), delivered),
+            ],
+            2,
+            policy,
+        );
+        assert_eq!(s.feedback.len(), 1);
+        let reasons: Vec<_> = s
+            .dead_letters
+            .iter()
+            .map(|d| (d.reason.as_str(), d.tokens.clone()))
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                ("bad_topic", Some(vec![token(1), token(5)])),
+                ("payload_too_large", Some(vec![token(4)])),
+            ]
+        );
+        let retry = s.retry.unwrap();
+        assert_eq!(
+            retry.tokens,
+            vec![token(2), token(6)],
+            "only the unsettled tokens"
+        );
+        assert_eq!(retry.tier, 1, "attempt 2 goes to the second tier");
+        assert!(retry.detail.contains("InvalidProviderToken"));
+    }
+
+    #[test]
+    fn tiers_climb_then_stay_and_attempts_run_out() {
+        let policy = RetryPolicy {
+            tiers: 3,
+            max_attempts: 5,
+        };
+        let busy = || vec![(token(1), classify(&status(500, "InternalServerError")))];
+        let tiers: Vec<_> = (1..5)
+            .map(|attempt| settle(busy(), attempt, policy).retry.unwrap().tier)
+            .collect();
+        assert_eq!(tiers, vec![0, 1, 2, 2]);
+        let last = settle(busy(), 5, policy);
+        assert_eq!(last.retry, None);
+        assert_eq!(last.dead_letters.len(), 1);
+        assert_eq!(last.dead_letters[0].reason, RETRIES_EXHAUSTED);
+        assert!(last.dead_letters[0].detail.contains("5 attempts"));
+        assert!(last.dead_letters[0].detail.contains("InternalServerError"));
     }
 
     #[test]

@@ -103,7 +103,7 @@ async fn a_thousand_jobs_are_each_delivered_once_and_acked() {
     assert!(status.success(), "exit {status:?}\n{}", worker.log_text());
     let log = worker.log_text();
     assert_eq!(support::stopped_counter(&log, "acked"), Some(1000), "{log}");
-    assert_eq!(support::stopped_counter(&log, "requeued"), Some(0), "{log}");
+    assert_eq!(support::stopped_counter(&log, "retried"), Some(0), "{log}");
     assert_eq!(
         support::stopped_counter(&log, "delivered"),
         Some(total),

@@ -4,11 +4,11 @@
 //! and dead letters published and confirmed, then the delivery acked (or nacked
 //! back to the queue). Nothing is acked before its outcome is settled.
 
-use super::publisher::{ConfirmChannel, header_string, headers};
+use super::publisher::{ConfirmChannel, Outgoing, PublishError, header_string, headers};
 use super::{AmqpError, Broker, Topology};
 use crate::dispatch::{Dispatcher, Inbound, Verdict};
 use crate::job;
-use crate::outcome::{Feedback, Settlement};
+use crate::outcome::Feedback;
 use futures_util::StreamExt;
 use lapin::BasicProperties;
 use lapin::message::Delivery;
@@ -39,7 +39,7 @@ pub enum ConsumerExit {
 #[derive(Debug, Default)]
 pub struct Counters {
     pub acked: AtomicU64,
-    pub requeued: AtomicU64,
+    pub retried: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub feedback: AtomicU64,
     pub delivered: AtomicU64,
@@ -142,11 +142,13 @@ impl Consumer {
             .message_id()
             .as_ref()
             .map(|m| m.as_str().to_owned());
+        let headers = delivery.properties.headers().clone().unwrap_or_default();
         let verdict = self
             .dispatcher
             .handle(Inbound {
                 body: &delivery.data,
                 message_id: message_id.as_deref(),
+                previous_attempts: int_header(&headers, ATTEMPTS).unwrap_or(0),
             })
             .await;
         self.counters
@@ -166,71 +168,153 @@ impl Consumer {
         }
     }
 
+    /// Carries out the settlement: every publish it needs, confirmed, then the ack.
     async fn settle(
         &self,
         delivery: &Delivery,
         verdict: &Verdict,
         publisher: &ConfirmChannel,
-    ) -> Result<(), String> {
-        let (feedback, dead) = match &verdict.settlement {
-            Settlement::Requeue { detail } => {
-                tracing::info!(job_id = ?verdict.job_id, %detail, "transient failure; job returned to the queue");
-                self.counters.requeued.fetch_add(1, Ordering::Relaxed);
-                return delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        multiple: false,
-                    })
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string());
-            }
-            Settlement::Ack { feedback } => (feedback, None),
-            Settlement::DeadLetter {
-                feedback,
-                tokens,
-                reason,
-                detail,
-            } => (feedback, Some((tokens, reason, detail))),
-        };
-        for event in feedback {
-            let routing_key = format!("{}.{}", verdict.app, event.reason);
-            let body = feedback_body(event, verdict);
-            let properties = BasicProperties::default()
-                .with_content_type("application/json".into())
-                .with_delivery_mode(2);
-            publisher
-                .publish(
-                    &self.topology.feedback_exchange,
-                    &routing_key,
-                    &body,
-                    properties,
-                )
-                .await
-                .map_err(|e| format!("feedback for {}: {e}", event.token))?;
-            self.counters.feedback.fetch_add(1, Ordering::Relaxed);
+    ) -> Result<(), PublishError> {
+        let settlement = &verdict.settlement;
+        let stamps = Stamps::read(&delivery.properties, settlement.attempt, verdict);
+        let mut outgoing = Vec::new();
+        for event in &settlement.feedback {
+            outgoing.push(Outgoing {
+                exchange: self.topology.feedback_exchange.clone(),
+                routing_key: format!("{}.{}", verdict.app, event.reason),
+                body: feedback_body(event, verdict),
+                properties: BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2),
+            });
         }
-        if let Some((tokens, reason, detail)) = dead {
-            let body = match tokens {
+        for dead in &settlement.dead_letters {
+            let body = match &dead.tokens {
                 Some(tokens) => job::body_with_tokens(&delivery.data, tokens),
                 None => delivery.data.clone(),
             };
-            let properties = dead_letter_properties(&delivery.properties, verdict, reason, detail);
-            publisher
-                .publish("", &self.topology.dead_letter_queue, &body, properties)
-                .await
-                .map_err(|e| format!("dead letter: {e}"))?;
-            tracing::warn!(job_id = ?verdict.job_id, %reason, %detail, "job dead-lettered");
-            self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            outgoing.push(Outgoing {
+                exchange: String::new(),
+                routing_key: self.topology.dead_letter_queue.clone(),
+                body,
+                properties: stamps.apply(
+                    &delivery.properties,
+                    vec![
+                        (REASON, header_string(&dead.reason)),
+                        (DETAIL, header_string(&dead.detail)),
+                        (FAILED_AT, header_string(&now_rfc3339())),
+                    ],
+                ),
+            });
+        }
+        if let Some(retry) = &settlement.retry {
+            let (queue, delay) = &self.topology.retry_queues[retry.tier];
+            outgoing.push(Outgoing {
+                exchange: String::new(),
+                routing_key: queue.clone(),
+                body: job::body_with_tokens(&delivery.data, &retry.tokens),
+                properties: stamps.apply(
+                    &delivery.properties,
+                    vec![(LAST_ERROR, header_string(&retry.detail))],
+                ),
+            });
+            tracing::info!(job_id = ?verdict.job_id, attempt = settlement.attempt, tokens = retry.tokens.len(), ?delay, detail = %retry.detail, "transient failure; job scheduled for retry");
+        }
+        publisher.publish_all(outgoing).await?;
+
+        let counters = &self.counters;
+        counters
+            .feedback
+            .fetch_add(settlement.feedback.len() as u64, Ordering::Relaxed);
+        for dead in &settlement.dead_letters {
+            tracing::warn!(job_id = ?verdict.job_id, reason = %dead.reason, detail = %dead.detail, "job dead-lettered");
+        }
+        counters
+            .dead_lettered
+            .fetch_add(settlement.dead_letters.len() as u64, Ordering::Relaxed);
+        if settlement.retry.is_some() {
+            counters.retried.fetch_add(1, Ordering::Relaxed);
         }
         delivery
             .acker
             .ack(BasicAckOptions::default())
             .await
-            .map_err(|e| e.to_string())?;
-        self.counters.acked.fetch_add(1, Ordering::Relaxed);
+            .map_err(PublishError::Send)?;
+        counters.acked.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+const ATTEMPTS: &str = "x-misiva-attempts";
+const FIRST_SEEN: &str = "x-misiva-first-seen";
+const APP: &str = "x-misiva-app";
+const REASON: &str = "x-misiva-reason";
+const DETAIL: &str = "x-misiva-detail";
+const FAILED_AT: &str = "x-misiva-failed-at";
+const LAST_ERROR: &str = "x-misiva-last-error";
+
+/// Reads an integer header whatever integer type the publisher used.
+fn int_header(headers: &FieldTable, name: &str) -> Option<u32> {
+    let value = match headers.inner().get(name)? {
+        AMQPValue::ShortShortInt(n) => i64::from(*n),
+        AMQPValue::ShortShortUInt(n) => i64::from(*n),
+        AMQPValue::ShortInt(n) => i64::from(*n),
+        AMQPValue::ShortUInt(n) => i64::from(*n),
+        AMQPValue::LongInt(n) => i64::from(*n),
+        AMQPValue::LongUInt(n) => i64::from(*n),
+        AMQPValue::LongLongInt(n) => *n,
+        AMQPValue::LongString(s) => s.to_string().parse().ok()?,
+        _ => return None,
+    };
+    u32::try_from(value).ok()
+}
+
+/// The headers every republished copy of a job carries (retry or dead letter).
+struct Stamps {
+    attempt: u32,
+    first_seen: String,
+    app: String,
+    job_id: Option<String>,
+}
+
+impl Stamps {
+    fn read(original: &BasicProperties, attempt: u32, verdict: &Verdict) -> Stamps {
+        let first_seen = match original
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(FIRST_SEEN))
+        {
+            Some(AMQPValue::LongString(s)) => s.to_string(),
+            _ => now_rfc3339(),
+        };
+        Stamps {
+            attempt,
+            first_seen,
+            app: verdict.app.clone(),
+            job_id: verdict.job_id.clone(),
+        }
+    }
+
+    /// The original properties, with our headers added (and `extra`), persistent,
+    /// and the job id as `message_id` so a generated id survives the republish.
+    fn apply(&self, original: &BasicProperties, extra: Vec<(&str, AMQPValue)>) -> BasicProperties {
+        let mut table = original.headers().clone().unwrap_or_default();
+        let mut ours = vec![
+            (ATTEMPTS, AMQPValue::LongLongInt(i64::from(self.attempt))),
+            (FIRST_SEEN, header_string(&self.first_seen)),
+            (APP, header_string(&self.app)),
+        ];
+        ours.extend(extra);
+        for (k, v) in headers(ours).inner() {
+            table.insert(k.clone(), v.clone());
+        }
+        let mut properties = original.clone().with_headers(table).with_delivery_mode(2);
+        if properties.message_id().is_none() {
+            if let Some(id) = &self.job_id {
+                properties = properties.with_message_id(id.as_str().into());
+            }
+        }
+        properties
     }
 }
 
@@ -254,42 +338,4 @@ fn feedback_body(event: &Feedback, verdict: &Verdict) -> Vec<u8> {
     })
     .to_string()
     .into_bytes()
-}
-
-/// The dead letter keeps the original properties and adds CONTRACT §3's headers.
-fn dead_letter_properties(
-    original: &BasicProperties,
-    verdict: &Verdict,
-    reason: &str,
-    detail: &str,
-) -> BasicProperties {
-    let incoming = original.headers().clone().unwrap_or_default();
-    let attempts = match incoming.inner().get("x-misiva-attempts") {
-        Some(AMQPValue::LongInt(n)) => i64::from(*n),
-        Some(AMQPValue::LongLongInt(n)) => *n,
-        _ => 1,
-    };
-    let first_seen = match incoming.inner().get("x-misiva-first-seen") {
-        Some(AMQPValue::LongString(s)) => s.to_string(),
-        _ => now_rfc3339(),
-    };
-    let mut table = incoming;
-    let ours = headers(vec![
-        ("x-misiva-reason", header_string(reason)),
-        ("x-misiva-detail", header_string(detail)),
-        ("x-misiva-attempts", AMQPValue::LongLongInt(attempts)),
-        ("x-misiva-first-seen", header_string(&first_seen)),
-        ("x-misiva-failed-at", header_string(&now_rfc3339())),
-        ("x-misiva-app", header_string(&verdict.app)),
-    ]);
-    for (k, v) in ours.inner() {
-        table.insert(k.clone(), v.clone());
-    }
-    let mut properties = original.clone().with_headers(table).with_delivery_mode(2);
-    if properties.message_id().is_none() {
-        if let Some(id) = &verdict.job_id {
-            properties = properties.with_message_id(id.as_str().into());
-        }
-    }
-    properties
 }

@@ -10,6 +10,8 @@ use lapin::types::{AMQPValue, FieldTable};
 #[derive(Debug, Clone)]
 pub struct Topology {
     pub queue: String,
+    /// The retry tiers, shortest delay first: (queue name, delay).
+    pub retry_queues: Vec<(String, std::time::Duration)>,
     pub dead_letter_queue: String,
     pub feedback_exchange: String,
     pub feedback_queue: String,
@@ -19,6 +21,16 @@ impl Topology {
     pub fn from_config(config: &Config) -> Topology {
         Topology {
             queue: config.queue.clone(),
+            retry_queues: config
+                .retry_delays
+                .iter()
+                .map(|d| {
+                    (
+                        format!("{}.retry.{}", config.queue, crate::config::delay_label(*d)),
+                        *d,
+                    )
+                })
+                .collect(),
             dead_letter_queue: config.dead_letter_queue.clone(),
             feedback_exchange: config.feedback_exchange.clone(),
             feedback_queue: config.feedback_queue.clone(),
@@ -68,6 +80,30 @@ pub async fn declare(broker: &Broker, topology: &Topology) -> Result<(), Topolog
         let channel = broker.channel().await?;
         channel
             .queue_declare(name.as_str().into(), durable, quorum())
+            .await
+            .map_err(|e| classify("queue", name, e))?;
+        let _ = channel.close(200, "declared".into()).await;
+    }
+    // Retry tiers: classic queues (per-queue TTL expires from the head, which is
+    // exact when every message has the same TTL) that dead-letter back to the
+    // work queue through the default exchange.
+    for (name, delay) in &topology.retry_queues {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(delay.as_millis() as i64),
+        );
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(topology.queue.as_str().into()),
+        );
+        let channel = broker.channel().await?;
+        channel
+            .queue_declare(name.as_str().into(), durable, args)
             .await
             .map_err(|e| classify("queue", name, e))?;
         let _ = channel.close(200, "declared".into()).await;

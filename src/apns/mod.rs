@@ -3,10 +3,12 @@
 //! simulator) speaks HTTP/2.
 
 mod auth;
+mod breaker;
 mod connection;
 mod tls;
 
 pub use auth::ProviderToken;
+pub use breaker::{Breaker, Pass};
 pub use connection::{ConnectError, Connection, Target};
 pub use tls::{TlsError, client_config};
 
@@ -43,7 +45,21 @@ pub struct JobRequest {
     expiration: Option<HeaderValue>,
     collapse_id: Option<HeaderValue>,
     apns_id: Option<HeaderValue>,
+    /// Seeds the per-token `apns-id` when the job gives none.
+    job_id: String,
     payload: Bytes,
+}
+
+/// Namespace of the `apns-id`s Misiva derives (UUID v5 of "job id/token"), so
+/// that one job's notification to one device has the same id on every attempt
+/// and operators can follow it from the queue to APNs' logs.
+const APNS_ID_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6d69_7369_7661_4000_8000_6170_6e73_6964);
+
+/// The `apns-id` of `job_id`'s notification to `token`.
+pub fn derived_apns_id(job_id: &str, token: &DeviceToken) -> uuid::Uuid {
+    let name = format!("{job_id}/{}", token.as_str());
+    uuid::Uuid::new_v5(&APNS_ID_NAMESPACE, name.as_bytes())
 }
 
 impl JobRequest {
@@ -63,6 +79,7 @@ impl JobRequest {
             expiration: job.expiration.map(HeaderValue::from),
             collapse_id: job.collapse_id.as_ref().and_then(|c| value(c.as_str())),
             apns_id: job.apns_id.and_then(|id| value(&id.to_header())),
+            job_id: job.id.to_string(),
             payload: job.payload.clone(),
         }
     }
@@ -83,6 +100,8 @@ struct ClientInner {
     topic: Option<Topic>,
     request_timeout: Duration,
     target: Target,
+    /// Pauses this app's requests while APNs fails all of them.
+    breaker: Breaker,
 }
 
 impl ApnsClient {
@@ -139,6 +158,7 @@ impl ApnsClient {
                 topic,
                 request_timeout: config.request_timeout,
                 target,
+                breaker: Breaker::new(app),
             }),
         })
     }
@@ -152,9 +172,24 @@ impl ApnsClient {
         Connection::probe(&self.inner.target).await
     }
 
-    /// Sends the job's notification to one device. An `ExpiredProviderToken`
-    /// answer renews the token and retries once, at once (CONTRACT §3).
+    /// Sends the job's notification to one device, after the app's circuit
+    /// breaker lets it through.
     pub async fn send(&self, job: &JobRequest, token: &DeviceToken) -> ApnsAnswer {
+        let pass = self.inner.breaker.pass().await;
+        let answer = self.send_now(job, token).await;
+        // Credentials refused on every request pause the app too: jobs wait for
+        // a fixed key instead of running out of attempts.
+        let transient = matches!(
+            classify(&answer),
+            TokenOutcome::Transient { .. } | TokenOutcome::Credentials { .. }
+        );
+        self.inner.breaker.record(pass, transient);
+        answer
+    }
+
+    /// An `ExpiredProviderToken` answer renews the token and retries once, at
+    /// once (CONTRACT §3).
+    async fn send_now(&self, job: &JobRequest, token: &DeviceToken) -> ApnsAnswer {
         let inner = &self.inner;
         let bearer = inner.token.header();
         let answer = inner
@@ -190,13 +225,19 @@ impl ApnsClient {
             ("apns-priority", &job.priority),
             ("apns-expiration", &job.expiration),
             ("apns-collapse-id", &job.collapse_id),
-            ("apns-id", &job.apns_id),
         ];
         for (name, value) in optional {
             if let Some(value) = value {
                 builder = builder.header(name, value.clone());
             }
         }
+        builder = match &job.apns_id {
+            Some(id) => builder.header("apns-id", id.clone()),
+            None => builder.header(
+                "apns-id",
+                derived_apns_id(&job.job_id, token).hyphenated().to_string(),
+            ),
+        };
         builder
             .body(Full::new(job.payload.clone()))
             // The URI is our base (validated at start) and a hex token, and every
