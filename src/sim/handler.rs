@@ -230,6 +230,9 @@ async fn check(
         return Err(reject(413, "PayloadTooLarge"));
     }
     let lower = token.to_ascii_lowercase();
+    if state.record {
+        *lock(&state.requests).entry(lower.clone()).or_default() += 1;
+    }
     if let Some((_, status, reason)) = PREFIXES.iter().find(|(p, _, _)| lower.starts_with(p)) {
         return Err(reject(*status, reason));
     }

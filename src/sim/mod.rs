@@ -109,6 +109,8 @@ pub(crate) struct State {
     accepted: Mutex<Vec<Accepted>>,
     /// Answers other than 200, by status and reason.
     rejected: Mutex<BTreeMap<(u16, String), u64>>,
+    /// Requests per device token, whatever the answer, when `record` is on.
+    requests: Mutex<std::collections::HashMap<String, u32>>,
     connections: AtomicU64,
 }
 
@@ -138,6 +140,7 @@ impl Simulator {
             accepted_count: AtomicU64::new(0),
             accepted: Mutex::new(Vec::new()),
             rejected: Mutex::new(BTreeMap::new()),
+            requests: Mutex::new(std::collections::HashMap::new()),
             connections: AtomicU64::new(0),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel();
@@ -188,6 +191,12 @@ impl Simulator {
     /// Answers other than 200, by (status, reason).
     pub fn rejected(&self) -> BTreeMap<(u16, String), u64> {
         lock(&self.state.rejected).clone()
+    }
+
+    /// How many requests each device token got, whatever the answer (empty
+    /// unless `record` is on).
+    pub fn requests_by_token(&self) -> std::collections::HashMap<String, u32> {
+        lock(&self.state.requests).clone()
     }
 
     pub fn connections(&self) -> u64 {

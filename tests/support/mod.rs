@@ -9,7 +9,7 @@ use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions}
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use misiva::config::{AppConfig, Auth, Endpoint};
 use misiva::sim::{SimConfig, SimKey, Simulator};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -296,6 +296,33 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// SIGKILL: no chance to settle anything.
+    pub fn kill9(&mut self) {
+        signal(self.child.id(), "KILL");
+        let _ = self.child.wait();
+    }
+
+    /// Lines of the log that contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// The number after `name=` in a log line.
+pub fn field(line: &str, name: &str) -> Option<u64> {
+    let start = line.find(&format!(" {name}="))? + name.len() + 2;
+    line[start..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
 impl Drop for Worker {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -322,14 +349,5 @@ pub async fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> boo
 /// The number after `name=` in the worker's "worker stopped" line.
 pub fn stopped_counter(log: &str, name: &str) -> Option<u64> {
     let line = log.lines().rev().find(|l| l.contains("worker stopped"))?;
-    let start = line.find(&format!("{name}="))? + name.len() + 1;
-    line[start..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
-pub fn path_exists(p: &Path) -> bool {
-    p.exists()
+    field(line, name)
 }
