@@ -13,4 +13,5 @@ pub mod jwt;
 pub mod outcome;
 pub mod publish;
 pub mod sim;
+pub mod supervisor;
 pub mod telemetry;
