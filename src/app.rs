@@ -1,10 +1,14 @@
 //! `misiva run` and `misiva topology`: wires configuration, APNs clients, the
 //! broker connection and the consumer actors, and owns the orderly stop.
 
-use crate::amqp::{self, Broker, Consumer, ConsumerExit, Topology, TopologyError};
+use crate::amqp::{self, Broker, Consumer, Topology, TopologyError};
 use crate::apns::{Apns, SetupError};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
+use crate::supervisor::{
+    Backoff, ChildContext, ChildError, ChildSpec, Intensity, Restart, Shutdown, Strategy,
+    Supervisor, SupervisorSpec,
+};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -20,8 +24,8 @@ pub enum RunError {
     Topology(TopologyError),
     #[error(transparent)]
     Broker(#[from] amqp::AmqpError),
-    #[error("{0}")]
-    Consumer(ConsumerExit),
+    #[error("supervision gave up: {0}")]
+    GaveUp(ChildError),
 }
 
 impl RunError {
@@ -67,7 +71,17 @@ pub async fn topology(config: &Config) -> Result<(), RunError> {
     Ok(())
 }
 
-/// `misiva run`: consumes until SIGTERM/SIGINT or until a consumer is lost.
+/// `misiva run`: builds the supervision tree and runs it until SIGTERM/SIGINT
+/// (exit 0 after an orderly stop) or until the root supervisor gives up (exit 1).
+///
+/// ```text
+/// misiva            one_for_one   root: restarts the broker subtree; gives up → exit 1
+/// └─ amqp           rest_for_one  the connection first, then what needs it
+///    ├─ connection  permanent     connects, declares, watches the connection
+///    └─ consumers   one_for_one   one consumer actor per channel
+///       ├─ consumer-0 permanent
+///       └─ consumer-N permanent
+/// ```
 pub async fn run(config: Config) -> Result<(), RunError> {
     let apns = Apns::from_config(&config)?;
     for (app, client) in apns.iter() {
@@ -77,52 +91,56 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             tracing::warn!(%app, error = %e, "APNs endpoint check failed");
         }
     }
-    let broker = connect(&config, "misiva worker").await?;
+    // The first connection and declaration happen before the tree: a queue that
+    // exists with other arguments is a configuration error (exit 2), not
+    // something a restart can fix.
+    let first = connect(&config, "misiva worker").await?;
     let topology = Arc::new(Topology::from_config(&config));
-    amqp::declare(&broker, &topology).await?;
+    amqp::declare(&first, &topology).await?;
 
     let policy = crate::outcome::RetryPolicy {
         tiers: config.retry_delays.len(),
         max_attempts: config.max_attempts,
     };
-    let dispatcher = Arc::new(Dispatcher::new(apns, policy));
-    let counters = Arc::new(amqp::Counters::default());
-    // Tells every consumer to stop taking deliveries; a watch so that late
-    // subscribers see the current value.
+    let parts = Parts {
+        config: Arc::new(config),
+        topology,
+        dispatcher: Arc::new(Dispatcher::new(apns, policy)),
+        counters: Arc::new(amqp::Counters::default()),
+        first_connection: Arc::new(std::sync::Mutex::new(Some(first))),
+        current: watch::channel(None).0,
+    };
+    let root = SupervisorSpec {
+        name: "misiva".into(),
+        strategy: Strategy::OneForOne,
+        intensity: Intensity {
+            max_restarts: 3,
+            period: Duration::from_secs(60),
+        },
+        backoff: Backoff {
+            first: Duration::from_secs(1),
+            max: Duration::from_secs(5),
+        },
+        children: vec![
+            amqp_tree(&parts).into_child(Restart::Permanent, Shutdown::Graceful(parts.stop_time())),
+        ],
+    };
+    // Tells the root supervisor to stop; it stops its children in reverse order.
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut consumers = tokio::task::JoinSet::new();
-    for index in 0..config.consumers {
-        let consumer = Consumer {
-            index,
-            prefetch: config.prefetch,
-            topology: topology.clone(),
-            dispatcher: dispatcher.clone(),
-            counters: counters.clone(),
-        };
-        let broker = broker.clone();
-        let stop = stop_rx.clone();
-        let grace = config.shutdown_grace;
-        consumers.spawn(async move { consumer.run(&broker, stop, grace).await });
-    }
-    tracing::info!(consumers = config.consumers, queue = %config.queue, "worker running");
+    let (supervisor, _handle) = Supervisor::new(root);
+    let tree = tokio::spawn(supervisor.run(stop_rx));
+    tokio::pin!(tree);
+    tracing::info!(consumers = parts.config.consumers, queue = %parts.config.queue, "worker running");
 
-    let mut failure = None;
-    tokio::select! {
-        signal = shutdown_signal() => tracing::info!(%signal, "stopping: no new deliveries, settling those in flight"),
-        Some(result) = consumers.join_next() => {
-            failure = Some(match result {
-                Ok(Err(exit)) | Ok(Ok(exit)) => exit,
-                Err(join) => ConsumerExit::Lost { index: usize::MAX, detail: join.to_string() },
-            });
+    let result = tokio::select! {
+        signal = shutdown_signal() => {
+            tracing::info!(%signal, "stopping: no new deliveries, settling those in flight");
+            let _ = stop_tx.send(true);
+            (&mut tree).await
         }
-    }
-    let _ = stop_tx.send(true);
-    while let Some(result) = consumers.join_next().await {
-        if let Ok(Err(exit)) = result {
-            tracing::warn!(error = %exit, "consumer ended with an error during the stop");
-        }
-    }
-    broker.close().await;
+        result = &mut tree => result,
+    };
+    let counters = &parts.counters;
     tracing::info!(
         delivered = counters.delivered.load(Ordering::Relaxed),
         acked = counters.acked.load(Ordering::Relaxed),
@@ -131,9 +149,156 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         feedback = counters.feedback.load(Ordering::Relaxed),
         "worker stopped"
     );
-    match failure {
-        Some(exit) => Err(RunError::Consumer(exit)),
-        None => Ok(()),
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(RunError::GaveUp(e)),
+        Err(join) => Err(RunError::GaveUp(ChildError::Panicked(join.to_string()))),
+    }
+}
+
+/// What the tree's children share.
+#[derive(Clone)]
+struct Parts {
+    config: Arc<Config>,
+    topology: Arc<Topology>,
+    dispatcher: Arc<Dispatcher>,
+    counters: Arc<amqp::Counters>,
+    /// The connection made (and used to declare) before the tree started; the
+    /// connection child's first run takes it instead of connecting again.
+    first_connection: Arc<std::sync::Mutex<Option<Broker>>>,
+    /// The live connection, published by the connection child for the
+    /// consumers; `None` while there is none.
+    current: watch::Sender<Option<Broker>>,
+}
+
+impl Parts {
+    /// How long the consumers may take to stop: the grace, plus time to close.
+    fn stop_time(&self) -> Duration {
+        self.config.shutdown_grace + Duration::from_secs(5)
+    }
+}
+
+fn restart_policy() -> (Intensity, Backoff) {
+    (
+        // A broker restart takes ~10 s; ten restarts with the backoff below
+        // span ~30 s before the subtree gives up and escalates.
+        Intensity {
+            max_restarts: 10,
+            period: Duration::from_secs(60),
+        },
+        Backoff {
+            first: Duration::from_millis(200),
+            max: Duration::from_secs(5),
+        },
+    )
+}
+
+fn amqp_tree(parts: &Parts) -> SupervisorSpec {
+    let (intensity, backoff) = restart_policy();
+    let connection = {
+        let parts = parts.clone();
+        ChildSpec::new(
+            "connection",
+            Restart::Permanent,
+            Shutdown::Graceful(Duration::from_secs(5)),
+            move |ctx| connection_child(parts.clone(), ctx),
+        )
+    };
+    let consumers: Vec<ChildSpec> = (0..parts.config.consumers)
+        .map(|index| {
+            let parts = parts.clone();
+            ChildSpec::new(
+                format!("consumer-{index}"),
+                Restart::Permanent,
+                Shutdown::Graceful(parts.stop_time()),
+                move |ctx| consumer_child(parts.clone(), index, ctx),
+            )
+        })
+        .collect();
+    let consumers = SupervisorSpec {
+        name: "consumers".into(),
+        strategy: Strategy::OneForOne,
+        intensity,
+        backoff,
+        children: consumers,
+    };
+    SupervisorSpec {
+        name: "amqp".into(),
+        strategy: Strategy::RestForOne,
+        intensity,
+        backoff,
+        children: vec![
+            connection,
+            consumers.into_child(Restart::Permanent, Shutdown::Graceful(parts.stop_time())),
+        ],
+    }
+}
+
+/// Owns the broker connection: connects (declaring the topology again, as a
+/// restarted broker may have lost nothing but a new one would have nothing),
+/// publishes it, and fails when it is lost so that `rest_for_one` restarts the
+/// consumers after it. On stop it closes the connection, after the consumers
+/// (stopped first, in reverse order) closed their channels.
+async fn connection_child(parts: Parts, mut ctx: ChildContext) -> Result<(), ChildError> {
+    let taken = parts
+        .first_connection
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    let broker = match taken {
+        Some(broker) => broker,
+        None => {
+            let broker = Broker::connect(&parts.config.amqp_url, "misiva worker")
+                .await
+                .map_err(ChildError::failed)?;
+            amqp::declare(&broker, &parts.topology)
+                .await
+                .map_err(ChildError::failed)?;
+            tracing::info!("connected to RabbitMQ again");
+            broker
+        }
+    };
+    parts.current.send_replace(Some(broker.clone()));
+    ctx.ready();
+    tokio::select! {
+        _ = ctx.stopped() => {
+            parts.current.send_replace(None);
+            broker.close().await;
+            Ok(())
+        }
+        _ = broker.lost() => {
+            parts.current.send_replace(None);
+            Err(ChildError::failed("the RabbitMQ connection was lost"))
+        }
+    }
+}
+
+async fn consumer_child(
+    parts: Parts,
+    index: usize,
+    mut ctx: ChildContext,
+) -> Result<(), ChildError> {
+    // The connection child starts first and publishes the connection.
+    let broker = parts
+        .current
+        .borrow()
+        .clone()
+        .filter(Broker::is_connected)
+        .ok_or_else(|| ChildError::failed("no RabbitMQ connection"))?;
+    let consumer = Consumer {
+        index,
+        prefetch: parts.config.prefetch,
+        topology: parts.topology.clone(),
+        dispatcher: parts.dispatcher.clone(),
+        counters: parts.counters.clone(),
+    };
+    let stop = ctx.stop_signal();
+    match consumer
+        .run(&broker, stop, parts.config.shutdown_grace, || ctx.ready())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(exit) => Err(ChildError::failed(exit)),
     }
 }
 

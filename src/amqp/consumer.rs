@@ -31,6 +31,8 @@ pub enum ConsumerExit {
     Stopped(usize),
     #[error("consumer {index}: the broker ended the consumption ({detail})")]
     Lost { index: usize, detail: String },
+    #[error("consumer {index} crashed while processing a delivery: {detail}")]
+    Crashed { index: usize, detail: String },
     #[error(transparent)]
     Amqp(#[from] AmqpError),
 }
@@ -57,12 +59,14 @@ pub struct Consumer {
 
 impl Consumer {
     /// Consumes until `stop` turns true (then cancels, finishes what is in
-    /// flight within `grace`, and returns `Stopped`) or the broker ends it.
+    /// flight within `grace`, and returns `Stopped`), the broker ends it, or a
+    /// delivery's processing panics. `on_ready` runs once consumption started.
     pub async fn run(
         self,
         broker: &Broker,
         mut stop: watch::Receiver<bool>,
         grace: Duration,
+        on_ready: impl FnOnce(),
     ) -> Result<ConsumerExit, ConsumerExit> {
         let channel = broker.channel().await?;
         channel
@@ -83,6 +87,7 @@ impl Consumer {
             .await
             .map_err(AmqpError::Channel)?;
         tracing::info!(consumer = self.index, queue = %self.topology.queue, prefetch = self.prefetch, "consuming");
+        on_ready();
 
         // The tasks of the deliveries in flight; at most `prefetch` of them.
         let mut in_flight = JoinSet::new();
@@ -93,7 +98,16 @@ impl Consumer {
                         break ConsumerExit::Stopped(self.index);
                     }
                 }
-                Some(_) = in_flight.join_next() => {}
+                Some(joined) = in_flight.join_next() => {
+                    // A panic while processing leaves that delivery unsettled on
+                    // this channel: crash, so the channel closes, the broker
+                    // requeues it, and the supervisor starts a fresh consumer.
+                    if let Err(e) = joined {
+                        if e.is_panic() {
+                            break ConsumerExit::Crashed { index: self.index, detail: panic_text(e) };
+                        }
+                    }
+                }
                 next = deliveries.next() => match next {
                     Some(Ok(delivery)) => {
                         let worker = self.clone();
@@ -137,6 +151,8 @@ impl Consumer {
     }
 
     async fn process(&self, delivery: Delivery, publisher: &ConfirmChannel) {
+        #[cfg(feature = "fault-hooks")]
+        fault_hooks::maybe_panic();
         let message_id = delivery
             .properties
             .message_id()
@@ -242,6 +258,36 @@ impl Consumer {
             .map_err(PublishError::Send)?;
         counters.acked.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+fn panic_text(error: tokio::task::JoinError) -> String {
+    let panic = error.into_panic();
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_owned())
+}
+
+/// Faults on demand, compiled only with the `fault-hooks` feature (the test
+/// suite's build), never into a release.
+#[cfg(feature = "fault-hooks")]
+mod fault_hooks {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// Panics already injected in this process.
+    static INJECTED: AtomicU32 = AtomicU32::new(0);
+
+    /// Panics while processing a delivery, `MISIVA_FAULT_PANICS` times in all.
+    pub(super) fn maybe_panic() {
+        let wanted: u32 = std::env::var("MISIVA_FAULT_PANICS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if INJECTED.fetch_add(1, Ordering::Relaxed) < wanted {
+            panic!("fault hook: injected consumer panic");
+        }
     }
 }
 

@@ -50,6 +50,19 @@ impl Broker {
             .map_err(AmqpError::Channel)
     }
 
+    /// Resolves when the connection is no longer usable (the broker closed it,
+    /// the network dropped, the broker stopped). Polls the status: lapin reports
+    /// every such end there.
+    pub async fn lost(&self) {
+        while self.connection.status().connected() {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connection.status().connected()
+    }
+
     /// Closes the connection; channels should be closed first (see `app`).
     pub async fn close(&self) {
         if let Err(e) = self.connection.close(200, "bye".into()).await {
