@@ -13,5 +13,7 @@ trap stop_broker EXIT
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+# The fault-injection hooks (consumer panics on demand) exist only in test builds.
+cargo clippy --all-targets --locked --features fault-hooks -- -D warnings
 # --nocapture shows the figures tests print (throughput of the 1,000-job test).
-cargo test --locked -- --nocapture
+cargo test --locked --features fault-hooks -- --nocapture

@@ -94,7 +94,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     // The first connection and declaration happen before the tree: a queue that
     // exists with other arguments is a configuration error (exit 2), not
     // something a restart can fix.
-    let first = connect(&config, "misiva worker").await?;
+    let first = connect(&config, &connection_name(&config)).await?;
     let topology = Arc::new(Topology::from_config(&config));
     amqp::declare(&first, &topology).await?;
 
@@ -156,6 +156,11 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     }
 }
 
+/// The name operators (and the fault tests) see in the broker's connection list.
+fn connection_name(config: &Config) -> String {
+    format!("misiva worker {} pid {}", config.queue, std::process::id())
+}
+
 /// What the tree's children share.
 #[derive(Clone)]
 struct Parts {
@@ -178,13 +183,15 @@ impl Parts {
     }
 }
 
-fn restart_policy() -> (Intensity, Backoff) {
+fn restart_policy(config: &Config) -> (Intensity, Backoff) {
+    let (max_restarts, period) = config.restart_intensity;
     (
-        // A broker restart takes ~10 s; ten restarts with the backoff below
-        // span ~30 s before the subtree gives up and escalates.
+        // A broker restart takes ~10 s; with the default ten restarts a minute
+        // and the backoff below, the subtree rides out ~30 s of outage before
+        // it gives up and escalates.
         Intensity {
-            max_restarts: 10,
-            period: Duration::from_secs(60),
+            max_restarts,
+            period,
         },
         Backoff {
             first: Duration::from_millis(200),
@@ -194,7 +201,7 @@ fn restart_policy() -> (Intensity, Backoff) {
 }
 
 fn amqp_tree(parts: &Parts) -> SupervisorSpec {
-    let (intensity, backoff) = restart_policy();
+    let (intensity, backoff) = restart_policy(&parts.config);
     let connection = {
         let parts = parts.clone();
         ChildSpec::new(
@@ -248,7 +255,7 @@ async fn connection_child(parts: Parts, mut ctx: ChildContext) -> Result<(), Chi
     let broker = match taken {
         Some(broker) => broker,
         None => {
-            let broker = Broker::connect(&parts.config.amqp_url, "misiva worker")
+            let broker = Broker::connect(&parts.config.amqp_url, &connection_name(&parts.config))
                 .await
                 .map_err(ChildError::failed)?;
             amqp::declare(&broker, &parts.topology)

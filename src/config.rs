@@ -166,6 +166,9 @@ pub struct Config {
     pub retry_delays: Vec<Duration>,
     /// Deliveries a job gets before its unsettled tokens are dead-lettered.
     pub max_attempts: u32,
+    /// Restarts the broker-facing supervisors allow within a period before
+    /// they give up (and, at the top, the process exits non-zero).
+    pub restart_intensity: (u32, Duration),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +195,7 @@ struct FileConfig {
     shutdown_grace_secs: Option<u64>,
     retry_delays: Option<Vec<String>>,
     max_attempts: Option<u32>,
+    restart_intensity: Option<String>,
     #[serde(default)]
     apps: BTreeMap<String, FileApp>,
 }
@@ -325,6 +329,22 @@ impl Config {
             ));
         }
 
+        let restart_intensity =
+            match var("MISIVA_RESTART_INTENSITY").or(file.restart_intensity.clone()) {
+                None => (10, Duration::from_secs(60)),
+                Some(raw) => raw
+                    .split_once('/')
+                    .and_then(|(n, p)| Some((n.trim().parse().ok()?, parse_duration(p)?)))
+                    .filter(|(n, p): &(u32, Duration)| *n > 0 && !p.is_zero())
+                    .ok_or_else(|| {
+                        invalid(
+                            "MISIVA_RESTART_INTENSITY",
+                            raw.clone(),
+                            "expected restarts/period, like 10/60s",
+                        )
+                    })?,
+            };
+
         // The environment describes the `default` app, on top of its file section.
         let mut apps_raw = file.apps;
         let default = apps_raw.entry("default".to_owned()).or_default();
@@ -390,6 +410,7 @@ impl Config {
             ),
             retry_delays,
             max_attempts: max_attempts as u32,
+            restart_intensity,
         })
     }
 }
@@ -538,6 +559,15 @@ mod tests {
         let labels: Vec<_> = c.retry_delays.iter().map(|d| delay_label(*d)).collect();
         assert_eq!(labels, ["1s", "5s", "30s", "2m", "10m"]);
         assert_eq!(c.max_attempts, 8);
+        assert_eq!(c.restart_intensity, (10, Duration::from_secs(60)));
+        let mut e = env(&TOKEN_AUTH);
+        e.insert("MISIVA_RESTART_INTENSITY".into(), "3/10s".into());
+        assert_eq!(
+            Config::from_env_map(&e).unwrap().restart_intensity,
+            (3, Duration::from_secs(10))
+        );
+        e.insert("MISIVA_RESTART_INTENSITY".into(), "often".into());
+        assert!(Config::from_env_map(&e).is_err());
         let mut e = env(&TOKEN_AUTH);
         e.insert("MISIVA_RETRY_DELAYS".into(), "100ms,1s,1h".into());
         e.insert("MISIVA_MAX_ATTEMPTS".into(), "3".into());

@@ -39,7 +39,7 @@ pub struct Broker {
     pub url: String,
 }
 
-/// The test node, started once per test binary (and reused if already up).
+/// The shared test node, started once per test binary (and reused if already up).
 pub fn broker() -> &'static Broker {
     static BROKER: OnceLock<Broker> = OnceLock::new();
     BROKER.get_or_init(|| {
@@ -47,20 +47,61 @@ pub fn broker() -> &'static Broker {
             .ok()
             .and_then(|p| p.parse().ok())
             .unwrap_or(5699);
-        let status = Command::new(root().join("scripts/broker.sh"))
-            .arg("start")
-            .env("MISIVA_BROKER_PORT", port.to_string())
-            .status()
-            .expect("running scripts/broker.sh");
-        assert!(status.success(), "the test broker did not start");
-        Broker {
-            port,
-            url: format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
-        }
+        Broker::private(port)
     })
 }
 
 impl Broker {
+    /// A node of its own on `port`, for a test that stops and restarts it.
+    pub fn private(port: u16) -> Broker {
+        let broker = Broker {
+            port,
+            url: format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+        };
+        broker.start();
+        broker
+    }
+
+    fn script(&self, command: &str) -> bool {
+        Command::new(root().join("scripts/broker.sh"))
+            .arg(command)
+            .env("MISIVA_BROKER_PORT", self.port.to_string())
+            .status()
+            .expect("running scripts/broker.sh")
+            .success()
+    }
+
+    pub fn start(&self) {
+        assert!(
+            self.script("start"),
+            "the test broker on port {} did not start",
+            self.port
+        );
+    }
+
+    pub fn stop(&self) {
+        assert!(
+            self.script("stop"),
+            "the test broker on port {} did not stop",
+            self.port
+        );
+    }
+
+    /// Closes the broker side of the worker connection whose name mentions `queue`.
+    pub fn close_connection_of(&self, queue: &str) -> bool {
+        let list = self.ctl(&["list_connections", "pid", "client_properties"]);
+        let Some(pid) = list
+            .lines()
+            .find(|l| l.contains(&format!("misiva worker {queue} ")))
+            .and_then(|l| l.split_whitespace().next())
+        else {
+            return false;
+        };
+        !self
+            .ctl(&["close_connection", pid, "closed by a fault test"])
+            .contains("Error")
+    }
+
     pub fn ctl(&self, args: &[&str]) -> String {
         let out = Command::new(root().join("scripts/broker.sh"))
             .arg("ctl")
@@ -217,7 +258,15 @@ fn uuid_like() -> String {
 
 impl Worker {
     pub fn start(sim: &SimFixture, queue: &str, extra_env: &[(&str, &str)]) -> Worker {
-        let broker = broker();
+        Worker::start_on(broker(), sim, queue, extra_env)
+    }
+
+    pub fn start_on(
+        broker: &Broker,
+        sim: &SimFixture,
+        queue: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Worker {
         let log = sim.dir.path().join(format!("worker-{}.log", uuid_like()));
         let config = sim.dir.path().join(format!("{queue}.toml"));
         // Feedback names per test, through the config file (the env covers the rest).
@@ -281,7 +330,12 @@ impl Worker {
     /// Sends SIGTERM and waits for the exit.
     pub async fn terminate(&mut self) -> ExitStatus {
         signal(self.child.id(), "TERM");
-        let deadline = Instant::now() + Duration::from_secs(40);
+        self.wait_exit(Duration::from_secs(40)).await
+    }
+
+    /// Waits for the process to end by itself.
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
