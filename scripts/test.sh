@@ -8,7 +8,12 @@ cd "$root"
 export MISIVA_TEST_BROKER_PORT="${MISIVA_TEST_BROKER_PORT:-5699}"
 
 MISIVA_BROKER_PORT="$MISIVA_TEST_BROKER_PORT" scripts/broker.sh start
-stop_broker() { MISIVA_BROKER_PORT="$MISIVA_TEST_BROKER_PORT" scripts/broker.sh stop || true; }
+# The shared node, and the private ones the fault tests stop and restart.
+stop_broker() {
+  for port in "$MISIVA_TEST_BROKER_PORT" 5697 5696; do
+    MISIVA_BROKER_PORT="$port" scripts/broker.sh stop >/dev/null 2>&1 || true
+  done
+}
 trap stop_broker EXIT
 
 cargo fmt --all -- --check

@@ -1,6 +1,7 @@
 //! `misiva run` and `misiva topology`: wires configuration, APNs clients, the
 //! broker connection and the consumer actors, and owns the orderly stop.
 
+use crate::admin::Readiness;
 use crate::amqp::{self, Broker, Consumer, Topology, TopologyError};
 use crate::apns::{Apns, SetupError};
 use crate::config::Config;
@@ -24,6 +25,11 @@ pub enum RunError {
     Topology(TopologyError),
     #[error(transparent)]
     Broker(#[from] amqp::AmqpError),
+    #[error("configuration: cannot listen on MISIVA_ADMIN_ADDR {addr}: {source}")]
+    Admin {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("supervision gave up: {0}")]
     GaveUp(ChildError),
 }
@@ -31,7 +37,9 @@ pub enum RunError {
 impl RunError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            RunError::Setup(_) | RunError::Topology(TopologyError::Conflict { .. }) => 2,
+            RunError::Setup(_)
+            | RunError::Admin { .. }
+            | RunError::Topology(TopologyError::Conflict { .. }) => 2,
             _ => 1,
         }
     }
@@ -84,6 +92,13 @@ pub async fn topology(config: &Config) -> Result<(), RunError> {
 /// ```
 pub async fn run(config: Config) -> Result<(), RunError> {
     let apns = Apns::from_config(&config)?;
+    let readiness = Readiness::new(config.consumers);
+    crate::admin::serve(&config.admin_addr, readiness.clone())
+        .await
+        .map_err(|source| RunError::Admin {
+            addr: config.admin_addr.clone(),
+            source,
+        })?;
     for (app, client) in apns.iter() {
         // An unreachable APNs at start is not fatal (it may come back); a wrong
         // CA or endpoint shows here early, in the log.
@@ -109,6 +124,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         counters: Arc::new(amqp::Counters::default()),
         first_connection: Arc::new(std::sync::Mutex::new(Some(first))),
         current: watch::channel(None).0,
+        readiness,
     };
     let root = SupervisorSpec {
         name: "misiva".into(),
@@ -135,6 +151,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let result = tokio::select! {
         signal = shutdown_signal() => {
             tracing::info!(%signal, "stopping: no new deliveries, settling those in flight");
+            parts.readiness.set_stopping();
             let _ = stop_tx.send(true);
             (&mut tree).await
         }
@@ -174,6 +191,8 @@ struct Parts {
     /// The live connection, published by the connection child for the
     /// consumers; `None` while there is none.
     current: watch::Sender<Option<Broker>>,
+    /// What `/readyz` reports.
+    readiness: Arc<Readiness>,
 }
 
 impl Parts {
@@ -266,18 +285,18 @@ async fn connection_child(parts: Parts, mut ctx: ChildContext) -> Result<(), Chi
         }
     };
     parts.current.send_replace(Some(broker.clone()));
+    parts.readiness.set_connected(true);
     ctx.ready();
-    tokio::select! {
+    let result = tokio::select! {
         _ = ctx.stopped() => {
-            parts.current.send_replace(None);
             broker.close().await;
             Ok(())
         }
-        _ = broker.lost() => {
-            parts.current.send_replace(None);
-            Err(ChildError::failed("the RabbitMQ connection was lost"))
-        }
-    }
+        _ = broker.lost() => Err(ChildError::failed("the RabbitMQ connection was lost")),
+    };
+    parts.readiness.set_connected(false);
+    parts.current.send_replace(None);
+    result
 }
 
 async fn consumer_child(
@@ -300,8 +319,15 @@ async fn consumer_child(
         counters: parts.counters.clone(),
     };
     let stop = ctx.stop_signal();
+    // Counted as consuming from `ready` until this child ends, however it ends.
+    let mut consuming = None;
+    let readiness = parts.readiness.clone();
+    let on_ready = || {
+        consuming = Some(readiness.consuming());
+        ctx.ready();
+    };
     match consumer
-        .run(&broker, stop, parts.config.shutdown_grace, || ctx.ready())
+        .run(&broker, stop, parts.config.shutdown_grace, on_ready)
         .await
     {
         Ok(_) => Ok(()),

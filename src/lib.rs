@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the map of this crate.
 
+pub mod admin;
 pub mod amqp;
 pub mod apns;
 pub mod app;

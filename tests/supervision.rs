@@ -145,8 +145,18 @@ async fn a_full_broker_restart_is_survived() {
     let at_stop = sim.sim.accepted_count();
     node.stop();
     assert!(at_stop < 2500, "the fault came too late to test anything");
+    wait_for(
+        Duration::from_secs(10),
+        "/readyz to report the outage",
+        || worker.readyz() == Some(503),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     node.start();
+    wait_for(Duration::from_secs(60), "/readyz to recover", || {
+        worker.readyz() == Some(200)
+    })
+    .await;
     let duplicates = all_delivered(&sim, &expected, Duration::from_secs(120)).await;
     wait_for(Duration::from_secs(30), "the queue to settle", || {
         node.counts(&queue) == Some((0, 0))

@@ -245,6 +245,16 @@ pub struct Worker {
     child: Child,
     pub log: PathBuf,
     pub queue: String,
+    /// Where its `/healthz` and `/readyz` answer.
+    pub admin_port: u16,
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// Queue names unique to one test.
@@ -277,6 +287,7 @@ impl Worker {
             ),
         )
         .unwrap();
+        let admin_port = free_port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_misiva"));
         command
             .arg("run")
@@ -293,7 +304,7 @@ impl Worker {
             .env("MISIVA_APNS_TOPIC", TOPIC)
             .env("MISIVA_LOG_FORMAT", "text")
             .env("MISIVA_LOG", "info")
-            .env("MISIVA_ADMIN_ADDR", "127.0.0.1:0");
+            .env("MISIVA_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"));
         for (k, v) in extra_env {
             command.env(k, v);
         }
@@ -306,6 +317,7 @@ impl Worker {
             child,
             log,
             queue: queue.to_owned(),
+            admin_port,
         }
     }
 
@@ -313,14 +325,24 @@ impl Worker {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits for "worker running" (topology declared, consumers started).
+    /// Waits until `/readyz` says 200 (connected, every consumer consuming).
     pub async fn ready(&mut self) {
-        let log = self.log.clone();
-        wait_for(Duration::from_secs(30), "the worker to start", || {
-            std::fs::read_to_string(&log).is_ok_and(|t| t.contains("worker running"))
-        })
-        .await;
-        assert!(self.running(), "worker exited:\n{}", self.log_text());
+        let port = self.admin_port;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while readyz(port) != Some(200) {
+            assert!(self.running(), "worker exited:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "worker not ready:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The status `/readyz` answers now, if it answers.
+    pub fn readyz(&self) -> Option<u16> {
+        readyz(self.admin_port)
     }
 
     pub fn running(&mut self) -> bool {
@@ -382,6 +404,18 @@ impl Drop for Worker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A bare HTTP/1.0 GET, so the tests need no HTTP client.
+fn readyz(port: u16) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    tcp.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).ok()?;
+    answer.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn signal(pid: u32, name: &str) {

@@ -1,0 +1,141 @@
+//! The admin endpoint on `MISIVA_ADMIN_ADDR` (plain HTTP/1.1, for the kubelet):
+//! `/healthz` answers 200 while the process serves at all; `/readyz` answers 200
+//! only while the worker is connected and every consumer is consuming, and 503
+//! while it starts, restarts part of its tree, or shuts down.
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use tokio::net::TcpListener;
+
+/// What readiness is computed from; the supervision tree updates it.
+#[derive(Debug)]
+pub struct Readiness {
+    /// Consumers the configuration asks for.
+    wanted: usize,
+    /// Consumers currently consuming.
+    consuming: AtomicUsize,
+    /// Whether the broker connection is up.
+    connected: AtomicBool,
+    /// Set once a stop began; never cleared.
+    stopping: AtomicBool,
+}
+
+impl Readiness {
+    pub fn new(wanted: usize) -> Arc<Readiness> {
+        Arc::new(Readiness {
+            wanted,
+            consuming: AtomicUsize::new(0),
+            connected: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+        })
+    }
+
+    pub fn is_ready(&self) -> bool {
+        !self.stopping.load(Ordering::Relaxed)
+            && self.connected.load(Ordering::Relaxed)
+            && self.consuming.load(Ordering::Relaxed) >= self.wanted
+    }
+
+    pub fn set_connected(&self, up: bool) {
+        self.connected.store(up, Ordering::Relaxed);
+    }
+
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Counts a consumer as consuming until the returned guard drops.
+    pub fn consuming(self: &Arc<Self>) -> ConsumingGuard {
+        self.consuming.fetch_add(1, Ordering::Relaxed);
+        ConsumingGuard(self.clone())
+    }
+}
+
+/// Held by a consumer while it consumes; dropping it (whatever ended the
+/// consumer) takes it out of the count.
+#[derive(Debug)]
+pub struct ConsumingGuard(Arc<Readiness>);
+
+impl Drop for ConsumingGuard {
+    fn drop(&mut self) {
+        self.0.consuming.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Binds the admin address (an error here is a configuration error) and serves
+/// until the process ends.
+pub async fn serve(addr: &str, readiness: Arc<Readiness>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, "admin endpoint listening");
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let readiness = readiness.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let readiness = readiness.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(answer(request.uri().path(), &readiness))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    Ok(local)
+}
+
+fn answer(path: &str, readiness: &Readiness) -> Response<Full<Bytes>> {
+    let (status, body) = match path {
+        "/healthz" => (StatusCode::OK, "ok\n"),
+        "/readyz" if readiness.is_ready() => (StatusCode::OK, "ready\n"),
+        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        _ => (StatusCode::NOT_FOUND, "not found\n"),
+    };
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_when_connected_consuming_and_not_stopping() {
+        let r = Readiness::new(2);
+        assert!(!r.is_ready());
+        r.set_connected(true);
+        let a = r.consuming();
+        assert!(!r.is_ready(), "one of two consumers");
+        let b = r.consuming();
+        assert!(r.is_ready());
+        drop(a);
+        assert!(!r.is_ready(), "a consumer restarting");
+        let _a = r.consuming();
+        assert!(r.is_ready());
+        r.set_connected(false);
+        assert!(!r.is_ready());
+        r.set_connected(true);
+        r.set_stopping();
+        assert!(!r.is_ready());
+        drop(b);
+        assert_eq!(answer("/healthz", &r).status(), StatusCode::OK);
+        assert_eq!(
+            answer("/readyz", &r).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(answer("/nope", &r).status(), StatusCode::NOT_FOUND);
+    }
+}
