@@ -91,7 +91,7 @@ pub async fn topology(config: &Config) -> Result<(), RunError> {
 ///       └─ consumer-N permanent
 /// ```
 pub async fn run(config: Config) -> Result<(), RunError> {
-    let apns = Apns::from_config(&config)?;
+    let apns = Apns::from_config(&config).await?;
     let readiness = Readiness::new(config.consumers);
     crate::admin::serve(&config.admin_addr, readiness.clone())
         .await

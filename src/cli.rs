@@ -31,7 +31,7 @@ pub enum Command {
         file: PathBuf,
     },
     /// Run the APNs simulator (HTTP/2 over TLS, Apple's validation and answers).
-    ApnsSim(SimArgs),
+    ApnsSim(Box<SimArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,6 +61,18 @@ pub struct SimArgs {
     /// Latency added to every answer, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
+    /// Each connection sends GOAWAY after its Nth request.
+    #[arg(long)]
+    pub goaway_after: Option<u64>,
+    /// Each connection is dropped (no GOAWAY) after accepting its Nth request.
+    #[arg(long)]
+    pub reset_after: Option<u64>,
+    /// Each connection leaves requests after its Nth unanswered.
+    #[arg(long)]
+    pub stall_after: Option<u64>,
+    /// Close connections idle (not even a PING) for this many seconds.
+    #[arg(long)]
+    pub idle_timeout_secs: Option<u64>,
     /// Log every accepted notification.
     #[arg(long)]
     pub show_deliveries: bool,

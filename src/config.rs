@@ -145,6 +145,8 @@ pub struct AppConfig {
     pub connections: usize,
     /// How long one request may wait for its answer.
     pub request_timeout: Duration,
+    /// Interval of HTTP/2 PINGs on idle connections.
+    pub keepalive: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -213,6 +215,7 @@ struct FileApp {
     topic: Option<String>,
     connections: Option<usize>,
     request_timeout_ms: Option<u64>,
+    keepalive_secs: Option<u64>,
 }
 
 pub const DEFAULT_PREFETCH: u16 = 500;
@@ -518,6 +521,7 @@ fn app_config(name: &str, raw: FileApp) -> Result<AppConfig, ConfigError> {
             .request_timeout_ms
             .map(Duration::from_millis)
             .unwrap_or(DEFAULT_REQUEST_TIMEOUT),
+        keepalive: Duration::from_secs(raw.keepalive_secs.unwrap_or(60).max(1)),
     })
 }
 

@@ -12,7 +12,7 @@ async fn main() -> ExitCode {
     let code = match cli.command {
         Command::ApnsSim(args) => {
             init_logs_from_env();
-            misiva::sim::cli::run(args).await
+            misiva::sim::cli::run(*args).await
         }
         Command::Publish { file } => {
             init_logs_from_env();

@@ -14,7 +14,7 @@ fn job(body: serde_json::Value) -> job::Job {
 #[tokio::test]
 async fn client_delivers_and_simulator_answers_like_apple() {
     let sim = SimFixture::start(Default::default()).await;
-    let client = ApnsClient::new("default", &sim.app_config()).unwrap();
+    let client = ApnsClient::new("default", &sim.app_config()).await.unwrap();
     client.probe().await.unwrap();
 
     let ok = job(serde_json::json!({
@@ -90,7 +90,7 @@ async fn wrong_key_is_refused_and_missing_topic_reported() {
     if let misiva::config::Auth::Token { key_file, .. } = &mut config.auth {
         *key_file = other_key;
     }
-    let client = ApnsClient::new("default", &config).unwrap();
+    let client = ApnsClient::new("default", &config).await.unwrap();
     let j = job(serde_json::json!({"token": support::token(2)}));
     let answer = client
         .send(&JobRequest::new(&j, client.default_topic()), &j.tokens[0])
@@ -102,7 +102,7 @@ async fn wrong_key_is_refused_and_missing_topic_reported() {
 
     let mut config = sim.app_config();
     config.topic = None;
-    let client = ApnsClient::new("default", &config).unwrap();
+    let client = ApnsClient::new("default", &config).await.unwrap();
     let answer = client.send(&JobRequest::new(&j, None), &j.tokens[0]).await;
     assert!(
         matches!(answer, ApnsAnswer::Status { code: 400, reason: Some(ref r), .. } if r == "MissingTopic"),
@@ -115,7 +115,7 @@ async fn untrusted_simulator_is_a_clear_error() {
     let sim = SimFixture::start(Default::default()).await;
     let mut config = sim.app_config();
     config.ca_file = None;
-    let client = ApnsClient::new("default", &config).unwrap();
+    let client = ApnsClient::new("default", &config).await.unwrap();
     let err = client.probe().await.unwrap_err().to_string();
     assert!(err.contains("TLS handshake"), "{err}");
 }

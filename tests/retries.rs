@@ -25,6 +25,7 @@ fn faults(rate: f64, status: u16) -> Faults {
         error_rate: rate,
         error_status: status,
         latency: Duration::ZERO,
+        ..Faults::default()
     }
 }
 

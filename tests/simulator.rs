@@ -31,6 +31,7 @@ impl Client {
             host: "127.0.0.1".into(),
             port: sim.sim.addr().port(),
             tls: client_config(Some(&sim.ca_file)).unwrap(),
+            keepalive: Duration::from_secs(60),
         };
         Client {
             connection: Connection::start(target),
@@ -283,6 +284,7 @@ async fn faults_can_be_injected_and_lifted_at_run_time() {
             error_rate: 1.0,
             error_status: 503,
             latency: Duration::ZERO,
+            ..Faults::default()
         },
         ..Default::default()
     })
@@ -304,6 +306,7 @@ async fn faults_can_be_injected_and_lifted_at_run_time() {
         error_rate: 1.0,
         error_status: 500,
         latency: Duration::ZERO,
+        ..Faults::default()
     });
     assert_eq!(
         client.send(send()).await,
@@ -315,6 +318,7 @@ async fn faults_can_be_injected_and_lifted_at_run_time() {
         error_rate: 0.0,
         error_status: 503,
         latency: Duration::from_millis(800),
+        ..Faults::default()
     });
     match client
         .connection

@@ -13,17 +13,16 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, timeout};
 use tokio_rustls::TlsConnector;
 
 /// How long establishing TCP + TLS + HTTP/2 may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Idle connections send an HTTP/2 PING this often, so that a connection a
-/// middlebox silently dropped is noticed before a request is lost on it.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a PING may go unanswered before the connection counts as dead.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Ceiling of the reconnect backoff.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -37,6 +36,10 @@ pub struct Target {
     pub host: String,
     pub port: u16,
     pub tls: Arc<rustls::ClientConfig>,
+    /// Idle connections send an HTTP/2 PING this often, so that a connection
+    /// a middlebox would drop stays open, and one it silently dropped is
+    /// noticed before a request is lost on it.
+    pub keepalive: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +81,7 @@ impl Target {
         }
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_interval(self.keepalive)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true)
             .handshake(TokioIo::new(tls))
@@ -99,8 +102,32 @@ enum Command {
     Send {
         request: http::Request<Full<Bytes>>,
         deadline: Duration,
-        reply: oneshot::Sender<ApnsAnswer>,
+        reply: oneshot::Sender<Exchange>,
     },
+}
+
+/// How one request ended on a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exchange {
+    /// APNs answered, or the request may have reached APNs and its fate is
+    /// unknown (connection lost mid-request, deadline): the caller classifies it.
+    Answered(ApnsAnswer),
+    /// APNs certainly did not process it (never written, or refused by GOAWAY
+    /// or REFUSED_STREAM): safe to send again elsewhere, and not a failure.
+    NotProcessed(String),
+}
+
+/// What the connection actor is doing, for the pool and for operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// No connection yet, or reconnecting after one ended.
+    Connecting,
+    Ready,
+    /// The last connection misbehaved (a request got no answer in time) and
+    /// is being replaced; requests wait for the new one.
+    Draining,
+    /// The actor has stopped.
+    Dead,
 }
 
 /// Handle to one connection actor.
@@ -108,14 +135,21 @@ enum Command {
 pub struct Connection {
     /// Requests to the actor; bounded so that a stalled connection pushes back.
     commands: mpsc::Sender<Command>,
+    /// The actor's state, published by the actor.
+    state: watch::Receiver<State>,
 }
 
 impl Connection {
     /// Starts the actor. It connects lazily, on the first request.
     pub fn start(target: Target) -> Connection {
         let (commands, rx) = mpsc::channel(COMMAND_CAPACITY);
-        tokio::spawn(run(target, rx));
-        Connection { commands }
+        let (state_tx, state) = watch::channel(State::Connecting);
+        tokio::spawn(run(target, rx, state_tx));
+        Connection { commands, state }
+    }
+
+    pub fn state(&self) -> State {
+        *self.state.borrow()
     }
 
     /// Connects now, so that a wrong endpoint or CA shows at start.
@@ -127,29 +161,49 @@ impl Connection {
         }
     }
 
-    /// Sends one request and waits for APNs' answer, at most `deadline`.
-    pub async fn send(
+    /// Hands one request to the actor and returns at once; the receiver yields
+    /// how it ended (at most `deadline` after it was written).
+    pub async fn submit(
         &self,
         request: http::Request<Full<Bytes>>,
         deadline: Duration,
-    ) -> ApnsAnswer {
+    ) -> oneshot::Receiver<Exchange> {
         let (reply, answer) = oneshot::channel();
         let command = Command::Send {
             request,
             deadline,
             reply,
         };
-        if self.commands.send(command).await.is_err() {
-            return ApnsAnswer::Transport("the APNs connection actor has stopped".into());
+        if let Err(mpsc::error::SendError(Command::Send { reply, .. })) =
+            self.commands.send(command).await
+        {
+            let _ = reply.send(Exchange::NotProcessed(
+                "the APNs connection actor has stopped".into(),
+            ));
         }
         answer
-            .await
-            .unwrap_or_else(|_| ApnsAnswer::Transport("the APNs request was dropped".into()))
+    }
+
+    /// Sends one request and waits for APNs' answer, at most `deadline`.
+    pub async fn send(
+        &self,
+        request: http::Request<Full<Bytes>>,
+        deadline: Duration,
+    ) -> ApnsAnswer {
+        match self.submit(request, deadline).await.await {
+            Ok(Exchange::Answered(answer)) => answer,
+            Ok(Exchange::NotProcessed(why)) => ApnsAnswer::Transport(why),
+            Err(_) => ApnsAnswer::Transport("the APNs request was dropped".into()),
+        }
     }
 }
 
-async fn run(target: Target, mut commands: mpsc::Receiver<Command>) {
+async fn run(target: Target, mut commands: mpsc::Receiver<Command>, state: watch::Sender<State>) {
     let mut link: Option<SendRequest<Full<Bytes>>> = None;
+    // Which connection `link` is; a request that timed out marks its
+    // connection's generation here, and the actor replaces that connection.
+    let mut generation: u64 = 0;
+    let unhealthy = Arc::new(AtomicU64::new(u64::MAX));
     // Consecutive failed connects, the earliest next attempt, and why the last failed.
     let mut failures: u32 = 0;
     let mut retry_at: Option<Instant> = None;
@@ -160,14 +214,24 @@ async fn run(target: Target, mut commands: mpsc::Receiver<Command>) {
         reply,
     }) = commands.recv().await
     {
-        if link.as_ref().is_none_or(SendRequest::is_closed) {
+        if link.is_some() && unhealthy.load(Ordering::Relaxed) == generation {
+            tracing::warn!(host = %target.host, "an APNs request got no answer in time; replacing the connection");
+            state.send_replace(State::Draining);
+            // In-flight requests keep the old connection until they end.
             link = None;
+        }
+        if link.as_ref().is_none_or(SendRequest::is_closed) {
+            if link.take().is_some() {
+                state.send_replace(State::Connecting);
+            }
             if retry_at.is_none_or(|at| Instant::now() >= at) {
                 match timeout(CONNECT_TIMEOUT, target.connect()).await {
                     Ok(Ok(sender)) => {
                         link = Some(sender);
+                        generation += 1;
                         failures = 0;
                         retry_at = None;
+                        state.send_replace(State::Ready);
                     }
                     outcome => {
                         last_error = match outcome {
@@ -178,6 +242,7 @@ async fn run(target: Target, mut commands: mpsc::Receiver<Command>) {
                         let wait = backoff(failures);
                         tracing::warn!(error = %last_error, retry_in = ?wait, "cannot connect to APNs");
                         retry_at = Some(Instant::now() + wait);
+                        state.send_replace(State::Connecting);
                     }
                 }
             }
@@ -185,17 +250,30 @@ async fn run(target: Target, mut commands: mpsc::Receiver<Command>) {
         match &link {
             Some(sender) => {
                 let sender = sender.clone();
+                let unhealthy = unhealthy.clone();
+                let this = generation;
                 tokio::spawn(async move {
-                    let _ = reply.send(exchange(sender, request, deadline).await);
+                    let outcome = exchange(sender, request, deadline).await;
+                    if outcome == Exchange::Answered(ApnsAnswer::Transport(timeout_text(deadline)))
+                    {
+                        unhealthy.store(this, Ordering::Relaxed);
+                    }
+                    let _ = reply.send(outcome);
                 });
             }
             None => {
-                let _ = reply.send(ApnsAnswer::Transport(format!(
+                // Nothing was sent: another connection may take it.
+                let _ = reply.send(Exchange::NotProcessed(format!(
                     "cannot connect to APNs: {last_error}"
                 )));
             }
         }
     }
+    state.send_replace(State::Dead);
+}
+
+fn timeout_text(deadline: Duration) -> String {
+    format!("no answer from APNs within {deadline:?}")
 }
 
 /// Exponential backoff from 100 ms to [`MAX_BACKOFF`], with full jitter so that
@@ -211,18 +289,71 @@ async fn exchange(
     mut sender: SendRequest<Full<Bytes>>,
     request: http::Request<Full<Bytes>>,
     deadline: Duration,
-) -> ApnsAnswer {
+) -> Exchange {
     let round_trip = async {
-        sender.ready().await?;
-        let response = sender.send_request(request).await?;
+        if sender.ready().await.is_err() {
+            return Err(Exchange::NotProcessed("the APNs connection closed".into()));
+        }
+        let response = match sender.try_send_request(request).await {
+            Ok(response) => response,
+            Err(mut e) => {
+                let unsent = e.take_message().is_some();
+                let error = e.into_error();
+                return Err(if unsent || never_processed(&error) {
+                    Exchange::NotProcessed(format!("APNs did not process the request: {error}"))
+                } else {
+                    Exchange::Answered(ApnsAnswer::Transport(format!(
+                        "APNs request failed: {}",
+                        describe(&error)
+                    )))
+                });
+            }
+        };
         let status = response.status().as_u16();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok::<_, hyper::Error>((status, body))
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| {
+                Exchange::Answered(ApnsAnswer::Transport(format!(
+                    "APNs answer cut off: {}",
+                    describe(&e)
+                )))
+            })?
+            .to_bytes();
+        Ok((status, body))
     };
     match timeout(deadline, round_trip).await {
-        Err(_) => ApnsAnswer::Transport(format!("no answer from APNs within {deadline:?}")),
-        Ok(Err(e)) => ApnsAnswer::Transport(format!("APNs request failed: {e}")),
-        Ok(Ok((code, body))) => answer_from(code, &body),
+        Err(_) => Exchange::Answered(ApnsAnswer::Transport(timeout_text(deadline))),
+        Ok(Err(exchange)) => exchange,
+        Ok(Ok((code, body))) => Exchange::Answered(answer_from(code, &body)),
+    }
+}
+
+/// The HTTP/2 error under a hyper error, if any.
+fn h2_error(error: &hyper::Error) -> Option<&h2::Error> {
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return Some(h2);
+        }
+        source = e.source();
+    }
+    None
+}
+
+/// A stream the server refused or dropped with GOAWAY before processing it.
+/// RFC 9113 §8.7: such requests are safe to retry.
+fn never_processed(error: &hyper::Error) -> bool {
+    h2_error(error).is_some_and(|e| {
+        (e.is_go_away() && e.is_remote()) || e.reason() == Some(h2::Reason::REFUSED_STREAM)
+    })
+}
+
+fn describe(error: &hyper::Error) -> String {
+    match h2_error(error) {
+        Some(h2) => format!("{error} ({h2})"),
+        None => error.to_string(),
     }
 }
 

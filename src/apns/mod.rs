@@ -5,11 +5,13 @@
 mod auth;
 mod breaker;
 mod connection;
+mod pool;
 mod tls;
 
 pub use auth::ProviderToken;
 pub use breaker::{Breaker, Pass};
-pub use connection::{ConnectError, Connection, Target};
+pub use connection::{ConnectError, Connection, Exchange, State, Target};
+pub use pool::Pool;
 pub use tls::{TlsError, client_config};
 
 use crate::config::{AppConfig, Auth, Config};
@@ -93,7 +95,9 @@ pub struct ApnsClient {
 
 #[derive(Debug)]
 struct ClientInner {
-    connection: Connection,
+    /// This app's connections; no other app's requests ever use them, as APNs
+    /// binds a token-auth connection to one team.
+    pool: Pool,
     token: ProviderToken,
     /// `https://host:port`, the scheme and authority of every request URI.
     base: String,
@@ -106,8 +110,8 @@ struct ClientInner {
 
 impl ApnsClient {
     /// Builds the client of one app: reads its key and CA (errors here are
-    /// configuration errors), and starts its connection actor.
-    pub fn new(app: &str, config: &AppConfig) -> Result<ApnsClient, SetupError> {
+    /// configuration errors), and starts its pool of connection actors.
+    pub async fn new(app: &str, config: &AppConfig) -> Result<ApnsClient, SetupError> {
         let token = match &config.auth {
             Auth::Token {
                 key_file,
@@ -144,6 +148,7 @@ impl ApnsClient {
             host: config.endpoint.host().to_owned(),
             port: config.endpoint.port(),
             tls,
+            keepalive: config.keepalive,
         };
         let base = if target.port == 443 {
             format!("https://{}", target.host)
@@ -152,7 +157,7 @@ impl ApnsClient {
         };
         Ok(ApnsClient {
             inner: Arc::new(ClientInner {
-                connection: Connection::start(target.clone()),
+                pool: Pool::new(target.clone(), config.connections).await,
                 token,
                 base,
                 topic,
@@ -193,14 +198,14 @@ impl ApnsClient {
         let inner = &self.inner;
         let bearer = inner.token.header();
         let answer = inner
-            .connection
-            .send(self.request(job, token, &bearer), inner.request_timeout)
+            .pool
+            .send(|| self.request(job, token, &bearer), inner.request_timeout)
             .await;
         if let TokenOutcome::Credentials { renew: true, .. } = classify(&answer) {
             if let Some(renewed) = inner.token.renew_after_rejection(&bearer) {
                 return inner
-                    .connection
-                    .send(self.request(job, token, &renewed), inner.request_timeout)
+                    .pool
+                    .send(|| self.request(job, token, &renewed), inner.request_timeout)
                     .await;
             }
         }
@@ -253,10 +258,10 @@ pub struct Apns {
 }
 
 impl Apns {
-    pub fn from_config(config: &Config) -> Result<Apns, SetupError> {
+    pub async fn from_config(config: &Config) -> Result<Apns, SetupError> {
         let mut clients = HashMap::new();
         for (name, app) in &config.apps {
-            clients.insert(name.clone(), ApnsClient::new(name, app)?);
+            clients.insert(name.clone(), ApnsClient::new(name, app).await?);
         }
         Ok(Apns { clients })
     }

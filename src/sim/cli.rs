@@ -32,11 +32,15 @@ async fn serve(args: SimArgs) -> anyhow::Result<()> {
             error_rate: args.error_rate,
             error_status: args.error_status,
             latency: Duration::from_millis(args.latency_ms),
+            goaway_after: args.goaway_after,
+            reset_after: args.reset_after,
+            stall_after: args.stall_after,
         },
         // The command-line simulator may run for days: count, do not keep.
         record: false,
         hostnames: args.hostname,
         log_deliveries: args.show_deliveries,
+        idle_timeout: args.idle_timeout_secs.map(Duration::from_secs),
     })
     .await?;
     std::fs::write(&args.ca_out, sim.ca_pem())?;

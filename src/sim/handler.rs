@@ -5,9 +5,11 @@ use crate::jwt::{VerifyError, decode_unverified, verify_signature};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
+use std::collections::HashSet;
 use std::sync::Mutex;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// A notification the simulator answered 200.
@@ -56,13 +58,41 @@ const TOKEN_MAX_AGE: u64 = 3600;
 /// Apple refuses a new provider token on a connection within 20 minutes of the last.
 const TOKEN_MIN_INTERVAL: Duration = Duration::from_secs(20 * 60);
 
-/// The provider-token state of one connection.
+/// What the simulator knows of one connection.
 #[derive(Debug, Default)]
-pub(crate) struct ConnectionAuth {
+pub(crate) struct ConnectionState {
     /// The last token that verified on this connection and when it was first seen,
     /// so that repeated requests skip the signature check (as APNs does) and a
     /// too-early change is caught.
     verified: Mutex<Option<(String, Instant)>>,
+    /// Requests received on this connection so far.
+    requests: AtomicU64,
+    /// Requests being handled now, and the most there ever were at once.
+    in_flight: AtomicUsize,
+    pub(crate) max_in_flight: AtomicUsize,
+    /// Key ids of the provider tokens seen on this connection.
+    pub(crate) key_ids: Mutex<HashSet<String>>,
+    /// Asks the connection's task to send GOAWAY (graceful) or to drop the
+    /// connection at once (reset).
+    pub(crate) goaway: Notify,
+    pub(crate) reset: Notify,
+}
+
+/// Counts a request as in flight on its connection while it lives.
+struct InFlight<'a>(&'a ConnectionState);
+
+impl<'a> InFlight<'a> {
+    fn enter(connection: &'a ConnectionState) -> Self {
+        let now = connection.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        connection.max_in_flight.fetch_max(now, Ordering::Relaxed);
+        InFlight(connection)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 struct Rejection {
@@ -76,7 +106,7 @@ const fn reject(status: u16, reason: &'static str) -> Rejection {
 
 pub(crate) async fn handle(
     state: &State,
-    connection: &ConnectionAuth,
+    connection: &ConnectionState,
     request: http::Request<hyper::body::Incoming>,
 ) -> Response<Body> {
     let apns_id = request
@@ -84,7 +114,17 @@ pub(crate) async fn handle(
         .get("apns-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let _in_flight = InFlight::enter(connection);
+    let number = connection.requests.fetch_add(1, Ordering::Relaxed) + 1;
     let faults = state.faults.borrow().clone();
+    if faults.stall_after.is_some_and(|n| number > n) {
+        // A stall: the request is never answered (the client's deadline decides).
+        std::future::pending::<()>().await;
+    }
+    if faults.goaway_after == Some(number) {
+        // Answer this one, then GOAWAY: streams after it are refused.
+        connection.goaway.notify_one();
+    }
     if !faults.latency.is_zero() {
         tokio::time::sleep(faults.latency).await;
     }
@@ -107,6 +147,11 @@ pub(crate) async fn handle(
             }
             if state.record {
                 lock(&state.accepted).push(accepted);
+            }
+            if faults.reset_after == Some(number) {
+                // Accepted, but the answer is lost with the connection.
+                connection.reset.notify_one();
+                std::future::pending::<()>().await;
             }
             respond(StatusCode::OK, &echo_id, Bytes::new())
         }
@@ -155,7 +200,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Rej
 
 async fn check(
     state: &State,
-    connection: &ConnectionAuth,
+    connection: &ConnectionState,
     request: http::Request<hyper::body::Incoming>,
     apns_id: Option<String>,
     faults: &super::Faults,
@@ -252,7 +297,7 @@ async fn check(
 /// Checks the provider token; returns its key id.
 fn authenticate(
     state: &State,
-    connection: &ConnectionAuth,
+    connection: &ConnectionState,
     headers: &HeaderMap,
 ) -> Result<String, Rejection> {
     let bearer = header(headers, "authorization")?
@@ -296,5 +341,6 @@ fn authenticate(
             *verified = Some((bearer.to_owned(), Instant::now()));
         }
     }
+    lock(&connection.key_ids).insert(jwt_header.kid.clone());
     Ok(jwt_header.kid)
 }

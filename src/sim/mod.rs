@@ -6,6 +6,7 @@
 
 mod certs;
 mod handler;
+mod idle;
 
 pub use handler::{Accepted, PREFIXES};
 
@@ -18,6 +19,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -55,6 +57,13 @@ pub struct Faults {
     pub error_status: u16,
     /// Added before every answer.
     pub latency: Duration,
+    /// Each connection sends GOAWAY after answering its Nth request.
+    pub goaway_after: Option<u64>,
+    /// Each connection is dropped (TCP closed, no GOAWAY) right after accepting
+    /// its Nth request, before answering it.
+    pub reset_after: Option<u64>,
+    /// Each connection leaves every request after its Nth unanswered.
+    pub stall_after: Option<u64>,
 }
 
 impl Default for Faults {
@@ -63,6 +72,9 @@ impl Default for Faults {
             error_rate: 0.0,
             error_status: 503,
             latency: Duration::ZERO,
+            goaway_after: None,
+            reset_after: None,
+            stall_after: None,
         }
     }
 }
@@ -80,6 +92,8 @@ pub struct SimConfig {
     pub hostnames: Vec<String>,
     /// Log every accepted notification at info level (the demo shows them).
     pub log_deliveries: bool,
+    /// Close connections on which nothing (not even a PING) arrived for this long.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for SimConfig {
@@ -92,6 +106,7 @@ impl Default for SimConfig {
             record: true,
             hostnames: Vec::new(),
             log_deliveries: false,
+            idle_timeout: None,
         }
     }
 }
@@ -112,6 +127,11 @@ pub(crate) struct State {
     /// Requests per device token, whatever the answer, when `record` is on.
     requests: Mutex<std::collections::HashMap<String, u32>>,
     connections: AtomicU64,
+    /// Every connection ever accepted, for the per-connection reports.
+    connection_states: Mutex<Vec<Arc<handler::ConnectionState>>>,
+    /// Bumped to make every open connection send GOAWAY.
+    goaway_all: watch::Sender<u64>,
+    idle_timeout: Option<Duration>,
 }
 
 /// A running simulator. Dropping it stops accepting connections.
@@ -142,6 +162,9 @@ impl Simulator {
             rejected: Mutex::new(BTreeMap::new()),
             requests: Mutex::new(std::collections::HashMap::new()),
             connections: AtomicU64::new(0),
+            connection_states: Mutex::new(Vec::new()),
+            goaway_all: watch::channel(0).0,
+            idle_timeout: config.idle_timeout,
         });
         let (stop, stopped) = tokio::sync::oneshot::channel();
         tokio::spawn(accept_loop(
@@ -202,6 +225,27 @@ impl Simulator {
     pub fn connections(&self) -> u64 {
         self.state.connections.load(Ordering::Relaxed)
     }
+
+    /// For each connection so far: the most requests it had in flight at once.
+    pub fn max_concurrent_streams(&self) -> Vec<usize> {
+        lock(&self.state.connection_states)
+            .iter()
+            .map(|c| c.max_in_flight.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// For each connection so far: the key ids of the tokens used on it.
+    pub fn key_ids_per_connection(&self) -> Vec<std::collections::HashSet<String>> {
+        lock(&self.state.connection_states)
+            .iter()
+            .map(|c| lock(&c.key_ids).clone())
+            .collect()
+    }
+
+    /// Sends GOAWAY on every open connection (they finish what they started).
+    pub fn goaway_all(&self) {
+        self.state.goaway_all.send_modify(|n| *n += 1);
+    }
 }
 
 /// The simulator's maps are only ever pushed to or read whole, so a panic
@@ -241,23 +285,51 @@ async fn accept_loop(
                 }
             };
             state.connections.fetch_add(1, Ordering::Relaxed);
-            let connection = Arc::new(handler::ConnectionAuth::default());
-            let service = service_fn(move |request| {
-                let state = state.clone();
+            let connection = Arc::new(handler::ConnectionState::default());
+            lock(&state.connection_states).push(connection.clone());
+            let last_read = Arc::new(AtomicU64::new(0));
+            let started = tokio::time::Instant::now();
+            let io = idle::Watched::new(tls, last_read.clone(), started);
+            let mut goaway_all = state.goaway_all.subscribe();
+            let idle_timeout = state.idle_timeout;
+            let service = {
                 let connection = connection.clone();
-                async move {
-                    Ok::<_, std::convert::Infallible>(
-                        handler::handle(&state, &connection, request).await,
-                    )
-                }
-            });
+                service_fn(move |request| {
+                    let state = state.clone();
+                    let connection = connection.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            handler::handle(&state, &connection, request).await,
+                        )
+                    }
+                })
+            };
             let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(max_streams)
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
-            if let Err(e) = served {
-                tracing::debug!(%peer, error = %e, "simulator connection ended");
+                .serve_connection(TokioIo::new(io), service);
+            tokio::pin!(served);
+            let mut idle_check = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tokio::select! {
+                    result = &mut served => {
+                        if let Err(e) = result {
+                            tracing::debug!(%peer, error = %e, "simulator connection ended");
+                        }
+                        return;
+                    }
+                    _ = connection.goaway.notified() => served.as_mut().graceful_shutdown(),
+                    Ok(()) = goaway_all.changed() => served.as_mut().graceful_shutdown(),
+                    // Dropping the connection closes TCP with no GOAWAY: a reset.
+                    _ = connection.reset.notified() => return,
+                    _ = idle_check.tick(), if idle_timeout.is_some() => {
+                        let quiet = started.elapsed().saturating_sub(Duration::from_millis(last_read.load(Ordering::Relaxed)));
+                        if idle_timeout.is_some_and(|limit| quiet > limit) {
+                            tracing::debug!(%peer, ?quiet, "simulator closing an idle connection");
+                            return;
+                        }
+                    }
+                }
             }
         });
     }

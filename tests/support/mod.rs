@@ -234,6 +234,7 @@ impl SimFixture {
             topic: Some(TOPIC.into()),
             connections: 1,
             request_timeout: Duration::from_secs(10),
+            keepalive: Duration::from_secs(60),
         }
     }
 }

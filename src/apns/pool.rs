@@ -1,0 +1,90 @@
+//! The connection pool of one app: `deadpool` manages the connection actors
+//! (creation, a health check on every checkout, the size). A checkout lasts only
+//! while a request is handed to an actor, not for its round trip, so each
+//! connection carries as many streams at once as APNs allows, and FIFO
+//! checkouts spread requests over the connections in turn.
+
+use super::connection::{Connection, Exchange, State, Target};
+use crate::outcome::ApnsAnswer;
+use bytes::Bytes;
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use http_body_util::Full;
+use std::convert::Infallible;
+use std::time::Duration;
+
+#[derive(Debug)]
+pub struct Manager {
+    target: Target,
+}
+
+impl managed::Manager for Manager {
+    type Type = Connection;
+    type Error = Infallible;
+
+    async fn create(&self) -> Result<Connection, Infallible> {
+        // The actor connects on its first request and reconnects by itself.
+        Ok(Connection::start(self.target.clone()))
+    }
+
+    async fn recycle(&self, connection: &mut Connection, _: &Metrics) -> RecycleResult<Infallible> {
+        match connection.state() {
+            // A stopped actor is replaced by a new one.
+            State::Dead => Err(RecycleError::message("the connection actor stopped")),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pool: managed::Pool<Manager>,
+    size: usize,
+}
+
+impl Pool {
+    /// Builds the pool and starts its `size` actors.
+    pub async fn new(target: Target, size: usize) -> Pool {
+        let pool = managed::Pool::builder(Manager { target })
+            .max_size(size)
+            .queue_mode(managed::QueueMode::Fifo)
+            .build()
+            .expect("a pool without timeouts always builds");
+        // Take every slot at once so that all `size` actors exist; afterwards
+        // FIFO checkouts rotate through them.
+        let all = futures_util::future::join_all((0..size).map(|_| pool.get())).await;
+        drop(all);
+        Pool { pool, size }
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Sends a request on the next connection. `build` makes the request again
+    /// when a connection did not process it (GOAWAY, refused stream, a
+    /// connection that could not be made), so that it goes to another one
+    /// without counting as a failure.
+    pub async fn send(
+        &self,
+        build: impl Fn() -> http::Request<Full<Bytes>>,
+        deadline: Duration,
+    ) -> ApnsAnswer {
+        let mut last = String::new();
+        // Every connection once, and one more for a connection that came back.
+        for _ in 0..=self.size {
+            let receiver = match self.pool.get().await {
+                Ok(connection) => connection.submit(build(), deadline).await,
+                Err(e) => return ApnsAnswer::Transport(format!("APNs connection pool: {e}")),
+            };
+            match receiver.await {
+                Ok(Exchange::Answered(answer)) => return answer,
+                Ok(Exchange::NotProcessed(why)) => {
+                    tracing::debug!(%why, "request not processed; sending it on another connection");
+                    last = why;
+                }
+                Err(_) => last = "the APNs connection actor dropped the request".into(),
+            }
+        }
+        ApnsAnswer::Transport(last)
+    }
+}

@@ -1,0 +1,318 @@
+//! The APNs connection pool against the simulator: stream limits, GOAWAY,
+//! resets, stalls, PING keepalive and one pool per app.
+
+mod support;
+
+use futures_util::StreamExt;
+use misiva::apns::{Apns, ApnsClient, JobRequest};
+use misiva::config::{AppConfig, Auth};
+use misiva::job::{self, DeviceToken};
+use misiva::outcome::ApnsAnswer;
+use misiva::sim::{Faults, SimConfig, SimKey};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use support::{SimFixture, token};
+
+fn ok() -> ApnsAnswer {
+    ApnsAnswer::Status {
+        code: 200,
+        reason: None,
+        timestamp_ms: None,
+    }
+}
+
+fn request(client: &ApnsClient, id: &str) -> JobRequest {
+    let job = job::decode(
+        format!(r#"{{"id":"{id}","token":"{}","alert":"x"}}"#, token(0)).as_bytes(),
+        None,
+    )
+    .unwrap();
+    JobRequest::new(&job, client.default_topic())
+}
+
+fn tokens(count: u64, offset: u64) -> Vec<DeviceToken> {
+    (0..count)
+        .map(|i| DeviceToken::parse("token", &token(offset + i)).unwrap())
+        .collect()
+}
+
+/// Sends to every token, `concurrency` at a time; a transient answer is tried
+/// again (what the retry tiers do), up to five times. Returns the final answers.
+async fn send_all(
+    client: &ApnsClient,
+    job: &JobRequest,
+    tokens: &[DeviceToken],
+    concurrency: usize,
+) -> Vec<ApnsAnswer> {
+    futures_util::stream::iter(tokens)
+        .map(|t| async move {
+            let mut answer = client.send(job, t).await;
+            for _ in 0..5 {
+                if matches!(answer, ApnsAnswer::Transport(_))
+                    || matches!(
+                        answer,
+                        ApnsAnswer::Status {
+                            code: 500..=599,
+                            ..
+                        }
+                    )
+                {
+                    answer = client.send(job, t).await;
+                }
+            }
+            answer
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
+}
+
+fn config(sim: &SimFixture, connections: usize) -> AppConfig {
+    AppConfig {
+        connections,
+        ..sim.app_config()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_reach_the_advertised_limit_and_never_exceed_it() {
+    let sim = SimFixture::start(SimConfig {
+        max_streams: 10,
+        faults: Faults {
+            latency: Duration::from_millis(30),
+            ..Faults::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let client = ApnsClient::new("default", &config(&sim, 2)).await.unwrap();
+    let job = request(&client, "streams");
+    let answers = send_all(&client, &job, &tokens(600, 0), 200).await;
+    assert!(answers.iter().all(|a| *a == ok()));
+    let per_connection = sim.sim.max_concurrent_streams();
+    println!("max concurrent streams per connection (limit 10): {per_connection:?}");
+    assert_eq!(
+        per_connection,
+        vec![10, 10],
+        "two connections, each filled to the limit and no further"
+    );
+    assert_eq!(sim.sim.accepted_count(), 600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_goaway_every_notification_is_delivered_exactly_once() {
+    let sim = SimFixture::start(SimConfig {
+        faults: Faults {
+            goaway_after: Some(150),
+            latency: Duration::from_millis(2),
+            ..Faults::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let client = ApnsClient::new("default", &config(&sim, 2)).await.unwrap();
+    let job = request(&client, "goaway");
+    let all = tokens(2000, 10_000);
+    // No retries here: a request refused by GOAWAY must be re-sent by the pool itself.
+    let answers: Vec<ApnsAnswer> = futures_util::stream::iter(&all)
+        .map(|t| client.send(&job, t))
+        .buffer_unordered(200)
+        .collect()
+        .await;
+    let failed: Vec<_> = answers.iter().filter(|a| **a != ok()).collect();
+    assert!(
+        failed.is_empty(),
+        "reported as failed: {:?}",
+        &failed[..failed.len().min(3)]
+    );
+    let accepted = sim.sim.accepted();
+    let unique: HashSet<_> = accepted.iter().map(|a| a.token.clone()).collect();
+    println!(
+        "GOAWAY every 150 streams: {} connections, {} accepted, {} unique",
+        sim.sim.connections(),
+        accepted.len(),
+        unique.len()
+    );
+    assert_eq!(unique.len(), 2000);
+    assert_eq!(accepted.len(), 2000, "no notification twice");
+    assert!(sim.sim.connections() >= 10, "GOAWAY forced new connections");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_resets_the_pool_recovers_and_delivers_everything() {
+    let sim = SimFixture::start(SimConfig {
+        faults: Faults {
+            reset_after: Some(200),
+            latency: Duration::from_millis(2),
+            ..Faults::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let client = ApnsClient::new("default", &config(&sim, 2)).await.unwrap();
+    let job = request(&client, "reset");
+    let all = tokens(2000, 20_000);
+    let answers = send_all(&client, &job, &all, 100).await;
+    assert!(
+        answers.iter().all(|a| *a == ok()),
+        "{:?}",
+        answers.iter().find(|a| **a != ok())
+    );
+    let accepted = sim.sim.accepted();
+    let unique: HashSet<_> = accepted.iter().map(|a| a.token.clone()).collect();
+    let duplicates = accepted.len() - unique.len();
+    println!(
+        "reset every 200 streams: {} connections, {} accepted, {duplicates} duplicates",
+        sim.sim.connections(),
+        accepted.len()
+    );
+    assert_eq!(unique.len(), 2000);
+    // Only requests in flight when a connection dropped can be sent twice: at
+    // most what each connection had in flight at its worst.
+    let in_flight_bound: usize = sim.sim.max_concurrent_streams().iter().sum();
+    println!("duplicates {duplicates} ≤ in flight at the resets, at most {in_flight_bound}");
+    assert!(
+        duplicates > 0,
+        "resets with requests in flight must cost some duplicates"
+    );
+    assert!(duplicates <= in_flight_bound, "{duplicates} duplicates");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_stall_the_pool_replaces_the_connection() {
+    let sim = SimFixture::start(SimConfig {
+        faults: Faults {
+            stall_after: Some(100),
+            ..Faults::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let mut app = config(&sim, 2);
+    app.request_timeout = Duration::from_millis(500);
+    let client = ApnsClient::new("default", &app).await.unwrap();
+    let job = request(&client, "stall");
+    let all = tokens(1000, 30_000);
+    let answers = send_all(&client, &job, &all, 50).await;
+    assert!(
+        answers.iter().all(|a| *a == ok()),
+        "{:?}",
+        answers.iter().find(|a| **a != ok())
+    );
+    let accepted = sim.sim.accepted();
+    let unique: HashSet<_> = accepted.iter().map(|a| a.token.clone()).collect();
+    println!(
+        "stall after 100 streams: {} connections, {} accepted, {} duplicates",
+        sim.sim.connections(),
+        accepted.len(),
+        accepted.len() - unique.len()
+    );
+    assert_eq!(unique.len(), 1000);
+    assert_eq!(
+        accepted.len(),
+        1000,
+        "stalled requests were never accepted, so nothing twice"
+    );
+    assert!(sim.sim.connections() >= 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_keep_an_idle_connection_open() {
+    let sim = SimFixture::start(SimConfig {
+        idle_timeout: Some(Duration::from_millis(2500)),
+        ..Default::default()
+    })
+    .await;
+    let one = tokens(2, 40_000);
+
+    // With a PING every second, six idle seconds do not close the connection.
+    let mut app = config(&sim, 1);
+    app.keepalive = Duration::from_secs(1);
+    let client = ApnsClient::new("default", &app).await.unwrap();
+    let job = request(&client, "ping");
+    assert_eq!(client.send(&job, &one[0]).await, ok());
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(client.send(&job, &one[1]).await, ok());
+    assert_eq!(sim.sim.connections(), 1, "the idle connection was kept");
+
+    // Without PINGs in that time, the simulator closes it and a new one is made.
+    let mut app = config(&sim, 1);
+    app.keepalive = Duration::from_secs(60);
+    let client = ApnsClient::new("default", &app).await.unwrap();
+    assert_eq!(client.send(&job, &one[0]).await, ok());
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(client.send(&job, &one[1]).await, ok());
+    assert_eq!(
+        sim.sim.connections(),
+        3,
+        "the quiet connection was closed and replaced"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_apps_with_different_keys_never_share_a_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut keys = Vec::new();
+    let mut files = Vec::new();
+    for (kid, team) in [("KEYAAAAAAA", "TEAMAAAAAA"), ("KEYBBBBBBB", "TEAMBBBBBB")] {
+        let path = dir.path().join(format!("{kid}.p8"));
+        std::fs::write(&path, misiva::jwt::generate_p8()).unwrap();
+        keys.push(SimKey::from_file(kid, team, &path).unwrap());
+        files.push((kid, team, path));
+    }
+    let mut sim = SimFixture::start(Default::default()).await;
+    // Restart the simulator with both teams' keys.
+    sim.sim = misiva::sim::Simulator::start(SimConfig {
+        keys,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    std::fs::write(&sim.ca_file, sim.sim.ca_pem()).unwrap();
+
+    let mut env = HashMap::new();
+    env.insert(
+        "MISIVA_APNS_KEY_FILE".to_owned(),
+        files[0].2.display().to_string(),
+    );
+    env.insert("MISIVA_APNS_KEY_ID".to_owned(), files[0].0.to_owned());
+    env.insert("MISIVA_APNS_TEAM_ID".to_owned(), files[0].1.to_owned());
+    let mut config = misiva::config::Config::from_env_map(&env).unwrap();
+    let base = AppConfig {
+        connections: 2,
+        ..sim.app_config()
+    };
+    let app = |(kid, team, path): &(&str, &str, std::path::PathBuf)| AppConfig {
+        auth: Auth::Token {
+            key_file: path.clone(),
+            key_id: (*kid).into(),
+            team_id: (*team).into(),
+        },
+        ..base.clone()
+    };
+    config.apps.insert("default".into(), app(&files[0]));
+    config.apps.insert("other".into(), app(&files[1]));
+    let apns = Apns::from_config(&config).await.unwrap();
+
+    let a = apns.client("default").unwrap();
+    let b = apns.client("other").unwrap();
+    let (ja, jb) = (request(a, "a"), request(b, "b"));
+    let all = tokens(400, 50_000);
+    let answers: Vec<ApnsAnswer> = futures_util::stream::iter(all.iter().enumerate())
+        .map(|(i, t)| {
+            let (client, job) = if i % 2 == 0 { (a, &ja) } else { (b, &jb) };
+            client.send(job, t)
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    assert!(answers.iter().all(|x| *x == ok()));
+    let per_connection = sim.sim.key_ids_per_connection();
+    println!("key ids per connection: {per_connection:?}");
+    assert!(
+        per_connection.iter().all(|ids| ids.len() == 1),
+        "a connection carried two teams' tokens"
+    );
+    let seen: HashSet<_> = per_connection.into_iter().flatten().collect();
+    assert_eq!(seen.len(), 2);
+}
