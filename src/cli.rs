@@ -73,6 +73,10 @@ pub struct SimArgs {
     /// Close connections idle (not even a PING) for this many seconds.
     #[arg(long)]
     pub idle_timeout_secs: Option<u64>,
+    /// Certificate auth: require client certificates, and write one for the
+    /// worker (client.pem, client.p12 with password "misiva") into this directory.
+    #[arg(long)]
+    pub cert_auth_dir: Option<PathBuf>,
     /// Log every accepted notification.
     #[arg(long)]
     pub show_deliveries: bool,

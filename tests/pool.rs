@@ -316,3 +316,56 @@ async fn two_apps_with_different_keys_never_share_a_connection() {
     let seen: HashSet<_> = per_connection.into_iter().flatten().collect();
     assert_eq!(seen.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_auth_works_with_pem_and_pkcs12() {
+    let sim = SimFixture::start(SimConfig {
+        certificate_auth: true,
+        ..Default::default()
+    })
+    .await;
+    let issued = sim
+        .sim
+        .issue_client_certificate(support::TOPIC, "s3cret")
+        .unwrap();
+    let pem = sim.dir.path().join("client.pem");
+    let p12 = sim.dir.path().join("client.p12");
+    std::fs::write(&pem, &issued.pem).unwrap();
+    std::fs::write(&p12, &issued.p12).unwrap();
+    let with = |file: &std::path::Path, password: Option<&str>| AppConfig {
+        auth: Auth::Certificate {
+            cert_file: file.to_owned(),
+            password: password.map(|p| misiva::config::Secret::new(p.to_owned())),
+        },
+        ..sim.app_config()
+    };
+    let all = tokens(2, 60_000);
+    for (i, config) in [with(&pem, None), with(&p12, Some("s3cret"))]
+        .iter()
+        .enumerate()
+    {
+        let client = ApnsClient::new("default", config).await.unwrap();
+        let job = request(&client, "cert");
+        assert_eq!(client.send(&job, &all[i]).await, ok());
+    }
+    let accepted = sim.sim.accepted();
+    assert_eq!(accepted.len(), 2);
+    assert!(accepted.iter().all(|a| a.key_id == "certificate"));
+
+    // A wrong PKCS#12 password is a configuration error that does not show it.
+    let err = ApnsClient::new("default", &with(&p12, Some("wrong")))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("client.p12") && !err.contains("wrong"),
+        "{err}"
+    );
+    // Without a client certificate the server refuses the connection (with
+    // TLS 1.3 the client learns it only when it uses it).
+    let token_client = ApnsClient::new("default", &sim.app_config()).await.unwrap();
+    let job = request(&token_client, "no-cert");
+    let answer = token_client.send(&job, &all[0]).await;
+    assert!(matches!(answer, ApnsAnswer::Transport(_)), "{answer:?}");
+    assert_eq!(sim.sim.accepted_count(), 2);
+}

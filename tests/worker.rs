@@ -374,3 +374,46 @@ async fn topology_declares_idempotently_and_names_a_conflicting_argument() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_auth_end_to_end() {
+    let sim = SimFixture::start(misiva::sim::SimConfig {
+        certificate_auth: true,
+        ..Default::default()
+    })
+    .await;
+    let issued = sim
+        .sim
+        .issue_client_certificate(support::TOPIC, "pw")
+        .unwrap();
+    let p12 = sim.dir.path().join("client.p12");
+    std::fs::write(&p12, &issued.p12).unwrap();
+    let p12 = p12.display().to_string();
+    let queue = unique_queue("certauth");
+    let env = [
+        ("MISIVA_APNS_KEY_FILE", ""),
+        ("MISIVA_APNS_CERT_FILE", p12.as_str()),
+        ("MISIVA_APNS_CERT_PASSWORD", "pw"),
+    ];
+    let mut worker = Worker::start(&sim, &queue, &env);
+    worker.ready().await;
+    let bodies: Vec<Vec<u8>> = (0..50)
+        .map(|i| {
+            json!({"token": token(900 + i), "alert": "cert"})
+                .to_string()
+                .into_bytes()
+        })
+        .collect();
+    let conn = broker().connect().await;
+    publish(&conn, &queue, &bodies).await;
+    wait_for(Duration::from_secs(30), "50 deliveries", || {
+        sim.sim.accepted_count() == 50
+    })
+    .await;
+    assert!(sim.sim.accepted().iter().all(|a| a.key_id == "certificate"));
+    assert!(
+        !worker.log_text().contains("pw\""),
+        "the password never appears in logs"
+    );
+    assert!(worker.terminate().await.success());
+}

@@ -12,7 +12,7 @@ pub use auth::ProviderToken;
 pub use breaker::{Breaker, Pass};
 pub use connection::{ConnectError, Connection, Exchange, State, Target};
 pub use pool::Pool;
-pub use tls::{TlsError, client_config};
+pub use tls::{ClientIdentity, TlsError, client_config};
 
 use crate::config::{AppConfig, Auth, Config};
 use crate::job::{DeviceToken, Job, Topic};
@@ -32,8 +32,6 @@ pub enum SetupError {
     Key { app: String, source: KeyError },
     #[error("app {app:?}: {source}")]
     Tls { app: String, source: TlsError },
-    #[error("app {app:?}: certificate auth is not supported by this version; use token auth (.p8)")]
-    CertificateAuth { app: String },
     #[error("app {app:?}: topic {topic:?} is not a valid apns-topic")]
     Topic { app: String, topic: String },
 }
@@ -98,7 +96,9 @@ struct ClientInner {
     /// This app's connections; no other app's requests ever use them, as APNs
     /// binds a token-auth connection to one team.
     pool: Pool,
-    token: ProviderToken,
+    /// Token auth: the app's provider token, shared by all its connections.
+    /// `None` for certificate auth, where the TLS client certificate is the credential.
+    token: Option<ProviderToken>,
     /// `https://host:port`, the scheme and authority of every request URI.
     base: String,
     topic: Option<Topic>,
@@ -112,7 +112,11 @@ impl ApnsClient {
     /// Builds the client of one app: reads its key and CA (errors here are
     /// configuration errors), and starts its pool of connection actors.
     pub async fn new(app: &str, config: &AppConfig) -> Result<ApnsClient, SetupError> {
-        let token = match &config.auth {
+        let tls_err = |source| SetupError::Tls {
+            app: app.to_owned(),
+            source,
+        };
+        let (token, identity) = match &config.auth {
             Auth::Token {
                 key_file,
                 key_id,
@@ -122,18 +126,21 @@ impl ApnsClient {
                     app: app.to_owned(),
                     source,
                 })?;
-                ProviderToken::new(key, key_id.clone(), team_id.clone())
+                (
+                    Some(ProviderToken::new(key, key_id.clone(), team_id.clone())),
+                    None,
+                )
             }
-            Auth::Certificate { .. } => {
-                return Err(SetupError::CertificateAuth {
-                    app: app.to_owned(),
-                });
+            Auth::Certificate {
+                cert_file,
+                password,
+            } => {
+                let password = password.as_ref().map(|p| p.expose().as_str());
+                let identity = ClientIdentity::from_file(cert_file, password).map_err(tls_err)?;
+                (None, Some(identity))
             }
         };
-        let tls = client_config(config.ca_file.as_deref()).map_err(|source| SetupError::Tls {
-            app: app.to_owned(),
-            source,
-        })?;
+        let tls = client_config(config.ca_file.as_deref(), identity).map_err(tls_err)?;
         let topic = config
             .topic
             .clone()
@@ -196,16 +203,28 @@ impl ApnsClient {
     /// once (CONTRACT §3).
     async fn send_now(&self, job: &JobRequest, token: &DeviceToken) -> ApnsAnswer {
         let inner = &self.inner;
-        let bearer = inner.token.header();
+        let Some(provider) = &inner.token else {
+            return inner
+                .pool
+                .send(|| self.request(job, token, None), inner.request_timeout)
+                .await;
+        };
+        let bearer = provider.header();
         let answer = inner
             .pool
-            .send(|| self.request(job, token, &bearer), inner.request_timeout)
+            .send(
+                || self.request(job, token, Some(&bearer)),
+                inner.request_timeout,
+            )
             .await;
         if let TokenOutcome::Credentials { renew: true, .. } = classify(&answer) {
-            if let Some(renewed) = inner.token.renew_after_rejection(&bearer) {
+            if let Some(renewed) = provider.renew_after_rejection(&bearer) {
                 return inner
                     .pool
-                    .send(|| self.request(job, token, &renewed), inner.request_timeout)
+                    .send(
+                        || self.request(job, token, Some(&renewed)),
+                        inner.request_timeout,
+                    )
                     .await;
             }
         }
@@ -216,13 +235,13 @@ impl ApnsClient {
         &self,
         job: &JobRequest,
         token: &DeviceToken,
-        bearer: &str,
+        bearer: Option<&str>,
     ) -> http::Request<Full<Bytes>> {
         let uri = format!("{}/3/device/{}", self.inner.base, token.as_str());
         let mut builder = http::Request::post(uri)
             .header(http::header::CONTENT_TYPE, "application/json")
             .header("apns-push-type", job.push_type.clone());
-        if let Ok(value) = HeaderValue::from_str(bearer) {
+        if let Some(Ok(value)) = bearer.map(HeaderValue::from_str) {
             builder = builder.header(http::header::AUTHORIZATION, value);
         }
         let optional = [

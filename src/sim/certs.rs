@@ -7,6 +7,47 @@ use std::sync::Arc;
 pub(super) struct Certs {
     pub ca_pem: String,
     pub server_config: Arc<rustls::ServerConfig>,
+    /// In certificate-auth mode, the CA that issues (and verifies) client certificates.
+    pub client_issuer: Option<Issuer<'static, KeyPair>>,
+}
+
+/// A client certificate for certificate-based auth, as PEM and as PKCS#12.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate {
+    /// The certificate and its private key, one PEM file.
+    pub pem: String,
+    /// The same as PKCS#12, encrypted with the password it was asked with.
+    pub p12: Vec<u8>,
+}
+
+/// Issues a client certificate for `topic` (its common name, as Apple's
+/// certificates carry the bundle id).
+pub(super) fn issue_client(
+    issuer: &Issuer<'static, KeyPair>,
+    topic: &str,
+    password: &str,
+) -> Result<ClientCertificate, CertError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, topic);
+    let cert = params.signed_by(&key, issuer)?;
+    let pem = format!("{}{}", cert.pem(), key.serialize_pem());
+    let mut store = p12_keystore::KeyStore::new();
+    let chain = p12_keystore::Certificate::from_der(cert.der())
+        .map_err(|e| CertError::P12(e.to_string()))?;
+    store.add_entry(
+        topic,
+        p12_keystore::KeyStoreEntry::PrivateKeyChain(p12_keystore::PrivateKeyChain::new(
+            key.serialize_der(),
+            b"misiva",
+            [chain],
+        )),
+    );
+    let p12 = store
+        .writer(password)
+        .write()
+        .map_err(|e| CertError::P12(e.to_string()))?;
+    Ok(ClientCertificate { pem, p12 })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -15,9 +56,13 @@ pub(super) enum CertError {
     Rcgen(#[from] rcgen::Error),
     #[error("building the simulator TLS config: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("client certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("writing PKCS#12: {0}")]
+    P12(String),
 }
 
-pub(super) fn generate(hostnames: &[String]) -> Result<Certs, CertError> {
+pub(super) fn generate(hostnames: &[String], client_auth: bool) -> Result<Certs, CertError> {
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -43,13 +88,33 @@ pub(super) fn generate(hostnames: &[String]) -> Result<Certs, CertError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der()));
     let chain: Vec<CertificateDer<'static>> = vec![server_cert.der().clone()];
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let (builder, client_issuer) = if client_auth {
+        let client_ca_key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Misiva APNs simulator client CA");
+        let client_ca = params.self_signed(&client_ca_key)?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(client_ca.der().clone())?;
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()?;
+        (
+            builder.with_client_cert_verifier(verifier),
+            Some(Issuer::new(params, client_ca_key)),
+        )
+    } else {
+        (builder.with_no_client_auth(), None)
+    };
+    let mut config = builder.with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Certs {
         ca_pem: ca_cert.pem(),
         server_config: Arc::new(config),
+        client_issuer,
     })
 }

@@ -41,9 +41,22 @@ async fn serve(args: SimArgs) -> anyhow::Result<()> {
         hostnames: args.hostname,
         log_deliveries: args.show_deliveries,
         idle_timeout: args.idle_timeout_secs.map(Duration::from_secs),
+        certificate_auth: args.cert_auth_dir.is_some(),
     })
     .await?;
     std::fs::write(&args.ca_out, sim.ca_pem())?;
+    if let Some(dir) = &args.cert_auth_dir {
+        // A client certificate for the worker (MISIVA_APNS_CERT_FILE), as PEM
+        // and as PKCS#12 with the password "misiva".
+        let topic = "misiva-client";
+        let issued = sim
+            .issue_client_certificate(topic, "misiva")
+            .ok_or_else(|| anyhow::anyhow!("certificate auth is not on"))?;
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("client.pem"), issued.pem)?;
+        std::fs::write(dir.join("client.p12"), issued.p12)?;
+        tracing::info!(dir = %dir.display(), "certificate auth: client.pem and client.p12 (password \"misiva\") written");
+    }
     tracing::info!(endpoint = %sim.endpoint(), ca = %args.ca_out.display(), key_id = %args.key_id, team_id = %args.team_id, "APNs simulator ready");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

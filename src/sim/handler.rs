@@ -300,6 +300,11 @@ fn authenticate(
     connection: &ConnectionState,
     headers: &HeaderMap,
 ) -> Result<String, Rejection> {
+    if state.certificate_auth {
+        // The TLS handshake already verified the client certificate.
+        lock(&connection.key_ids).insert("certificate".into());
+        return Ok("certificate".into());
+    }
     let bearer = header(headers, "authorization")?
         .and_then(|v| {
             v.strip_prefix("bearer ")

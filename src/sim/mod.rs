@@ -8,6 +8,7 @@ mod certs;
 mod handler;
 mod idle;
 
+pub use certs::ClientCertificate;
 pub use handler::{Accepted, PREFIXES};
 
 use crate::jwt::{KeyError, public_key_from_pem};
@@ -94,6 +95,10 @@ pub struct SimConfig {
     pub log_deliveries: bool,
     /// Close connections on which nothing (not even a PING) arrived for this long.
     pub idle_timeout: Option<Duration>,
+    /// Certificate-based auth: clients must present a certificate from the
+    /// simulator's client CA (see [`Simulator::issue_client_certificate`]),
+    /// and provider tokens are not required.
+    pub certificate_auth: bool,
 }
 
 impl Default for SimConfig {
@@ -107,6 +112,7 @@ impl Default for SimConfig {
             hostnames: Vec::new(),
             log_deliveries: false,
             idle_timeout: None,
+            certificate_auth: false,
         }
     }
 }
@@ -132,6 +138,7 @@ pub(crate) struct State {
     /// Bumped to make every open connection send GOAWAY.
     goaway_all: watch::Sender<u64>,
     idle_timeout: Option<Duration>,
+    certificate_auth: bool,
 }
 
 /// A running simulator. Dropping it stops accepting connections.
@@ -142,13 +149,16 @@ pub struct Simulator {
     state: Arc<State>,
     /// Sends new fault knobs to the request handlers.
     faults: watch::Sender<Faults>,
+    /// Issues client certificates in certificate-auth mode.
+    client_issuer: Option<rcgen::Issuer<'static, rcgen::KeyPair>>,
     /// Ends the accept loop when the simulator is dropped.
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Simulator {
     pub async fn start(config: SimConfig) -> std::io::Result<Simulator> {
-        let certs = certs::generate(&config.hostnames).map_err(std::io::Error::other)?;
+        let certs = certs::generate(&config.hostnames, config.certificate_auth)
+            .map_err(std::io::Error::other)?;
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let (faults_tx, faults_rx) = watch::channel(config.faults.clone());
@@ -165,6 +175,7 @@ impl Simulator {
             connection_states: Mutex::new(Vec::new()),
             goaway_all: watch::channel(0).0,
             idle_timeout: config.idle_timeout,
+            certificate_auth: config.certificate_auth,
         });
         let (stop, stopped) = tokio::sync::oneshot::channel();
         tokio::spawn(accept_loop(
@@ -180,6 +191,7 @@ impl Simulator {
             ca_pem: certs.ca_pem,
             state,
             faults: faults_tx,
+            client_issuer: certs.client_issuer,
             _stop: stop,
         })
     }
@@ -196,6 +208,16 @@ impl Simulator {
     /// The PEM of the CA that signed the server certificate.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// A client certificate for `topic`, in certificate-auth mode (`None` otherwise).
+    pub fn issue_client_certificate(
+        &self,
+        topic: &str,
+        password: &str,
+    ) -> Option<ClientCertificate> {
+        let issuer = self.client_issuer.as_ref()?;
+        certs::issue_client(issuer, topic, password).ok()
     }
 
     pub fn set_faults(&self, faults: Faults) {
