@@ -30,7 +30,7 @@ impl Client {
         let target = Target {
             host: "127.0.0.1".into(),
             port: sim.sim.addr().port(),
-            tls: client_config(Some(&sim.ca_file)).unwrap(),
+            tls: client_config(Some(&sim.ca_file), None).unwrap(),
             keepalive: Duration::from_secs(60),
         };
         Client {
