@@ -75,6 +75,12 @@ async fn serve(args: SimArgs) -> anyhow::Result<()> {
             }
         }
     }
-    tracing::info!(accepted = sim.accepted_count(), rejected = ?sim.rejected(), "simulator stopped");
+    tracing::info!(
+        accepted = sim.accepted_count(),
+        rejected = ?sim.rejected(),
+        connections = sim.connections(),
+        max_streams_per_connection = ?sim.max_concurrent_streams(),
+        "simulator stopped"
+    );
     Ok(())
 }

@@ -1,0 +1,174 @@
+//! The APNs connection pool alone against the simulator on loopback:
+//! notifications per second, CPU time per notification (this process, and the
+//! simulator's separately), and the most concurrent streams each connection
+//! carried, for 1, 2 and 4 connections. Each configuration runs three times;
+//! the table shows medians.
+//!
+//! `cargo bench --bench pool` (options after `--`: `-n 100000 -c 2000`).
+
+use futures_util::StreamExt;
+use misiva::apns::{ApnsClient, JobRequest};
+use misiva::config::{AppConfig, Auth, Endpoint};
+use misiva::job::{self, DeviceToken};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// CPU seconds (user + system) a process has used, from /proc (Linux clock
+/// ticks are 1/100 s on every distribution this project supports).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 11 and 12 after ')'.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+struct Run {
+    rate: f64,
+    client_us: f64,
+    sim_us: f64,
+    streams: String,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+async fn run(connections: usize, total: usize, concurrency: usize, dir: &std::path::Path) -> Run {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ca = dir.join(format!("ca-{port}.pem"));
+    let key = dir.join("AuthKey_BENCH00001.p8");
+    let log = dir.join(format!("sim-{port}.log"));
+    let mut sim = Command::new(env!("CARGO_BIN_EXE_misiva"))
+        .args([
+            "apns-sim",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--max-streams",
+            "1000",
+        ])
+        .arg("--ca-out")
+        .arg(&ca)
+        .arg("--key-file")
+        .arg(&key)
+        .args(["--key-id", "BENCH00001", "--team-id", "BENCHTEAM1"])
+        .env("MISIVA_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("ready")
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let config = AppConfig {
+        endpoint: Endpoint::parse(&format!("https://127.0.0.1:{port}")).unwrap(),
+        ca_file: Some(ca),
+        auth: Auth::Token {
+            key_file: key,
+            key_id: "BENCH00001".into(),
+            team_id: "BENCHTEAM1".into(),
+        },
+        topic: Some("com.example.bench".into()),
+        connections,
+        request_timeout: Duration::from_secs(30),
+        keepalive: Duration::from_secs(60),
+    };
+    let client = ApnsClient::new("bench", &config).await.unwrap();
+    let body = br#"{"id":"bench","token":"00000000000000000000000000000000","alert":{"title":"Benchmark","body":"A notification of typical size, with a title and a body."},"badge":1,"sound":"default"}"#;
+    let job = job::decode(body, None).unwrap();
+    let request = JobRequest::new(&job, client.default_topic());
+    let tokens: Vec<DeviceToken> = (0..total)
+        .map(|i| DeviceToken::parse("token", &format!("{:064x}", i + 1)).unwrap())
+        .collect();
+    // Warm up: connections made, token signed, allocator settled.
+    let _: Vec<_> = futures_util::stream::iter(&tokens[..2000.min(total)])
+        .map(|t| client.send(&request, t))
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+
+    let sim_pid = sim.id().to_string();
+    let (client_before, sim_before) = (cpu_seconds("self"), cpu_seconds(&sim_pid));
+    let started = Instant::now();
+    let answers: Vec<_> = futures_util::stream::iter(&tokens)
+        .map(|t| client.send(&request, t))
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let (client_cpu, sim_cpu) = (
+        cpu_seconds("self") - client_before,
+        cpu_seconds(&sim_pid) - sim_before,
+    );
+    let failed = answers
+        .iter()
+        .filter(|a| !matches!(a, misiva::outcome::ApnsAnswer::Status { code: 200, .. }))
+        .count();
+    assert_eq!(failed, 0, "{failed} notifications failed");
+
+    let _ = Command::new("kill").arg("-INT").arg(&sim_pid).status();
+    let _ = sim.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let streams = text
+        .lines()
+        .find(|l| l.contains("simulator stopped"))
+        .and_then(|l| l.split("max_streams_per_connection=").nth(1))
+        .and_then(|s| s.split_once(']').map(|(list, _)| format!("{list}]")))
+        .unwrap_or_else(|| "?".into());
+    Run {
+        rate: total as f64 / elapsed,
+        client_us: client_cpu * 1e6 / total as f64,
+        sim_us: sim_cpu * 1e6 / total as f64,
+        streams,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let value = |flag: &str, default: usize| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let total = value("-n", 100_000);
+    let concurrency = value("-c", 2000);
+    let dir = tempfile::tempdir().unwrap();
+    println!(
+        "pool benchmark: {total} notifications, {concurrency} in flight, simulator in its own process, 3 runs each (medians)"
+    );
+    println!(
+        "| connections | notifications/s | client CPU µs/notification | simulator CPU µs/notification | max concurrent streams per connection (last run) |"
+    );
+    println!("|---:|---:|---:|---:|---|");
+    for connections in [1, 2, 4] {
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            runs.push(run(connections, total, concurrency, dir.path()).await);
+        }
+        let streams = runs.last().map(|r| r.streams.clone()).unwrap_or_default();
+        println!(
+            "| {connections} | {:.0} | {:.1} | {:.1} | {streams} |",
+            median(runs.iter().map(|r| r.rate).collect()),
+            median(runs.iter().map(|r| r.client_us).collect()),
+            median(runs.iter().map(|r| r.sim_us).collect()),
+        );
+    }
+}
