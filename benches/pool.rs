@@ -6,6 +6,9 @@
 //!
 //! `cargo bench --bench pool` (options after `--`: `-n 100000 -c 2000`).
 
+mod common;
+
+use common::{arg, cpu_seconds, median};
 use futures_util::StreamExt;
 use misiva::apns::{ApnsClient, JobRequest};
 use misiva::config::{AppConfig, Auth, Endpoint};
@@ -13,33 +16,11 @@ use misiva::job::{self, DeviceToken};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// CPU seconds (user + system) a process has used, from /proc (Linux clock
-/// ticks are 1/100 s on every distribution this project supports).
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the line, 11 and 12 after ')'.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 struct Run {
     rate: f64,
     client_us: f64,
     sim_us: f64,
     streams: String,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 async fn run(connections: usize, total: usize, concurrency: usize, dir: &std::path::Path) -> Run {
@@ -140,16 +121,8 @@ async fn run(connections: usize, total: usize, concurrency: usize, dir: &std::pa
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let value = |flag: &str, default: usize| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let total = value("-n", 100_000);
-    let concurrency = value("-c", 2000);
+    let total = arg("-n", 100_000);
+    let concurrency = arg("-c", 2000);
     let dir = tempfile::tempdir().unwrap();
     println!(
         "pool benchmark: {total} notifications, {concurrency} in flight, simulator in its own process, 3 runs each (medians)"

@@ -24,6 +24,8 @@ pub struct Accepted {
     pub collapse_id: Option<String>,
     pub key_id: String,
     pub payload: Bytes,
+    /// When the simulator accepted it, in microseconds since the Unix epoch.
+    pub received_at_us: u64,
 }
 
 /// Token prefixes with a fixed answer, so tests and staging can produce every
@@ -260,6 +262,7 @@ async fn check(
         collapse_id: collapse_id.map(str::to_owned),
         key_id,
         payload: Bytes::new(),
+        received_at_us: 0,
     };
 
     // Read at most one byte past the limit: enough to know it is too large.
@@ -290,6 +293,10 @@ async fn check(
     }
     Ok(Accepted {
         payload: body,
+        received_at_us: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or_default(),
         ..accepted
     })
 }

@@ -1,0 +1,380 @@
+//! The end-to-end benchmark: a private RabbitMQ node, the simulator, and the
+//! release `misiva` worker, all on this machine.
+//!
+//! 1. Ceiling: a minimal consumer that only consumes and acks N messages from a
+//!    quorum queue, with the worker's prefetch and number of channels.
+//! 2. Drain: N jobs published first, then the worker drains them.
+//! 3. Steady: jobs published at half the drain rate while the worker runs, for
+//!    latency under load.
+//!
+//! Latency is from the publish time (carried in the job's `data.published_us`,
+//! because AMQP's `timestamp` property has one-second resolution) to the
+//! simulator's receipt.
+//!
+//! `cargo bench --bench e2e` (options after `--`: `-n 100000 --prefetch 500
+//! --consumers 2 --fanout 0 --steady-secs 10`). `--fanout K` sends jobs of K
+//! tokens (N notifications in N/K jobs).
+
+mod common;
+
+use common::{arg, cpu_seconds, peak_rss_mib, percentile};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use misiva::sim::{SimConfig, SimKey, Simulator};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const PORT: u16 = 5695;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn broker(command: &str) {
+    let ok = Command::new(root().join("scripts/broker.sh"))
+        .arg(command)
+        .env("MISIVA_BROKER_PORT", PORT.to_string())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "scripts/broker.sh {command} failed");
+}
+
+fn broker_pid() -> String {
+    std::fs::read_to_string(root().join(format!("target/broker-{PORT}/node.pid")))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+fn url() -> String {
+    format!("amqp://guest:guest@127.0.0.1:{PORT}/%2f")
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// A job of about 1 KB: an alert and some custom data, like a typical app's.
+fn job(index: usize, fanout: usize) -> Vec<u8> {
+    let padding = "x".repeat(700);
+    let tokens: Vec<String> = (0..fanout.max(1))
+        .map(|k| format!("{:064x}", index * fanout.max(1) + k + 1))
+        .collect();
+    let mut body = serde_json::json!({
+        "id": format!("bench-{index}"),
+        "alert": {"title": "Your order has shipped", "body": "Order 1234 left the warehouse and arrives on Friday."},
+        "badge": 1, "sound": "default",
+        "data": {"published_us": now_us(), "order": index, "note": padding},
+    });
+    if fanout == 0 {
+        body["token"] = serde_json::json!(tokens[0]);
+    } else {
+        body["tokens"] = serde_json::json!(tokens);
+    }
+    body.to_string().into_bytes()
+}
+
+async fn publish(conn: &Connection, queue: &str, bodies: impl Iterator<Item = Vec<u8>>) {
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut pending = Vec::new();
+    for body in bodies {
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap();
+        pending.push(confirm);
+        if pending.len() >= 2000 {
+            for c in pending.drain(..) {
+                c.await.unwrap();
+            }
+        }
+    }
+    for c in pending {
+        c.await.unwrap();
+    }
+    let _ = channel.close(200, "done".into()).await;
+}
+
+fn quorum() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args
+}
+
+/// The broker's consume-and-ack ceiling, messages per second.
+async fn ceiling(conn: &Connection, n: usize, prefetch: u16, consumers: usize) -> f64 {
+    let queue = format!("bench.ceiling.{}", now_us());
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            quorum(),
+        )
+        .await
+        .unwrap();
+    publish(conn, &queue, (0..n).map(|i| job(i, 0))).await;
+    let started = Instant::now();
+    let per = n / consumers;
+    let mut tasks = Vec::new();
+    for c in 0..consumers {
+        let channel = conn.create_channel().await.unwrap();
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .unwrap();
+        let mut consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                format!("ceiling-{c}").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let take = if c == consumers - 1 {
+            n - per * (consumers - 1)
+        } else {
+            per
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0;
+            while done < take {
+                let Some(Ok(delivery)) = consumer.next().await else {
+                    break;
+                };
+                delivery
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .unwrap();
+                done += 1;
+            }
+            let _ = channel.close(200, "done".into()).await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+struct Worker {
+    child: Child,
+    pid: String,
+}
+
+fn start_worker(
+    dir: &Path,
+    queue: &str,
+    sim: &Simulator,
+    prefetch: usize,
+    consumers: usize,
+) -> Worker {
+    let log = dir.join(format!("{queue}.log"));
+    let child = Command::new(env!("CARGO_BIN_EXE_misiva"))
+        .arg("run")
+        .env("MISIVA_AMQP_URL", url())
+        .env("MISIVA_QUEUE", queue)
+        .env("MISIVA_PREFETCH", prefetch.to_string())
+        .env("MISIVA_CONSUMERS", consumers.to_string())
+        .env("MISIVA_APNS_ENDPOINT", sim.endpoint())
+        .env("MISIVA_APNS_CA_FILE", dir.join("ca.pem"))
+        .env("MISIVA_APNS_KEY_FILE", dir.join("key.p8"))
+        .env("MISIVA_APNS_KEY_ID", "BENCH00001")
+        .env("MISIVA_APNS_TEAM_ID", "BENCHTEAM1")
+        .env("MISIVA_APNS_TOPIC", "com.example.bench")
+        .env("MISIVA_ADMIN_ADDR", "127.0.0.1:0")
+        .env("MISIVA_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Worker {
+        pid: child.id().to_string(),
+        child,
+    }
+}
+
+fn stop_worker(mut worker: Worker) {
+    let _ = Command::new("kill").arg("-TERM").arg(&worker.pid).status();
+    let _ = worker.child.wait();
+}
+
+fn topology(queue: &str) {
+    let ok = Command::new(env!("CARGO_BIN_EXE_misiva"))
+        .arg("topology")
+        .env("MISIVA_AMQP_URL", url())
+        .env("MISIVA_QUEUE", queue)
+        .env("MISIVA_APNS_KEY_FILE", "/dev/null")
+        .env("MISIVA_APNS_KEY_ID", "x")
+        .env("MISIVA_APNS_TEAM_ID", "x")
+        .env("MISIVA_LOG", "warn")
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "misiva topology failed");
+}
+
+/// Latencies (ms) of notifications accepted after index `from`.
+fn latencies(sim: &Simulator, from: usize) -> Vec<f64> {
+    let mut v: Vec<f64> = sim.accepted()[from..]
+        .iter()
+        .filter_map(|a| {
+            let payload: serde_json::Value = serde_json::from_slice(&a.payload).ok()?;
+            let published = payload["published_us"].as_u64()?;
+            Some(a.received_at_us.saturating_sub(published) as f64 / 1000.0)
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+#[tokio::main]
+async fn main() {
+    let n = arg("-n", 100_000);
+    let prefetch = arg("--prefetch", 500);
+    let consumers = arg("--consumers", 2);
+    let fanout = arg("--fanout", 0);
+    let steady_secs = arg("--steady-secs", 10);
+    let jobs = if fanout == 0 { n } else { n / fanout };
+    let notifications = if fanout == 0 { n } else { jobs * fanout };
+    let dir = tempfile::tempdir().unwrap();
+
+    broker("start");
+    let key = dir.path().join("key.p8");
+    std::fs::write(&key, misiva::jwt::generate_p8()).unwrap();
+    let sim = Simulator::start(SimConfig {
+        keys: vec![SimKey::from_file("BENCH00001", "BENCHTEAM1", &key).unwrap()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    std::fs::write(dir.path().join("ca.pem"), sim.ca_pem()).unwrap();
+    let conn = Connection::connect(&url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+
+    println!(
+        "end-to-end benchmark: {jobs} jobs, {notifications} notifications (fan-out {fanout}), prefetch {prefetch} × {consumers} consumers, ~1 KB jobs"
+    );
+    let ceiling = ceiling(&conn, jobs, prefetch as u16, consumers).await;
+    println!("ceiling (consume + ack only): {ceiling:.0} messages/s");
+
+    // Drain: everything published first.
+    let queue = format!("bench.drain.{}", now_us());
+    topology(&queue);
+    publish(&conn, &queue, (0..jobs).map(|i| job(i, fanout))).await;
+    let self_before = cpu_seconds("self");
+    let broker_before = cpu_seconds(&broker_pid());
+    let worker = start_worker(dir.path(), &queue, &sim, prefetch, consumers);
+    let started = Instant::now();
+    while (sim.accepted_count() as usize) < notifications {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the worker did not drain the queue"
+        );
+    }
+    let accepted = sim.accepted();
+    let first = accepted.iter().map(|a| a.received_at_us).min().unwrap_or(0);
+    let last = accepted.iter().map(|a| a.received_at_us).max().unwrap_or(0);
+    let rate = notifications as f64 / ((last - first).max(1) as f64 / 1e6);
+    let worker_cpu = cpu_seconds(&worker.pid);
+    let rss = peak_rss_mib(&worker.pid);
+    let broker_cpu = cpu_seconds(&broker_pid()) - broker_before;
+    let sim_cpu = cpu_seconds("self") - self_before;
+    let drain_latency = latencies(&sim, 0);
+    stop_worker(worker);
+    let per = |cpu: f64| cpu * 1e6 / notifications as f64;
+
+    // Steady: half the drain rate, while the worker runs.
+    let steady_rate = (rate / 2.0).max(100.0);
+    let queue = format!("bench.steady.{}", now_us());
+    topology(&queue);
+    let worker = start_worker(dir.path(), &queue, &sim, prefetch, consumers);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = sim.accepted_count() as usize;
+    let steady_total = (steady_rate * steady_secs as f64) as usize;
+    let tick = Duration::from_millis(10);
+    let per_tick = ((steady_rate / 100.0).ceil() as usize).max(1);
+    let started = Instant::now();
+    let mut sent = 0;
+    let mut interval = tokio::time::interval(tick);
+    while sent < steady_total {
+        interval.tick().await;
+        let batch: Vec<Vec<u8>> = (sent..(sent + per_tick).min(steady_total))
+            .map(|i| job(1_000_000 + i, 0))
+            .collect();
+        sent += batch.len();
+        publish(&conn, &queue, batch.into_iter()).await;
+    }
+    while (sim.accepted_count() as usize) < before + steady_total
+        && started.elapsed() < Duration::from_secs(120)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let steady = latencies(&sim, before);
+    let steady_rss = peak_rss_mib(&worker.pid);
+    stop_worker(worker);
+    broker("stop");
+
+    println!();
+    println!("| measure | value |");
+    println!("|---|---:|");
+    println!("| notifications/s (drain) | {rate:.0} |");
+    println!("| consume-and-ack ceiling, messages/s | {ceiling:.0} |");
+    println!(
+        "| worker throughput ÷ ceiling | {:.2} |",
+        rate / ceiling
+            * if fanout == 0 {
+                1.0
+            } else {
+                1.0 / fanout as f64
+            }
+    );
+    println!("| worker CPU µs/notification | {:.1} |", per(worker_cpu));
+    println!("| broker CPU µs/notification | {:.1} |", per(broker_cpu));
+    println!("| simulator CPU µs/notification | {:.1} |", per(sim_cpu));
+    println!("| worker peak RSS, MiB | {rss:.1} (steady run: {steady_rss:.1}) |");
+    println!(
+        "| notifications accepted by the simulator | {} of {notifications} |",
+        accepted.len()
+    );
+    println!(
+        "| drain latency p50 / p99, ms (includes queueing) | {:.1} / {:.1} |",
+        percentile(&drain_latency, 50.0),
+        percentile(&drain_latency, 99.0)
+    );
+    println!(
+        "| steady {steady_rate:.0}/s latency p50 / p99, ms | {:.2} / {:.2} |",
+        percentile(&steady, 50.0),
+        percentile(&steady, 99.0)
+    );
+}
