@@ -79,11 +79,17 @@ impl Dispatcher {
         // borrowed closures hit the compiler's higher-ranked lifetime limits.
         let request = Arc::new(JobRequest::new(&job, client.default_topic()));
         let outcomes: Vec<_> = futures_util::stream::iter(job.tokens.clone())
-            .map(|token| {
+            // Reserve the app-wide place first, so that a job only builds a
+            // request's future once it may run (bounded memory in big fan-outs).
+            .then(|token| {
+                let client = client.clone();
+                async move { (client.reserve().await, token) }
+            })
+            .map(|(slot, token)| {
                 let request = request.clone();
                 let client = client.clone();
                 async move {
-                    let answer = client.send(&request, &token).await;
+                    let answer = client.send_reserved(&request, &token, slot).await;
                     (token, classify(&answer))
                 }
             })

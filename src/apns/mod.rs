@@ -106,7 +106,20 @@ struct ClientInner {
     target: Target,
     /// Pauses this app's requests while APNs fails all of them.
     breaker: Breaker,
+    /// Bounds the app's requests in flight, whatever the number of jobs and
+    /// their fan-out: about what its connections may carry at once
+    /// ([`STREAMS_PER_CONNECTION`] each). More would only queue inside hyper,
+    /// costing memory (~10 KB a request) and no throughput.
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
+
+/// A reserved place among an app's requests in flight (see [`ApnsClient::reserve`]).
+#[derive(Debug)]
+pub struct Slot(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+/// Requests in flight per connection the client allows: APNs' usual
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`.
+pub const STREAMS_PER_CONNECTION: usize = 1000;
 
 impl ApnsClient {
     /// Builds the client of one app: reads its key and CA (errors here are
@@ -171,6 +184,9 @@ impl ApnsClient {
                 request_timeout: config.request_timeout,
                 target,
                 breaker: Breaker::new(app),
+                in_flight: Arc::new(tokio::sync::Semaphore::new(
+                    config.connections * STREAMS_PER_CONNECTION,
+                )),
             }),
         })
     }
@@ -187,6 +203,31 @@ impl ApnsClient {
     /// Sends the job's notification to one device, after the app's circuit
     /// breaker lets it through.
     pub async fn send(&self, job: &JobRequest, token: &DeviceToken) -> ApnsAnswer {
+        let slot = self.reserve().await;
+        self.send_reserved(job, token, slot).await
+    }
+
+    /// Waits for a place among the app's requests in flight. Reserve before
+    /// building a request's future: a fan-out then holds at most as many
+    /// futures as there are places, however many tokens and jobs wait.
+    pub async fn reserve(&self) -> Slot {
+        let permit = self
+            .inner
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the in-flight semaphore is never closed");
+        Slot(permit)
+    }
+
+    /// Sends with a place already reserved; the place is freed when it returns.
+    pub async fn send_reserved(
+        &self,
+        job: &JobRequest,
+        token: &DeviceToken,
+        _slot: Slot,
+    ) -> ApnsAnswer {
         let pass = self.inner.breaker.pass().await;
         let answer = self.send_now(job, token).await;
         // Credentials refused on every request pause the app too: jobs wait for
