@@ -263,7 +263,7 @@ async fn main() {
     let consumers = arg("--consumers", 2);
     let fanout = arg("--fanout", 0);
     let steady_secs = arg("--steady-secs", 10);
-    let jobs = if fanout == 0 { n } else { n / fanout };
+    let jobs = n.checked_div(fanout).unwrap_or(n);
     let notifications = if fanout == 0 { n } else { jobs * fanout };
     let dir = tempfile::tempdir().unwrap();
 
