@@ -122,7 +122,7 @@ async fn one_in_five_503s_every_token_accounted_for() {
     for (t, reason) in &dead_tokens {
         assert_eq!(feedback.get(t).map(String::as_str), Some(*reason));
     }
-    let dead_letters = broker().counts(&format!("{queue}.dead")).unwrap().0;
+    let dead_letters = support::ready_now(&conn, &format!("{queue}.dead")).await;
     assert_eq!(dead_letters, 0);
 
     // Retries happened, through the tiers, never past the limit.
@@ -176,7 +176,7 @@ async fn an_outage_pauses_consumption_instead_of_burning_attempts() {
     // Without the breaker, 100+200+400×5 ms of tiers would exhaust 8 attempts
     // in under 3 s. Four seconds of outage:
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let (ready, _) = broker().counts(&queue).unwrap();
+    let ready = support::ready_now(&conn, &queue).await;
     let requests: u32 = sim.sim.requests_by_token().values().sum();
     println!(
         "during the outage: {ready} jobs waiting in the queue, {requests} requests reached the simulator"
@@ -189,7 +189,7 @@ async fn an_outage_pauses_consumption_instead_of_burning_attempts() {
         requests < 100,
         "{requests} requests: the worker kept hammering"
     );
-    assert_eq!(broker().counts(&format!("{queue}.dead")).unwrap().0, 0);
+    assert_eq!(support::ready_now(&conn, &format!("{queue}.dead")).await, 0);
 
     sim.sim.set_faults(Faults::default());
     wait_for(
@@ -212,7 +212,7 @@ async fn an_outage_pauses_consumption_instead_of_burning_attempts() {
         attempts.iter().all(|&a| a <= 3),
         "attempt counts stay low: {attempts:?}"
     );
-    assert_eq!(broker().counts(&format!("{queue}.dead")).unwrap().0, 0);
+    assert_eq!(support::ready_now(&conn, &format!("{queue}.dead")).await, 0);
     assert_eq!(sim.sim.accepted().len(), 200);
     assert!(worker.log_text().contains("circuit open"));
     assert!(worker.log_text().contains("circuit closed"));

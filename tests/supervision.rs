@@ -230,8 +230,7 @@ async fn sigterm_under_load_loses_nothing_and_duplicates_nothing() {
             .is_some_and(|(_, unacked)| unacked == 0)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let (requeued, _) = broker().counts(&queue).unwrap();
+    let requeued = u64::from(support::ready_now(&conn, &queue).await);
     let delivered_first = sim.sim.accepted_count();
     println!(
         "SIGTERM mid-run: first worker delivered {delivered_first}, {requeued} back in the queue, exit in {:.2} s",

@@ -171,6 +171,25 @@ pub async fn publish(conn: &Connection, queue: &str, bodies: &[Vec<u8>]) {
     let _ = channel.close(200, "done".into()).await;
 }
 
+/// Messages ready in a queue, asked of the queue itself (a passive declare),
+/// not of the broker's periodic statistics, which can lag behind.
+pub async fn ready_now(conn: &Connection, queue: &str) -> u32 {
+    let channel = conn.create_channel().await.unwrap();
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let _ = channel.close(200, "done".into()).await;
+    declared.message_count()
+}
+
 /// Takes every message of a queue (acking them).
 pub async fn drain(conn: &Connection, queue: &str) -> Vec<lapin::message::BasicGetMessage> {
     let channel = conn.create_channel().await.unwrap();
