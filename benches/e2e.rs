@@ -115,13 +115,25 @@ async fn publish(conn: &Connection, queue: &str, bodies: impl Iterator<Item = Ve
     let _ = channel.close(200, "done".into()).await;
 }
 
-fn quorum() -> FieldTable {
+/// Declares a fresh durable quorum queue named after `prefix`; returns its
+/// name and the channel that declared it.
+async fn quorum_queue(conn: &Connection, prefix: &str) -> (String, lapin::Channel) {
+    let queue = format!("{prefix}.{}", now_us());
+    let channel = conn.create_channel().await.unwrap();
     let mut args = FieldTable::default();
     args.insert(
         "x-queue-type".into(),
         AMQPValue::LongString("quorum".into()),
     );
-    args
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(queue.as_str().into(), durable, args)
+        .await
+        .unwrap();
+    (queue, channel)
 }
 
 /// Publishes `total` jobs at `rate` per second, in 10 ms batches.
@@ -141,19 +153,7 @@ async fn publish_paced(conn: &Connection, queue: &str, rate: f64, total: usize, 
 /// minimal consumer on a quorum queue, the same paced publisher as the
 /// worker's steady run.
 async fn broker_latency(conn: &Connection, rate: f64, secs: usize, prefetch: u16) -> Vec<f64> {
-    let queue = format!("bench.latency.{}", now_us());
-    let channel = conn.create_channel().await.unwrap();
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            quorum(),
-        )
-        .await
-        .unwrap();
+    let (queue, channel) = quorum_queue(conn, "bench.latency").await;
     channel
         .basic_qos(prefetch, BasicQosOptions::default())
         .await
@@ -200,19 +200,7 @@ async fn broker_latency(conn: &Connection, rate: f64, secs: usize, prefetch: u16
 
 /// The broker's consume-and-ack ceiling, messages per second.
 async fn ceiling(conn: &Connection, n: usize, prefetch: u16, consumers: usize) -> f64 {
-    let queue = format!("bench.ceiling.{}", now_us());
-    let channel = conn.create_channel().await.unwrap();
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            quorum(),
-        )
-        .await
-        .unwrap();
+    let (queue, _declarer) = quorum_queue(conn, "bench.ceiling").await;
     publish(conn, &queue, (0..n).map(|i| job(i, 0))).await;
     let started = Instant::now();
     let per = n / consumers;

@@ -67,6 +67,25 @@ async fn send_all(
         .await
 }
 
+/// The simulator with per-connection faults, answering after 2 ms.
+async fn sim_with(faults: Faults) -> SimFixture {
+    SimFixture::start(SimConfig {
+        faults: Faults {
+            latency: Duration::from_millis(2),
+            ..faults
+        },
+        ..Default::default()
+    })
+    .await
+}
+
+/// How many notifications the simulator accepted, and the distinct tokens among them.
+fn accepted_and_unique(sim: &SimFixture) -> (usize, HashSet<String>) {
+    let accepted = sim.sim.accepted();
+    let unique = accepted.iter().map(|a| a.token.clone()).collect();
+    (accepted.len(), unique)
+}
+
 fn config(sim: &SimFixture, connections: usize) -> AppConfig {
     AppConfig {
         connections,
@@ -101,13 +120,9 @@ async fn streams_reach_the_advertised_limit_and_never_exceed_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_goaway_every_notification_is_delivered_exactly_once() {
-    let sim = SimFixture::start(SimConfig {
-        faults: Faults {
-            goaway_after: Some(150),
-            latency: Duration::from_millis(2),
-            ..Faults::default()
-        },
-        ..Default::default()
+    let sim = sim_with(Faults {
+        goaway_after: Some(150),
+        ..Faults::default()
     })
     .await;
     let client = ApnsClient::new("default", &config(&sim, 2)).await.unwrap();
@@ -125,28 +140,22 @@ async fn after_goaway_every_notification_is_delivered_exactly_once() {
         "reported as failed: {:?}",
         &failed[..failed.len().min(3)]
     );
-    let accepted = sim.sim.accepted();
-    let unique: HashSet<_> = accepted.iter().map(|a| a.token.clone()).collect();
+    let (accepted, unique) = accepted_and_unique(&sim);
     println!(
-        "GOAWAY every 150 streams: {} connections, {} accepted, {} unique",
+        "GOAWAY every 150 streams: {} connections, {accepted} accepted, {} unique",
         sim.sim.connections(),
-        accepted.len(),
         unique.len()
     );
     assert_eq!(unique.len(), 2000);
-    assert_eq!(accepted.len(), 2000, "no notification twice");
+    assert_eq!(accepted, 2000, "no notification twice");
     assert!(sim.sim.connections() >= 10, "GOAWAY forced new connections");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_resets_the_pool_recovers_and_delivers_everything() {
-    let sim = SimFixture::start(SimConfig {
-        faults: Faults {
-            reset_after: Some(200),
-            latency: Duration::from_millis(2),
-            ..Faults::default()
-        },
-        ..Default::default()
+    let sim = sim_with(Faults {
+        reset_after: Some(200),
+        ..Faults::default()
     })
     .await;
     let client = ApnsClient::new("default", &config(&sim, 2)).await.unwrap();
@@ -158,13 +167,11 @@ async fn after_resets_the_pool_recovers_and_delivers_everything() {
         "{:?}",
         answers.iter().find(|a| **a != ok())
     );
-    let accepted = sim.sim.accepted();
-    let unique: HashSet<_> = accepted.iter().map(|a| a.token.clone()).collect();
-    let duplicates = accepted.len() - unique.len();
+    let (accepted, unique) = accepted_and_unique(&sim);
+    let duplicates = accepted - unique.len();
     println!(
-        "reset every 200 streams: {} connections, {} accepted, {duplicates} duplicates",
-        sim.sim.connections(),
-        accepted.len()
+        "reset every 200 streams: {} connections, {accepted} accepted, {duplicates} duplicates",
+        sim.sim.connections()
     );
     assert_eq!(unique.len(), 2000);
     // Only requests in flight when a connection dropped can be sent twice: at
@@ -199,18 +206,15 @@ async fn after_a_stall_the_pool_replaces_the_connection() {
         "{:?}",
         answers.iter().find(|a| **a != ok())
     );
-    let accepted = sim.sim.accepted();
-    let unique: HashSet<_> = accepted.iter().map(|a| a.token.clone()).collect();
+    let (accepted, unique) = accepted_and_unique(&sim);
     println!(
-        "stall after 100 streams: {} connections, {} accepted, {} duplicates",
+        "stall after 100 streams: {} connections, {accepted} accepted, {} duplicates",
         sim.sim.connections(),
-        accepted.len(),
-        accepted.len() - unique.len()
+        accepted - unique.len()
     );
     assert_eq!(unique.len(), 1000);
     assert_eq!(
-        accepted.len(),
-        1000,
+        accepted, 1000,
         "stalled requests were never accepted, so nothing twice"
     );
     assert!(sim.sim.connections() >= 10);

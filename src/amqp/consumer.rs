@@ -192,7 +192,15 @@ impl Consumer {
         publisher: &ConfirmChannel,
     ) -> Result<(), PublishError> {
         let settlement = &verdict.settlement;
-        let stamps = Stamps::read(&delivery.properties, settlement.attempt, verdict);
+        // Only republished copies (dead letters, retries) carry the stamps; a
+        // plain ack, the common case, skips reading headers and formatting times.
+        let republishes = !settlement.dead_letters.is_empty() || settlement.retry.is_some();
+        let stamps =
+            republishes.then(|| Stamps::read(&delivery.properties, settlement.attempt, verdict));
+        let stamp = |extra| match &stamps {
+            Some(stamps) => stamps.apply(&delivery.properties, extra),
+            None => delivery.properties.clone(),
+        };
         let mut outgoing = Vec::new();
         for event in &settlement.feedback {
             outgoing.push(Outgoing {
@@ -213,14 +221,11 @@ impl Consumer {
                 exchange: String::new(),
                 routing_key: self.topology.dead_letter_queue.clone(),
                 body,
-                properties: stamps.apply(
-                    &delivery.properties,
-                    vec![
-                        (REASON, header_string(&dead.reason)),
-                        (DETAIL, header_string(&dead.detail)),
-                        (FAILED_AT, header_string(&now_rfc3339())),
-                    ],
-                ),
+                properties: stamp(vec![
+                    (REASON, header_string(&dead.reason)),
+                    (DETAIL, header_string(&dead.detail)),
+                    (FAILED_AT, header_string(&now_rfc3339())),
+                ]),
             });
         }
         if let Some(retry) = &settlement.retry {
@@ -229,10 +234,7 @@ impl Consumer {
                 exchange: String::new(),
                 routing_key: queue.clone(),
                 body: job::body_with_tokens(&delivery.data, &retry.tokens),
-                properties: stamps.apply(
-                    &delivery.properties,
-                    vec![(LAST_ERROR, header_string(&retry.detail))],
-                ),
+                properties: stamp(vec![(LAST_ERROR, header_string(&retry.detail))]),
             });
             tracing::info!(job_id = ?verdict.job_id, attempt = settlement.attempt, tokens = retry.tokens.len(), ?delay, detail = %retry.detail, "transient failure; job scheduled for retry");
         }
