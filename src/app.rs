@@ -122,6 +122,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         topology,
         dispatcher: Arc::new(Dispatcher::new(apns, policy)),
         counters: Arc::new(amqp::Counters::default()),
+        unsettled: Arc::new(amqp::Unsettled::default()),
         first_connection: Arc::new(std::sync::Mutex::new(Some(first))),
         current: watch::channel(None).0,
         readiness,
@@ -185,6 +186,7 @@ struct Parts {
     topology: Arc<Topology>,
     dispatcher: Arc<Dispatcher>,
     counters: Arc<amqp::Counters>,
+    unsettled: Arc<amqp::Unsettled>,
     /// The connection made (and used to declare) before the tree started; the
     /// connection child's first run takes it instead of connecting again.
     first_connection: Arc<std::sync::Mutex<Option<Broker>>>,
@@ -317,6 +319,9 @@ async fn consumer_child(
         topology: parts.topology.clone(),
         dispatcher: parts.dispatcher.clone(),
         counters: parts.counters.clone(),
+        max_deliveries: parts.config.max_deliveries,
+        unsettled: parts.unsettled.clone(),
+        frame_max: 0,
     };
     let stop = ctx.stop_signal();
     // Counted as consuming from `ready` until this child ends, however it ends.

@@ -168,6 +168,9 @@ pub struct Config {
     pub retry_delays: Vec<Duration>,
     /// Deliveries a job gets before its unsettled tokens are dead-lettered.
     pub max_attempts: u32,
+    /// Deliveries of one message by the broker (redeliveries included) before
+    /// it is dead-lettered as `poison` without being dispatched again.
+    pub max_deliveries: u32,
     /// Restarts the broker-facing supervisors allow within a period before
     /// they give up (and, at the top, the process exits non-zero).
     pub restart_intensity: (u32, Duration),
@@ -197,6 +200,7 @@ struct FileConfig {
     shutdown_grace_secs: Option<u64>,
     retry_delays: Option<Vec<String>>,
     max_attempts: Option<u32>,
+    max_deliveries: Option<u32>,
     restart_intensity: Option<String>,
     #[serde(default)]
     apps: BTreeMap<String, FileApp>,
@@ -332,6 +336,19 @@ impl Config {
             ));
         }
 
+        let max_deliveries =
+            number("MISIVA_MAX_DELIVERIES", file.max_deliveries.map(u64::from))?.unwrap_or(10);
+        if !(1..u64::from(crate::amqp::BROKER_DELIVERY_LIMIT)).contains(&max_deliveries) {
+            return Err(invalid(
+                "MISIVA_MAX_DELIVERIES",
+                max_deliveries.to_string(),
+                format!(
+                    "expected 1 to {}: the work queue's own delivery limit is {}, and the worker must park a poison message before the broker does",
+                    crate::amqp::BROKER_DELIVERY_LIMIT - 1,
+                    crate::amqp::BROKER_DELIVERY_LIMIT
+                ),
+            ));
+        }
         let restart_intensity =
             match var("MISIVA_RESTART_INTENSITY").or(file.restart_intensity.clone()) {
                 None => (10, Duration::from_secs(60)),
@@ -413,6 +430,7 @@ impl Config {
             ),
             retry_delays,
             max_attempts: max_attempts as u32,
+            max_deliveries: max_deliveries as u32,
             restart_intensity,
         })
     }

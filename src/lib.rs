@@ -6,6 +6,7 @@ pub mod admin;
 pub mod amqp;
 pub mod apns;
 pub mod app;
+pub mod bounded;
 pub mod cli;
 pub mod config;
 pub mod dispatch;

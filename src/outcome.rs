@@ -168,14 +168,21 @@ pub const UNKNOWN_APP: &str = "unknown_app";
 /// The dead-letter reason of tokens that failed transiently on every attempt.
 pub const RETRIES_EXHAUSTED: &str = "retries_exhausted";
 
-/// The settlement of a job that cannot even be attempted (invalid, unknown app).
+/// The dead-letter reason of a message the broker delivered more than
+/// `MISIVA_MAX_DELIVERIES` times without it being settled.
+pub const POISON: &str = "poison";
+/// The dead-letter reason of a job whose processing panicked.
+pub const WORKER_PANIC: &str = "worker_panic";
+
+/// The settlement of a job that cannot even be attempted (invalid, unknown
+/// app, poison, panic). The detail is bounded here, whatever its source.
 pub fn reject_job(attempt: u32, reason: &str, detail: String) -> Settlement {
     Settlement {
         attempt,
         dead_letters: vec![DeadLetter {
             tokens: None,
             reason: reason.to_owned(),
-            detail,
+            detail: crate::bounded::detail(&detail),
         }],
         ..Settlement::default()
     }

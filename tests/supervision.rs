@@ -62,7 +62,7 @@ async fn a_panicking_consumer_is_restarted_and_every_job_delivered() {
     let mut worker = Worker::start(
         &sim,
         &queue,
-        &[("MISIVA_FAULT_PANICS", "3"), ("MISIVA_PREFETCH", "100")],
+        &[("MISIVA_FAULT_CRASHES", "3"), ("MISIVA_PREFETCH", "100")],
     );
     worker.ready().await;
     let (bodies, expected) = jobs(2000, 0);

@@ -4,23 +4,23 @@
 //! and dead letters published and confirmed, then the delivery acked (or nacked
 //! back to the queue). Nothing is acked before its outcome is settled.
 
-use super::publisher::{ConfirmChannel, Outgoing, PublishError, header_string, headers};
+use super::publisher::{SettleError, SettlementChannel};
+use super::wire::{self, short};
 use super::{AmqpError, Broker, Topology};
+use crate::bounded;
 use crate::dispatch::{Dispatcher, Inbound, Verdict};
 use crate::job;
-use crate::outcome::Feedback;
-use futures_util::StreamExt;
-use lapin::BasicProperties;
+use crate::outcome;
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -55,6 +55,12 @@ pub struct Consumer {
     pub topology: Arc<Topology>,
     pub dispatcher: Arc<Dispatcher>,
     pub counters: Arc<Counters>,
+    /// Deliveries of one message before it is dead-lettered as poison.
+    pub max_deliveries: u32,
+    /// Verdicts waiting for their settlement to go through.
+    pub unsettled: Arc<Unsettled>,
+    /// The connection's negotiated frame size; set by [`Consumer::run`].
+    pub frame_max: u32,
 }
 
 impl Consumer {
@@ -62,12 +68,13 @@ impl Consumer {
     /// flight within `grace`, and returns `Stopped`), the broker ends it, or a
     /// delivery's processing panics. `on_ready` runs once consumption started.
     pub async fn run(
-        self,
+        mut self,
         broker: &Broker,
         mut stop: watch::Receiver<bool>,
         grace: Duration,
         on_ready: impl FnOnce(),
     ) -> Result<ConsumerExit, ConsumerExit> {
+        self.frame_max = broker.frame_max();
         let channel = broker.channel().await?;
         channel
             .basic_qos(self.prefetch, BasicQosOptions::default())
@@ -75,12 +82,12 @@ impl Consumer {
             .map_err(AmqpError::Channel)?;
         // Feedback and dead letters go out on their own confirm channel, so the
         // confirms never interleave with the deliveries' acks.
-        let publisher = ConfirmChannel::open(broker).await?;
+        let publisher = Arc::new(SettlementChannel::open(broker).await?);
         let tag = format!("misiva-{}-{}", std::process::id(), self.index);
         let mut deliveries = channel
             .basic_consume(
-                self.topology.queue.as_str().into(),
-                tag.as_str().into(),
+                short(&self.topology.queue),
+                short(&tag),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
@@ -98,16 +105,17 @@ impl Consumer {
                         break ConsumerExit::Stopped(self.index);
                     }
                 }
-                Some(joined) = in_flight.join_next() => {
-                    // A panic while processing leaves that delivery unsettled on
-                    // this channel: crash, so the channel closes, the broker
-                    // requeues it, and the supervisor starts a fresh consumer.
-                    if let Err(e) = joined {
-                        if e.is_panic() {
-                            break ConsumerExit::Crashed { index: self.index, detail: panic_text(e) };
-                        }
+                Some(joined) = in_flight.join_next() => match joined {
+                    // A job's own panic is caught and dead-lettered inside its
+                    // task; a panic here is the consumer's, outside any job:
+                    // crash, so the channel closes, the broker requeues what is
+                    // unsettled, and the supervisor starts a fresh consumer.
+                    Err(e) if e.is_panic() => {
+                        break ConsumerExit::Crashed { index: self.index, detail: panic_text(e) };
                     }
-                }
+                    Ok(Err(detail)) => break ConsumerExit::Lost { index: self.index, detail },
+                    _ => {}
+                },
                 next = deliveries.next() => match next {
                     Some(Ok(delivery)) => {
                         let worker = self.clone();
@@ -123,7 +131,7 @@ impl Consumer {
         if let ConsumerExit::Stopped(_) = exit {
             // Stop new deliveries first, then let the ones in flight settle.
             if let Err(e) = channel
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .basic_cancel(short(&tag), BasicCancelOptions::default())
                 .await
             {
                 tracing::warn!(consumer = self.index, error = %e, "basic.cancel failed");
@@ -143,128 +151,235 @@ impl Consumer {
         }
         publisher.close().await;
         // Closing the channel returns every unacked delivery to the queue.
-        let _ = channel.close(200, "bye".into()).await;
+        let _ = channel.close(200, short("bye")).await;
         match exit {
             ConsumerExit::Stopped(_) => Ok(exit),
             lost => Err(lost),
         }
     }
 
-    async fn process(&self, delivery: Delivery, publisher: &ConfirmChannel) {
+    /// Decides the delivery's settlement once, then carries it out. Returns an
+    /// error only when the consumer must end (its settlement channel is gone).
+    async fn process(
+        &self,
+        delivery: Delivery,
+        publisher: &SettlementChannel,
+    ) -> Result<(), String> {
         #[cfg(feature = "fault-hooks")]
-        fault_hooks::maybe_panic();
+        fault_hooks::maybe_crash();
+        let verdict = match self.remembered(&delivery) {
+            Some(verdict) => verdict,
+            None => self.decide(&delivery).await,
+        };
+        self.settle(&delivery, verdict, publisher).await
+    }
+
+    /// A verdict computed on an earlier delivery of this message, whose
+    /// settlement could not be published: the job is not sent to APNs again.
+    /// Only redelivered messages are looked up, so the common path pays nothing.
+    fn remembered(&self, delivery: &Delivery) -> Option<Verdict> {
+        if !delivery.redelivered {
+            return None;
+        }
+        self.unsettled.take(memo_key(delivery))
+    }
+
+    /// The verdict of a fresh delivery: poison when the broker delivered it too
+    /// often, else the dispatcher's, with a panic confined to this one job.
+    async fn decide(&self, delivery: &Delivery) -> Verdict {
         let message_id = delivery
             .properties
             .message_id()
             .as_ref()
-            .map(|m| m.as_str().to_owned());
-        let headers = delivery.properties.headers().clone().unwrap_or_default();
-        let verdict = self
-            .dispatcher
-            .handle(Inbound {
-                body: &delivery.data,
-                message_id: message_id.as_deref(),
-                previous_attempts: int_header(&headers, ATTEMPTS).unwrap_or(0),
-            })
-            .await;
-        self.counters
-            .delivered
-            .fetch_add(verdict.delivered as u64, Ordering::Relaxed);
-        if let Err(e) = self.settle(&delivery, &verdict, publisher).await {
-            // Whatever failed, the delivery is not acked: the broker redelivers
-            // it when the channel closes, or now if the nack goes through.
-            tracing::warn!(consumer = self.index, job_id = ?verdict.job_id, error = %e, "settlement failed; returning the job to the queue");
-            let _ = delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
+            .map(|m| m.as_str());
+        let headers = delivery.properties.headers().as_ref();
+        let previous_attempts = wire::count_header(headers, wire::ATTEMPTS)
+            .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX));
+        let attempt = previous_attempts.saturating_add(1);
+        let earlier_deliveries = wire::count_header(headers, wire::DELIVERY_COUNT).unwrap_or(0);
+        if earlier_deliveries >= u64::from(self.max_deliveries) {
+            return rejected(
+                attempt,
+                outcome::POISON,
+                format!(
+                    "the broker delivered this message {} times without it being settled; the limit is {} (MISIVA_MAX_DELIVERIES)",
+                    earlier_deliveries.saturating_add(1),
+                    self.max_deliveries
+                ),
+                message_id,
+            );
+        }
+        let handled = std::panic::AssertUnwindSafe(async {
+            #[cfg(feature = "fault-hooks")]
+            fault_hooks::maybe_panic();
+            self.dispatcher
+                .handle(Inbound {
+                    body: &delivery.data,
+                    message_id,
+                    previous_attempts,
                 })
-                .await;
+                .await
+        })
+        .catch_unwind()
+        .await;
+        match handled {
+            Ok(verdict) => verdict,
+            Err(panic) => {
+                let text = panic_message(panic.as_ref());
+                tracing::error!(consumer = self.index, panic = %bounded::detail(&text), "processing a job panicked; dead-lettering it as worker_panic");
+                rejected(
+                    attempt,
+                    outcome::WORKER_PANIC,
+                    format!("processing this job panicked: {text}"),
+                    message_id,
+                )
+            }
         }
     }
 
-    /// Carries out the settlement: every publish it needs, confirmed, then the ack.
+    /// Carries out the settlement: every publish it needs, confirmed, then the
+    /// ack. A failed publish is tried again with growing pauses; only after
+    /// [`SETTLE_TRIES`] failures does the job go back to the queue, with its
+    /// verdict remembered so that the redelivery is not sent to APNs again.
     async fn settle(
         &self,
         delivery: &Delivery,
-        verdict: &Verdict,
-        publisher: &ConfirmChannel,
-    ) -> Result<(), PublishError> {
-        let settlement = &verdict.settlement;
-        // Only republished copies (dead letters, retries) carry the stamps; a
-        // plain ack, the common case, skips reading headers and formatting times.
-        let republishes = !settlement.dead_letters.is_empty() || settlement.retry.is_some();
-        let stamps =
-            republishes.then(|| Stamps::read(&delivery.properties, settlement.attempt, verdict));
-        let stamp = |extra| match &stamps {
-            Some(stamps) => stamps.apply(&delivery.properties, extra),
-            None => delivery.properties.clone(),
-        };
-        let mut outgoing = Vec::new();
-        for event in &settlement.feedback {
-            outgoing.push(Outgoing {
-                exchange: self.topology.feedback_exchange.clone(),
-                routing_key: format!("{}.{}", verdict.app, event.reason),
-                body: feedback_body(event, verdict),
-                properties: BasicProperties::default()
-                    .with_content_type("application/json".into())
-                    .with_delivery_mode(2),
-            });
+        verdict: Verdict,
+        publisher: &SettlementChannel,
+    ) -> Result<(), String> {
+        let outgoing = wire::Republish {
+            topology: &self.topology,
+            original: &delivery.properties,
+            body: &delivery.data,
+            frame_max: self.frame_max,
+            now: OffsetDateTime::now_utc(),
         }
-        for dead in &settlement.dead_letters {
-            let body = match &dead.tokens {
-                Some(tokens) => job::body_with_tokens(&delivery.data, tokens),
-                None => delivery.data.clone(),
-            };
-            outgoing.push(Outgoing {
-                exchange: String::new(),
-                routing_key: self.topology.dead_letter_queue.clone(),
-                body,
-                properties: stamp(vec![
-                    (REASON, header_string(&dead.reason)),
-                    (DETAIL, header_string(&dead.detail)),
-                    (FAILED_AT, header_string(&now_rfc3339())),
-                ]),
-            });
+        .messages(&verdict);
+        let mut failures = 0u32;
+        while !outgoing.is_empty() {
+            match publisher.publish_all(&outgoing).await {
+                Ok(()) => break,
+                Err(SettleError::Reopen(e)) => {
+                    self.unsettled.remember(memo_key(delivery), verdict);
+                    return Err(e.to_string());
+                }
+                Err(SettleError::Publish(e)) => {
+                    failures += 1;
+                    if failures >= SETTLE_TRIES {
+                        tracing::warn!(consumer = self.index, job_id = ?verdict.job_id, error = %e, failures, "settlement failed; returning the job to the queue, its verdict kept");
+                        self.unsettled.remember(memo_key(delivery), verdict);
+                        let _ = delivery
+                            .acker
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                multiple: false,
+                            })
+                            .await;
+                        return Ok(());
+                    }
+                    let pause = settle_backoff(failures);
+                    tracing::warn!(consumer = self.index, job_id = ?verdict.job_id, error = %e, failures, ?pause, "settlement publish failed; trying again");
+                    tokio::time::sleep(pause).await;
+                }
+            }
         }
-        if let Some(retry) = &settlement.retry {
-            let (queue, delay) = &self.topology.retry_queues[retry.tier];
-            outgoing.push(Outgoing {
-                exchange: String::new(),
-                routing_key: queue.clone(),
-                body: job::body_with_tokens(&delivery.data, &retry.tokens),
-                properties: stamp(vec![(LAST_ERROR, header_string(&retry.detail))]),
-            });
-            tracing::info!(job_id = ?verdict.job_id, attempt = settlement.attempt, tokens = retry.tokens.len(), ?delay, detail = %retry.detail, "transient failure; job scheduled for retry");
-        }
-        publisher.publish_all(outgoing).await?;
 
+        let settlement = &verdict.settlement;
         let counters = &self.counters;
+        counters
+            .delivered
+            .fetch_add(verdict.delivered as u64, Ordering::Relaxed);
         counters
             .feedback
             .fetch_add(settlement.feedback.len() as u64, Ordering::Relaxed);
         for dead in &settlement.dead_letters {
-            tracing::warn!(job_id = ?verdict.job_id, reason = %dead.reason, detail = %dead.detail, "job dead-lettered");
+            tracing::warn!(job_id = ?verdict.job_id, reason = %dead.reason, detail = %bounded::detail(&dead.detail), "job dead-lettered");
         }
         counters
             .dead_lettered
             .fetch_add(settlement.dead_letters.len() as u64, Ordering::Relaxed);
-        if settlement.retry.is_some() {
+        if let Some(retry) = &settlement.retry {
             counters.retried.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(job_id = ?verdict.job_id, attempt = settlement.attempt, tokens = retry.tokens.len(), tier = retry.tier, detail = %bounded::detail(&retry.detail), "transient failure; job scheduled for retry");
         }
-        delivery
-            .acker
-            .ack(BasicAckOptions::default())
-            .await
-            .map_err(PublishError::Send)?;
+        if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+            // The channel is gone: the broker redelivers the job, and the
+            // verdict is remembered in case this process gets it back.
+            tracing::warn!(consumer = self.index, error = %e, "ack failed after settlement");
+            return Ok(());
+        }
         counters.acked.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
 
+/// Publishes of one settlement tried before the job goes back to the queue.
+const SETTLE_TRIES: u32 = 8;
+
+/// The pause after the `failures`-th failed settlement publish: 100 ms,
+/// doubling, at most 5 s (about 11 s over [`SETTLE_TRIES`]).
+fn settle_backoff(failures: u32) -> Duration {
+    Duration::from_millis(100)
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(10))
+        .min(Duration::from_secs(5))
+}
+
+fn rejected(attempt: u32, reason: &str, detail: String, message_id: Option<&str>) -> Verdict {
+    Verdict {
+        settlement: outcome::reject_job(attempt, reason, detail),
+        app: job::AppName::default().to_string(),
+        job_id: message_id.map(str::to_owned),
+        topic: None,
+        delivered: 0,
+    }
+}
+
+/// Identifies a message across its redeliveries: its body and message id.
+fn memo_key(delivery: &Delivery) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    delivery.data.hash(&mut hasher);
+    delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|m| m.as_str())
+        .hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Verdicts whose settlement could not be published, kept until the message
+/// comes back, shared by every consumer of the process. Bounded: past
+/// [`Unsettled::CAPACITY`] a verdict is not kept, and that job is sent again
+/// on redelivery (at least once, as ever).
+#[derive(Debug, Default)]
+pub struct Unsettled {
+    verdicts: std::sync::Mutex<std::collections::HashMap<u64, Verdict>>,
+}
+
+impl Unsettled {
+    const CAPACITY: usize = 10_000;
+
+    fn remember(&self, key: u64, verdict: Verdict) {
+        let mut map = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() < Self::CAPACITY {
+            map.insert(key, verdict);
+        }
+    }
+
+    fn take(&self, key: u64) -> Option<Verdict> {
+        self.verdicts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key)
+    }
+}
+
 fn panic_text(error: tokio::task::JoinError) -> String {
-    let panic = error.into_panic();
+    panic_message(error.into_panic().as_ref())
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
@@ -278,112 +393,28 @@ fn panic_text(error: tokio::task::JoinError) -> String {
 mod fault_hooks {
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    /// Panics already injected in this process.
-    static INJECTED: AtomicU32 = AtomicU32::new(0);
-
-    /// Panics while processing a delivery, `MISIVA_FAULT_PANICS` times in all.
-    pub(super) fn maybe_panic() {
-        let wanted: u32 = std::env::var("MISIVA_FAULT_PANICS")
+    fn wanted(variable: &str) -> u32 {
+        std::env::var(variable)
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        if INJECTED.fetch_add(1, Ordering::Relaxed) < wanted {
-            panic!("fault hook: injected consumer panic");
-        }
+            .unwrap_or(0)
     }
-}
 
-const ATTEMPTS: &str = "x-misiva-attempts";
-const FIRST_SEEN: &str = "x-misiva-first-seen";
-const APP: &str = "x-misiva-app";
-const REASON: &str = "x-misiva-reason";
-const DETAIL: &str = "x-misiva-detail";
-const FAILED_AT: &str = "x-misiva-failed-at";
-const LAST_ERROR: &str = "x-misiva-last-error";
-
-/// Reads an integer header whatever integer type the publisher used.
-fn int_header(headers: &FieldTable, name: &str) -> Option<u32> {
-    let value = match headers.inner().get(name)? {
-        AMQPValue::ShortShortInt(n) => i64::from(*n),
-        AMQPValue::ShortShortUInt(n) => i64::from(*n),
-        AMQPValue::ShortInt(n) => i64::from(*n),
-        AMQPValue::ShortUInt(n) => i64::from(*n),
-        AMQPValue::LongInt(n) => i64::from(*n),
-        AMQPValue::LongUInt(n) => i64::from(*n),
-        AMQPValue::LongLongInt(n) => *n,
-        AMQPValue::LongString(s) => s.to_string().parse().ok()?,
-        _ => return None,
-    };
-    u32::try_from(value).ok()
-}
-
-/// The headers every republished copy of a job carries (retry or dead letter).
-struct Stamps {
-    attempt: u32,
-    first_seen: String,
-    app: String,
-    job_id: Option<String>,
-}
-
-impl Stamps {
-    fn read(original: &BasicProperties, attempt: u32, verdict: &Verdict) -> Stamps {
-        let first_seen = match original
-            .headers()
-            .as_ref()
-            .and_then(|h| h.inner().get(FIRST_SEEN))
-        {
-            Some(AMQPValue::LongString(s)) => s.to_string(),
-            _ => now_rfc3339(),
-        };
-        Stamps {
-            attempt,
-            first_seen,
-            app: verdict.app.clone(),
-            job_id: verdict.job_id.clone(),
+    /// A bug in one job's processing: panics inside the job's guard,
+    /// `MISIVA_FAULT_PANICS` times in all.
+    pub(super) fn maybe_panic() {
+        static INJECTED: AtomicU32 = AtomicU32::new(0);
+        if INJECTED.fetch_add(1, Ordering::Relaxed) < wanted("MISIVA_FAULT_PANICS") {
+            panic!("fault hook: injected job panic");
         }
     }
 
-    /// The original properties, with our headers added (and `extra`), persistent,
-    /// and the job id as `message_id` so a generated id survives the republish.
-    fn apply(&self, original: &BasicProperties, extra: Vec<(&str, AMQPValue)>) -> BasicProperties {
-        let mut table = original.headers().clone().unwrap_or_default();
-        let mut ours = vec![
-            (ATTEMPTS, AMQPValue::LongLongInt(i64::from(self.attempt))),
-            (FIRST_SEEN, header_string(&self.first_seen)),
-            (APP, header_string(&self.app)),
-        ];
-        ours.extend(extra);
-        for (k, v) in headers(ours).inner() {
-            table.insert(k.clone(), v.clone());
+    /// A bug in the consumer itself: panics outside any job's guard, which
+    /// crashes the consumer, `MISIVA_FAULT_CRASHES` times in all.
+    pub(super) fn maybe_crash() {
+        static INJECTED: AtomicU32 = AtomicU32::new(0);
+        if INJECTED.fetch_add(1, Ordering::Relaxed) < wanted("MISIVA_FAULT_CRASHES") {
+            panic!("fault hook: injected consumer crash");
         }
-        let mut properties = original.clone().with_headers(table).with_delivery_mode(2);
-        if properties.message_id().is_none() {
-            if let Some(id) = &self.job_id {
-                properties = properties.with_message_id(id.as_str().into());
-            }
-        }
-        properties
     }
-}
-
-fn now_rfc3339() -> String {
-    OffsetDateTime::now_utc()
-        .format(&Rfc3339)
-        .unwrap_or_default()
-}
-
-fn feedback_body(event: &Feedback, verdict: &Verdict) -> Vec<u8> {
-    let timestamp = event
-        .timestamp_ms
-        .unwrap_or_else(|| (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64);
-    serde_json::json!({
-        "token": event.token.as_str(),
-        "app": verdict.app,
-        "topic": verdict.topic,
-        "reason": event.reason,
-        "timestamp": timestamp,
-        "job_id": verdict.job_id,
-    })
-    .to_string()
-    .into_bytes()
 }

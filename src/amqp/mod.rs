@@ -4,10 +4,11 @@
 mod consumer;
 mod publisher;
 mod topology;
+mod wire;
 
-pub use consumer::{Consumer, ConsumerExit, Counters};
+pub use consumer::{Consumer, ConsumerExit, Counters, Unsettled};
 pub use publisher::{JobPublisher, PublishError};
-pub use topology::{Topology, TopologyError, declare};
+pub use topology::{BROKER_DELIVERY_LIMIT, Topology, TopologyError, declare};
 
 use crate::config::Secret;
 
@@ -34,7 +35,7 @@ impl std::fmt::Debug for Broker {
 impl Broker {
     pub async fn connect(url: &Secret<String>, name: &str) -> Result<Broker, AmqpError> {
         let properties =
-            lapin::ConnectionProperties::default().with_connection_name(name.to_owned().into());
+            lapin::ConnectionProperties::default().with_connection_name(name.as_bytes().into());
         let connection = lapin::Connection::connect(url.expose(), properties)
             .await
             .map_err(AmqpError::Connect)?;
@@ -59,13 +60,18 @@ impl Broker {
         }
     }
 
+    /// The frame size negotiated with the broker (0 = no limit).
+    pub fn frame_max(&self) -> u32 {
+        self.connection.configuration().frame_max()
+    }
+
     pub fn is_connected(&self) -> bool {
         self.connection.status().connected()
     }
 
     /// Closes the connection; channels should be closed first (see `app`).
     pub async fn close(&self) {
-        if let Err(e) = self.connection.close(200, "bye".into()).await {
+        if let Err(e) = self.connection.close(200, wire::short("bye")).await {
             tracing::debug!(error = %e, "closing the RabbitMQ connection");
         }
     }

@@ -1,10 +1,12 @@
 //! Publishing with publisher confirms: a publish counts only once the broker
 //! has confirmed it, so the original delivery can be acked without risk.
 
+use super::wire::short;
 use super::{AmqpError, Broker};
 use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::ShortString;
+use tokio::sync::Mutex as AsyncMutex;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -45,24 +47,24 @@ impl ConfirmChannel {
     /// Publishes every message `mandatory` (a message no queue takes is an
     /// error, not a silent loss), then waits for all their confirms: one round
     /// trip for a whole settlement instead of one per message.
-    pub(crate) async fn publish_all(&self, messages: Vec<Outgoing>) -> Result<(), PublishError> {
+    pub(crate) async fn publish_all(&self, messages: &[Outgoing]) -> Result<(), PublishError> {
         let mut pending = Vec::with_capacity(messages.len());
         for m in messages {
             let confirm = self
                 .channel
                 .basic_publish(
-                    m.exchange.as_str().into(),
-                    m.routing_key.as_str().into(),
+                    m.exchange.clone(),
+                    m.routing_key.clone(),
                     BasicPublishOptions {
                         mandatory: true,
                         ..BasicPublishOptions::default()
                     },
                     &m.body,
-                    m.properties,
+                    m.properties.clone(),
                 )
                 .await
                 .map_err(PublishError::Send)?;
-            pending.push((confirm, m.routing_key));
+            pending.push((confirm, &m.routing_key));
         }
         for (confirm, routing_key) in pending {
             let confirm = confirm.await.map_err(PublishError::Send)?;
@@ -70,35 +72,97 @@ impl ConfirmChannel {
                 return Err(PublishError::Nacked);
             }
             if confirm.take_message().is_some() {
-                return Err(PublishError::Unroutable(routing_key));
+                return Err(PublishError::Unroutable(routing_key.to_string()));
             }
         }
         Ok(())
     }
 
+    fn is_open(&self) -> bool {
+        self.channel.status().connected()
+    }
+
     pub(crate) async fn close(&self) {
-        let _ = self.channel.close(200, "bye".into()).await;
+        let _ = self.channel.close(200, short("bye")).await;
     }
 }
 
-/// One message of a settlement.
+/// The confirm channel a consumer settles on, reopened when the broker closed
+/// it (a publish to a deleted exchange, for one, closes the channel). Deliveries
+/// settle concurrently on one channel; only a reopening is serialised.
+pub(crate) struct SettlementChannel {
+    broker: Broker,
+    current: std::sync::Mutex<ConfirmChannel>,
+    reopening: AsyncMutex<()>,
+}
+
+impl std::fmt::Debug for SettlementChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SettlementChannel").finish_non_exhaustive()
+    }
+}
+
+impl SettlementChannel {
+    pub(crate) async fn open(broker: &Broker) -> Result<Self, AmqpError> {
+        Ok(SettlementChannel {
+            broker: broker.clone(),
+            current: std::sync::Mutex::new(ConfirmChannel::open(broker).await?),
+            reopening: AsyncMutex::new(()),
+        })
+    }
+
+    fn channel(&self) -> ConfirmChannel {
+        // Held only to clone a handle: a panic elsewhere cannot leave it half-written.
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Publishes and confirms `messages`. After a failure that closed the
+    /// channel, a fresh one is opened for the next attempt; an error from
+    /// that reopening means the connection itself is gone.
+    pub(crate) async fn publish_all(&self, messages: &[Outgoing]) -> Result<(), SettleError> {
+        let channel = self.channel();
+        let Err(error) = channel.publish_all(messages).await else {
+            return Ok(());
+        };
+        if !channel.is_open() {
+            let _one_at_a_time = self.reopening.lock().await;
+            if !self.channel().is_open() {
+                let fresh = ConfirmChannel::open(&self.broker)
+                    .await
+                    .map_err(SettleError::Reopen)?;
+                *self.current.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+                tracing::info!("settlement channel reopened");
+            }
+        }
+        Err(SettleError::Publish(error))
+    }
+
+    pub(crate) async fn close(&self) {
+        self.channel().close().await;
+    }
+}
+
+/// Why a settlement's publishes did not go through.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SettleError {
+    /// Worth another try after a pause.
+    #[error(transparent)]
+    Publish(PublishError),
+    /// The channel could not be reopened: the consumer must end.
+    #[error("cannot reopen the settlement channel: {0}")]
+    Reopen(AmqpError),
+}
+
+/// One message of a settlement. Every name in it is a bounded short string.
+#[derive(Debug, Clone)]
 pub(crate) struct Outgoing {
-    pub exchange: String,
-    pub routing_key: String,
+    pub exchange: ShortString,
+    pub routing_key: ShortString,
     pub body: Vec<u8>,
     pub properties: BasicProperties,
-}
-
-pub(crate) fn header_string(value: &str) -> AMQPValue {
-    AMQPValue::LongString(value.into())
-}
-
-pub(crate) fn headers(pairs: Vec<(&str, AMQPValue)>) -> FieldTable {
-    let mut table = FieldTable::default();
-    for (k, v) in pairs {
-        table.insert(ShortString::from(k), v);
-    }
-    table
 }
 
 /// Publishes jobs to the work queue with confirms: `misiva publish`, the demo,
@@ -126,16 +190,16 @@ impl JobPublisher {
         let messages: Vec<Outgoing> = bodies
             .into_iter()
             .map(|body| Outgoing {
-                exchange: String::new(),
-                routing_key: self.queue.clone(),
+                exchange: ShortString::default(),
+                routing_key: short(&self.queue),
                 body: body.to_vec(),
                 properties: BasicProperties::default()
-                    .with_content_type("application/json".into())
+                    .with_content_type(short("application/json"))
                     .with_delivery_mode(2),
             })
             .collect();
         let count = messages.len();
-        self.channel.publish_all(messages).await?;
+        self.channel.publish_all(&messages).await?;
         Ok(count)
     }
 

@@ -2,6 +2,7 @@
 //! already exists with other arguments is reported with the queue's name and
 //! the broker's own words about the differing argument.
 
+use super::wire::short;
 use super::{AmqpError, Broker};
 use crate::config::Config;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
@@ -56,11 +57,46 @@ pub enum TopologyError {
     Amqp(#[from] AmqpError),
 }
 
+/// The work queue's own delivery limit: past it, the broker dead-letters a
+/// message itself. The worker parks poison earlier (`MISIVA_MAX_DELIVERIES`,
+/// below this); the broker's limit catches what kills a worker before it can
+/// (a process abort while reading the message). 20 is also RabbitMQ 4's
+/// default, made explicit so that 3.x behaves the same.
+pub const BROKER_DELIVERY_LIMIT: u32 = 20;
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(value.into())
+}
+
 fn quorum() -> FieldTable {
     let mut args = FieldTable::default();
+    args.insert(short("x-queue-type"), text("quorum"));
+    args
+}
+
+/// The work queue's safety net (CONTRACT §1): messages past the delivery
+/// limit are dead-lettered, at least once, to the dead-letter queue. RabbitMQ
+/// requires `reject-publish` overflow for at-least-once dead-lettering.
+const SAFETY_ARGUMENTS: [&str; 5] = [
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-dead-letter-strategy",
+    "x-overflow",
+    "x-delivery-limit",
+];
+
+fn work_queue_arguments(topology: &Topology) -> FieldTable {
+    let mut args = quorum();
+    args.insert(short("x-dead-letter-exchange"), text(""));
     args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
+        short("x-dead-letter-routing-key"),
+        text(&topology.dead_letter_queue),
+    );
+    args.insert(short("x-dead-letter-strategy"), text("at-least-once"));
+    args.insert(short("x-overflow"), text("reject-publish"));
+    args.insert(
+        short("x-delivery-limit"),
+        AMQPValue::LongLongInt(i64::from(BROKER_DELIVERY_LIMIT)),
     );
     args
 }
@@ -72,46 +108,38 @@ pub async fn declare(broker: &Broker, topology: &Topology) -> Result<(), Topolog
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    for name in [
-        &topology.queue,
-        &topology.dead_letter_queue,
-        &topology.feedback_queue,
-    ] {
+    // The dead-letter queue first: the work queue dead-letters into it.
+    for name in [&topology.dead_letter_queue, &topology.feedback_queue] {
         let channel = broker.channel().await?;
         channel
-            .queue_declare(name.as_str().into(), durable, quorum())
+            .queue_declare(short(name), durable, quorum())
             .await
             .map_err(|e| classify("queue", name, e))?;
-        let _ = channel.close(200, "declared".into()).await;
+        let _ = channel.close(200, short("declared")).await;
     }
+    declare_work_queue(broker, topology).await?;
     // Retry tiers: classic queues (per-queue TTL expires from the head, which is
     // exact when every message has the same TTL) that dead-letter back to the
     // work queue through the default exchange.
     for (name, delay) in &topology.retry_queues {
         let mut args = FieldTable::default();
         args.insert(
-            "x-message-ttl".into(),
-            AMQPValue::LongLongInt(delay.as_millis() as i64),
+            short("x-message-ttl"),
+            AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
         );
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString("".into()),
-        );
-        args.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(topology.queue.as_str().into()),
-        );
+        args.insert(short("x-dead-letter-exchange"), text(""));
+        args.insert(short("x-dead-letter-routing-key"), text(&topology.queue));
         let channel = broker.channel().await?;
         channel
-            .queue_declare(name.as_str().into(), durable, args)
+            .queue_declare(short(name), durable, args)
             .await
             .map_err(|e| classify("queue", name, e))?;
-        let _ = channel.close(200, "declared".into()).await;
+        let _ = channel.close(200, short("declared")).await;
     }
     let channel = broker.channel().await?;
     channel
         .exchange_declare(
-            topology.feedback_exchange.as_str().into(),
+            short(&topology.feedback_exchange),
             lapin::ExchangeKind::Topic,
             ExchangeDeclareOptions {
                 durable: true,
@@ -123,16 +151,65 @@ pub async fn declare(broker: &Broker, topology: &Topology) -> Result<(), Topolog
         .map_err(|e| classify("exchange", &topology.feedback_exchange, e))?;
     channel
         .queue_bind(
-            topology.feedback_queue.as_str().into(),
-            topology.feedback_exchange.as_str().into(),
-            "#".into(),
+            short(&topology.feedback_queue),
+            short(&topology.feedback_exchange),
+            short("#"),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
         .await
         .map_err(|e| classify("binding of queue", &topology.feedback_queue, e))?;
-    let _ = channel.close(200, "declared".into()).await;
+    let _ = channel.close(200, short("declared")).await;
     Ok(())
+}
+
+/// Declares the work queue with its safety net. A queue created by an
+/// earlier version, without the net, keeps working: the worker says which
+/// arguments are missing and how to add them (docs/operations.md), instead of
+/// refusing to start. Any other difference is a conflict.
+async fn declare_work_queue(broker: &Broker, topology: &Topology) -> Result<(), TopologyError> {
+    let name = &topology.queue;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let channel = broker.channel().await?;
+    let declared = channel
+        .queue_declare(short(name), durable, work_queue_arguments(topology))
+        .await;
+    let _ = channel.close(200, short("declared")).await;
+    let error = match declared {
+        Ok(_) => return Ok(()),
+        Err(e) => e,
+    };
+    let text = error.to_string();
+    let differing = inequivalent_argument(&text);
+    if !differing.is_some_and(|arg| SAFETY_ARGUMENTS.contains(&arg)) {
+        return Err(classify("queue", name, error));
+    }
+    // The queue exists as a quorum queue without the net: check that it is
+    // quorum (the one argument that must match) and go on.
+    let channel = broker.channel().await?;
+    channel
+        .queue_declare(short(name), durable, quorum())
+        .await
+        .map_err(|e| classify("queue", name, e))?;
+    let _ = channel.close(200, short("declared")).await;
+    tracing::warn!(
+        queue = %name,
+        missing = %SAFETY_ARGUMENTS.join(", "),
+        "the work queue was declared by an earlier version without broker-side dead-lettering; \
+         a message that crashes workers before they can park it may be dropped by RabbitMQ 4 \
+         after 20 deliveries. Add the arguments with a policy (see docs/operations.md, \
+         \"Migrating the work queue\")"
+    );
+    Ok(())
+}
+
+/// The argument RabbitMQ names in "inequivalent arg 'x-overflow' for queue ...".
+fn inequivalent_argument(text: &str) -> Option<&str> {
+    let rest = text.split("inequivalent arg '").nth(1)?;
+    rest.split('\'').next()
 }
 
 fn classify(kind: &'static str, name: &str, error: lapin::Error) -> TopologyError {

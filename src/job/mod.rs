@@ -228,23 +228,37 @@ pub fn decode(body: &[u8], message_id: Option<&str>) -> Result<Job, JobError> {
     })
 }
 
-/// The body of a dead letter or retry that carries only `tokens` of the job:
-/// a fan-out job's `tokens` is replaced, everything else is kept. A single-token
-/// job (or a body that is not a job object) is returned unchanged.
+/// The body of a dead letter or retry that carries only `tokens` of the job.
+/// Only the value of a fan-out job's top-level `tokens` is replaced, in the
+/// original text: every other byte, a verbatim `payload` included, stays as
+/// the publisher wrote it (CONTRACT §3). A single-token job, or a body that is
+/// not a job object, is returned unchanged.
 pub fn body_with_tokens(body: &[u8], tokens: &[DeviceToken]) -> Vec<u8> {
-    let Ok(mut object) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
-    else {
+    #[derive(Deserialize)]
+    struct TokensOnly<'a> {
+        #[serde(borrow, default)]
+        tokens: Option<&'a RawValue>,
+    }
+    let Ok(text) = std::str::from_utf8(body) else {
         return body.to_vec();
     };
-    if !object.contains_key("tokens") {
+    let Ok(TokensOnly { tokens: Some(raw) }) = serde_json::from_str::<TokensOnly<'_>>(text) else {
         return body.to_vec();
-    }
-    let list = tokens
-        .iter()
-        .map(|t| serde_json::Value::String(t.as_str().to_owned()))
-        .collect();
-    object.insert("tokens".to_owned(), serde_json::Value::Array(list));
-    serde_json::to_vec(&object).unwrap_or_else(|_| body.to_vec())
+    };
+    // A borrowed RawValue is a slice of `text`: its address gives its place.
+    let Some(start) = (raw.get().as_ptr() as usize).checked_sub(text.as_ptr() as usize) else {
+        return body.to_vec();
+    };
+    let end = start + raw.get().len();
+    let list: Vec<&str> = tokens.iter().map(DeviceToken::as_str).collect();
+    let Ok(replacement) = serde_json::to_string(&list) else {
+        return body.to_vec();
+    };
+    let mut out = Vec::with_capacity(body.len());
+    out.extend_from_slice(&body[..start]);
+    out.extend_from_slice(replacement.as_bytes());
+    out.extend_from_slice(&body[end..]);
+    out
 }
 
 fn wire_error(e: serde_json::Error) -> JobError {
@@ -253,10 +267,11 @@ fn wire_error(e: serde_json::Error) -> JobError {
     // the field name alone is what a publisher needs to fix a typo.
     if let Some(rest) = text.strip_prefix("unknown field `") {
         if let Some(end) = rest.find('`') {
-            return JobError::UnknownField(rest[..end].to_owned());
+            // The name is the publisher's text: quoted and shortened, never echoed whole.
+            return JobError::UnknownField(crate::bounded::quote(&rest[..end]));
         }
     }
-    JobError::NotJson(text)
+    JobError::NotJson(crate::bounded::cut(&text, crate::bounded::DETAIL_BYTES / 2).to_owned())
 }
 
 fn parse_tokens(list: &[String]) -> Result<Vec<DeviceToken>, JobError> {

@@ -162,7 +162,7 @@ fn every_rule_rejects_with_a_clear_error() {
         ("[1,2]".into(), "JSON object"),
         (
             format!(r#"{{"token":"{T1}","alrt":"typo"}}"#),
-            "unknown field: alrt",
+            "unknown field: \"alrt\"",
         ),
         (
             r#"{"alert":"no token"}"#.into(),
@@ -278,4 +278,48 @@ fn dead_letter_bodies_keep_only_the_given_tokens() {
     assert_eq!(out, json!({"tokens": [T2], "alert": "x"}));
     let single = json!({"token": T1}).to_string();
     assert_eq!(body_with_tokens(single.as_bytes(), &[]), single.as_bytes());
+}
+
+/// Everything but the `tokens` value stays byte for byte: key order, spacing,
+/// number spellings and a verbatim `payload` (CONTRACT §3).
+#[test]
+fn republished_bodies_change_only_the_token_list() {
+    let t2 = DeviceToken::parse("t", T2).unwrap();
+    let body = format!(
+        r#"{{ "z":1,"tokens" : ["{T1}", "{T2}"],
+  "payload":{{"aps":{{"alert":"x"}},"n":1.50,"big":123456789012345678901234567890,"tokens":["keep"]}} }}"#
+    );
+    let out = String::from_utf8(body_with_tokens(body.as_bytes(), &[t2])).unwrap();
+    let expected = format!(
+        r#"{{ "z":1,"tokens" : ["{T2}"],
+  "payload":{{"aps":{{"alert":"x"}},"n":1.50,"big":123456789012345678901234567890,"tokens":["keep"]}} }}"#
+    );
+    assert_eq!(out, expected);
+    // Bodies that are not jobs come back unchanged.
+    for odd in [&b"not json"[..], b"[1,2]", b"{\"tokens\":", &[0xff, 0x00]] {
+        assert_eq!(body_with_tokens(odd, &[]), odd);
+    }
+}
+
+#[test]
+fn echoed_values_are_bounded() {
+    let long = "x".repeat(200_000);
+    let cases = [
+        format!(r#"{{"{long}":1}}"#),
+        format!(r#"{{"token":"{T1}","push_type":"{long}"}}"#),
+        format!(r#"{{"token":"{T1}","app":"{long}"}}"#),
+        format!(r#"{{"token":"{T1}","apns_id":"{long}"}}"#),
+        format!(r#"{{"token":"{T1}","topic":"a b{long}"}}"#),
+        format!(r#"{{"token":"zz{long}"}}"#),
+        "[".repeat(100_000),
+    ];
+    for body in cases {
+        let error = decode(body.as_bytes(), None).unwrap_err().to_string();
+        assert!(
+            error.len() <= 600,
+            "{} bytes: {}",
+            error.len(),
+            &error[..200]
+        );
+    }
 }

@@ -23,7 +23,10 @@ impl DeviceToken {
         if !raw.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(JobError::field(
                 field,
-                format!("has a token that is not hexadecimal: {raw:?}"),
+                format!(
+                    "has a token that is not hexadecimal: {}",
+                    crate::bounded::quote(raw)
+                ),
             ));
         }
         Ok(DeviceToken(raw.to_ascii_lowercase()))
@@ -53,7 +56,10 @@ impl Topic {
         if !raw.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(JobError::field(
                 "topic",
-                format!("{raw:?} has characters a bundle id cannot have"),
+                format!(
+                    "{} has characters a bundle id cannot have",
+                    crate::bounded::quote(&raw)
+                ),
             ));
         }
         Ok(Topic(raw))
@@ -125,7 +131,11 @@ impl PushType {
                 let names: Vec<_> = PushType::ALL.iter().map(|p| p.as_str()).collect();
                 JobError::field(
                     "push_type",
-                    format!("is {raw:?}; expected one of {}", names.join(", ")),
+                    format!(
+                        "is {}; expected one of {}",
+                        crate::bounded::quote(raw),
+                        names.join(", ")
+                    ),
                 )
             })
     }
@@ -223,7 +233,10 @@ impl AppName {
         if !ok_len || !ok_chars {
             return Err(JobError::field(
                 "app",
-                format!("is {raw:?}; use 1 to 64 letters, digits, '_' or '-'"),
+                format!(
+                    "is {}; use 1 to 64 letters, digits, '_' or '-'",
+                    crate::bounded::quote(&raw)
+                ),
             ));
         }
         Ok(AppName(raw))
@@ -283,7 +296,10 @@ impl ApnsId {
             Ok(id) if canonical => Ok(ApnsId(id)),
             _ => Err(JobError::field(
                 "apns_id",
-                format!("is {raw:?}; expected a UUID like 123e4567-e89b-12d3-a456-4266554400a0"),
+                format!(
+                    "is {}; expected a UUID like 123e4567-e89b-12d3-a456-4266554400a0",
+                    crate::bounded::quote(raw)
+                ),
             )),
         }
     }
