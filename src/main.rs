@@ -6,8 +6,54 @@ use misiva::cli::{Cli, Command};
 use misiva::config::{Config, LogFormat};
 use std::process::ExitCode;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Stack of the threads that parse AMQP frames. lapin parses header tables
+/// recursively on its own I/O thread, with no depth limit: a 10 KB message
+/// nested 2,000 levels deep overflows the default 2 MiB and aborts the whole
+/// process, before any of our code sees the message. A frame holds at most
+/// about 26,000 levels (5 bytes each in 131,072), which this much stack
+/// parses. It is address space, not memory: only the pages a parse touches
+/// are ever backed.
+const IO_THREAD_STACK: &str = "268435456";
+
+/// Stack of the runtime's threads, where a deeply nested delivery is dropped.
+const RUNTIME_THREAD_STACK: usize = 32 * 1024 * 1024;
+
+fn main() -> ExitCode {
+    reexec_with_io_stack();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(RUNTIME_THREAD_STACK)
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(e) => {
+            eprintln!("misiva: cannot start the async runtime: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// lapin spawns its I/O thread without a stack size, so std gives it
+/// `RUST_MIN_STACK`, read once at the first spawn. Setting the variable in
+/// our own process would need `unsafe`; starting the same binary again with
+/// it set is safe and keeps the pid (exec replaces the process image).
+fn reexec_with_io_stack() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("RUST_MIN_STACK").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let error = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("RUST_MIN_STACK", IO_THREAD_STACK)
+        .exec();
+    // Only reached when exec failed: run on, with the default stack.
+    eprintln!("misiva: could not enlarge the AMQP I/O thread's stack ({error}); continuing");
+}
+
+async fn run() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::ApnsSim(args) => {

@@ -124,7 +124,7 @@ async fn malformed_jobs_are_dead_lettered_with_a_reason_and_the_worker_keeps_goi
         (b"this is not json".to_vec(), "not valid JSON"),
         (
             json!({"token": t, "alrt": "typo"}).to_string().into_bytes(),
-            "unknown field: alrt",
+            "unknown field: \"alrt\"",
         ),
         (
             json!({"token": "xyz", "alert": "a"})
