@@ -73,6 +73,10 @@ pub struct SimArgs {
     /// Close connections idle (not even a PING) for this many seconds.
     #[arg(long)]
     pub idle_timeout_secs: Option<u64>,
+    /// Answer `ExpiredProviderToken` to provider tokens older than this many
+    /// seconds (Apple: 3600), to see the worker renew them.
+    #[arg(long, default_value_t = 3600)]
+    pub token_max_age_secs: u64,
     /// Certificate auth: require client certificates, and write one for the
     /// worker (client.pem, client.p12 with password "misiva") into this directory.
     #[arg(long)]

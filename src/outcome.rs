@@ -105,6 +105,20 @@ pub fn classify(answer: &ApnsAnswer) -> TokenOutcome {
     }
 }
 
+/// Whether an answer counts toward the app's circuit breaker: failures of the
+/// way to APNs or of the app's credentials, which every other token of the
+/// app would meet too. Answers about one device (`429 TooManyRequests`, a bad
+/// token, a permanent rejection) never pause the app's other tokens.
+pub fn counts_against_app(answer: &ApnsAnswer) -> bool {
+    match answer {
+        ApnsAnswer::Transport(_) => true,
+        ApnsAnswer::Status { code, reason, .. } => matches!(
+            (*code, reason.as_deref()),
+            (429, Some("TooManyProviderTokenUpdates")) | (403 | 500..=599, _)
+        ),
+    }
+}
+
 /// A token feedback event to publish (CONTRACT §3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Feedback {
@@ -378,6 +392,32 @@ mod tests {
                 reason: "Http413".into()
             }
         );
+    }
+
+    #[test]
+    fn only_app_wide_failures_count_toward_the_breaker() {
+        let table = [
+            (200, "", false),
+            (410, "Unregistered", false),
+            (400, "BadDeviceToken", false),
+            (400, "BadTopic", false),
+            (413, "PayloadTooLarge", false),
+            (429, "TooManyRequests", false),
+            (429, "", false),
+            (429, "TooManyProviderTokenUpdates", true),
+            (403, "InvalidProviderToken", true),
+            (403, "ExpiredProviderToken", true),
+            (500, "InternalServerError", true),
+            (503, "ServiceUnavailable", true),
+        ];
+        for (code, reason, counts) in table {
+            assert_eq!(
+                counts_against_app(&status(code, reason)),
+                counts,
+                "{code} {reason}"
+            );
+        }
+        assert!(counts_against_app(&ApnsAnswer::Transport("reset".into())));
     }
 
     #[test]

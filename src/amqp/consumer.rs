@@ -165,8 +165,6 @@ impl Consumer {
         delivery: Delivery,
         publisher: &SettlementChannel,
     ) -> Result<(), String> {
-        #[cfg(feature = "fault-hooks")]
-        fault_hooks::maybe_crash();
         let verdict = match self.remembered(&delivery) {
             Some(verdict) => verdict,
             None => self.decide(&delivery).await,
@@ -209,6 +207,8 @@ impl Consumer {
                 message_id,
             );
         }
+        #[cfg(feature = "fault-hooks")]
+        fault_hooks::maybe_crash(&delivery.data);
         let handled = std::panic::AssertUnwindSafe(async {
             #[cfg(feature = "fault-hooks")]
             fault_hooks::maybe_panic();
@@ -410,11 +410,18 @@ mod fault_hooks {
     }
 
     /// A bug in the consumer itself: panics outside any job's guard, which
-    /// crashes the consumer, `MISIVA_FAULT_CRASHES` times in all.
-    pub(super) fn maybe_crash() {
+    /// crashes the consumer, `MISIVA_FAULT_CRASHES` times in all, and on every
+    /// delivery whose body contains `MISIVA_FAULT_CRASH_ON` (a message that
+    /// kills its consumer each time, as a poison message does).
+    pub(super) fn maybe_crash(body: &[u8]) {
         static INJECTED: AtomicU32 = AtomicU32::new(0);
         if INJECTED.fetch_add(1, Ordering::Relaxed) < wanted("MISIVA_FAULT_CRASHES") {
             panic!("fault hook: injected consumer crash");
+        }
+        if let Ok(marker) = std::env::var("MISIVA_FAULT_CRASH_ON") {
+            if !marker.is_empty() && body.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+                panic!("fault hook: this message crashes its consumer");
+            }
         }
     }
 }

@@ -1,7 +1,10 @@
 //! The provider token of one signing key, shared by every request of the app:
-//! reused while it is young, renewed before APNs' 60-minute limit, and never
-//! renewed more often than once in 20 minutes (APNs answers
-//! `TooManyProviderTokenUpdates` to providers that do).
+//! reused while it is young and renewed before APNs' 60-minute limit; proactive
+//! renewals keep Apple's 20-minute floor (APNs answers
+//! `TooManyProviderTokenUpdates` to providers that renew more often). A token
+//! APNs rejects as expired is replaced at once whatever its age (CONTRACT §3):
+//! a clock that disagrees with Apple's must not stop an app for 20 minutes.
+//! Such reactive renewals are limited to one per key every 10 seconds.
 
 use crate::jwt::SigningKey;
 use std::sync::{Arc, Mutex};
@@ -11,10 +14,9 @@ use tokio::time::Instant;
 /// Age at which a token is replaced before use. APNs rejects tokens older than
 /// 60 minutes; 50 leaves room for clock skew and requests in flight.
 pub const RENEW_AFTER: Duration = Duration::from_secs(50 * 60);
-/// Youngest age at which a token may be replaced, even after a rejection.
-pub const MIN_LIFETIME: Duration = Duration::from_secs(20 * 60);
+/// Shortest interval between two renewals forced by `ExpiredProviderToken`.
+pub const REACTIVE_INTERVAL: Duration = Duration::from_secs(10);
 
-#[derive(Debug)]
 pub struct ProviderToken {
     key: SigningKey,
     key_id: String,
@@ -23,9 +25,21 @@ pub struct ProviderToken {
     /// A plain mutex: it is held only to read or swap the pair, and to sign once
     /// every 50 minutes.
     current: Mutex<Option<Issued>>,
+    /// When APNs' last `ExpiredProviderToken` forced a renewal.
+    last_reactive: Mutex<Option<Instant>>,
 }
 
-#[derive(Debug, Clone)]
+/// The token is a credential: never printed, even in debug output.
+impl std::fmt::Debug for ProviderToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderToken")
+            .field("key_id", &self.key_id)
+            .field("team_id", &self.team_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
 struct Issued {
     /// The full `authorization` header value, `bearer <jwt>`.
     header: Arc<str>,
@@ -39,6 +53,7 @@ impl ProviderToken {
             key_id,
             team_id,
             current: Mutex::new(None),
+            last_reactive: Mutex::new(None),
         }
     }
 
@@ -52,16 +67,23 @@ impl ProviderToken {
     }
 
     /// Called after APNs answered `ExpiredProviderToken` to a request sent with
-    /// `rejected`. Returns the header to retry with, or `None` when the token is
-    /// too young to be replaced (APNs would count it as a too-frequent update).
+    /// `rejected`. Returns the header to retry with: the token another request
+    /// already renewed, else a new one, unless a reactive renewal of this key
+    /// happened less than [`REACTIVE_INTERVAL`] ago (then `None`).
     pub fn renew_after_rejection(&self, rejected: &str) -> Option<Arc<str>> {
         let mut current = self.lock();
-        match &*current {
-            // Another request already renewed it: use the new one.
-            Some(issued) if &*issued.header != rejected => Some(issued.header.clone()),
-            Some(issued) if issued.at.elapsed() < MIN_LIFETIME => None,
-            _ => Some(self.issue(&mut current)),
+        if let Some(issued) = &*current {
+            if &*issued.header != rejected {
+                return Some(issued.header.clone());
+            }
         }
+        let mut last = self.last_reactive.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|at| at.elapsed() < REACTIVE_INTERVAL) {
+            return None;
+        }
+        *last = Some(Instant::now());
+        tracing::info!(key_id = %self.key_id, "APNs rejected the provider token as expired; renewing it now");
+        Some(self.issue(&mut current))
     }
 
     fn issue(&self, slot: &mut Option<Issued>) -> Arc<str> {
@@ -108,20 +130,30 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn rejection_renews_at_most_once_in_twenty_minutes() {
+    async fn a_rejected_token_is_replaced_at_once_at_most_every_ten_seconds() {
         let t = token();
         let first = t.header();
-        tokio::time::advance(Duration::from_secs(19 * 60)).await;
-        assert_eq!(
-            t.renew_after_rejection(&first),
-            None,
-            "too young to replace"
-        );
-        tokio::time::advance(Duration::from_secs(60)).await;
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // A one-second-old token, rejected as expired: replaced at once.
         let second = t.renew_after_rejection(&first).unwrap();
         assert_ne!(second, first);
-        // A second request rejected with the old token gets the new one, no re-sign.
+        // Another request rejected with the old token gets the new one, no re-sign.
         assert_eq!(t.renew_after_rejection(&first), Some(second.clone()));
+        // The new one rejected too, within ten seconds: no third token.
+        tokio::time::advance(REACTIVE_INTERVAL - Duration::from_millis(1)).await;
         assert_eq!(t.renew_after_rejection(&second), None);
+        assert_eq!(t.header(), second);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let third = t.renew_after_rejection(&second).unwrap();
+        assert_ne!(third, second);
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_token() {
+        let t = token();
+        let header = t.header();
+        let printed = format!("{t:?}");
+        assert!(!printed.contains(&header[7..]), "{printed}");
+        assert!(printed.contains("KEY"));
     }
 }

@@ -43,6 +43,40 @@ pub enum Pass {
     Probe,
 }
 
+/// Permission to send one request, to be answered with [`Ticket::record`].
+/// A probe's ticket dropped without a record (its task cancelled or
+/// panicking) counts as a failed probe: the breaker opens again and the next
+/// probe is scheduled, instead of every later request waiting for an answer
+/// that never comes.
+#[derive(Debug)]
+#[must_use = "record how the request ended"]
+pub struct Ticket<'a> {
+    breaker: &'a Breaker,
+    pass: Pass,
+    recorded: bool,
+}
+
+impl Ticket<'_> {
+    pub fn pass(&self) -> Pass {
+        self.pass
+    }
+
+    /// Records how the request ended: `failed` when it counts against the app.
+    pub fn record(mut self, failed: bool) {
+        self.recorded = true;
+        self.breaker.record(self.pass, failed);
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if !self.recorded && self.pass == Pass::Probe {
+            tracing::warn!(app = %self.breaker.app, "APNs probe abandoned before its answer; counted as failed");
+            self.breaker.record(Pass::Probe, true);
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Breaker {
     app: String,
@@ -71,7 +105,17 @@ impl Breaker {
     }
 
     /// Waits until a request may be sent.
-    pub async fn pass(&self) -> Pass {
+    pub async fn ticket(&self) -> Ticket<'_> {
+        let pass = self.pass().await;
+        Ticket {
+            breaker: self,
+            pass,
+            recorded: false,
+        }
+    }
+
+    /// Waits until a request may be sent; the caller must [`Breaker::record`].
+    async fn pass(&self) -> Pass {
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -102,7 +146,7 @@ impl Breaker {
     }
 
     /// Records how a request that was let through as `pass` ended.
-    pub fn record(&self, pass: Pass, transient: bool) {
+    fn record(&self, pass: Pass, transient: bool) {
         let mut state = self.lock();
         match (pass, *state) {
             (Pass::Probe, State::HalfOpen { pause }) => {
@@ -201,6 +245,40 @@ mod tests {
         let started = Instant::now();
         b.pass().await;
         assert_eq!(started.elapsed(), MAX_PAUSE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_probe_counts_as_failed_and_the_next_one_comes() {
+        let b = Arc::new(Breaker::new("app"));
+        for _ in 0..OPEN_AFTER {
+            b.record(Pass::Normal, true);
+        }
+        // The probe's task is cancelled while its request is out.
+        let probe = tokio::spawn({
+            let b = b.clone();
+            async move {
+                let ticket = b.ticket().await;
+                assert_eq!(ticket.pass(), Pass::Probe);
+                std::future::pending::<()>().await;
+                ticket.record(false);
+            }
+        });
+        tokio::time::sleep(FIRST_PAUSE * 2).await;
+        let waiter = tokio::spawn({
+            let b = b.clone();
+            async move { b.ticket().await.pass() }
+        });
+        tokio::task::yield_now().await;
+        probe.abort();
+        let _ = probe.await;
+        // Open again for twice the pause; then a new probe goes out.
+        let started = Instant::now();
+        assert_eq!(waiter.await.unwrap(), Pass::Probe);
+        assert_eq!(started.elapsed(), FIRST_PAUSE * 2);
+        let ticket = b.ticket().await;
+        assert_eq!(ticket.pass(), Pass::Probe);
+        ticket.record(false);
+        assert!(!b.is_open());
     }
 
     #[tokio::test(start_paused = true)]

@@ -9,7 +9,7 @@ mod pool;
 mod tls;
 
 pub use auth::ProviderToken;
-pub use breaker::{Breaker, Pass};
+pub use breaker::{Breaker, Pass, Ticket};
 pub use connection::{ConnectError, Connection, Exchange, State, Target};
 pub use pool::Pool;
 pub use tls::{ClientIdentity, TlsError, client_config};
@@ -228,15 +228,9 @@ impl ApnsClient {
         token: &DeviceToken,
         _slot: Slot,
     ) -> ApnsAnswer {
-        let pass = self.inner.breaker.pass().await;
+        let ticket = self.inner.breaker.ticket().await;
         let answer = self.send_now(job, token).await;
-        // Credentials refused on every request pause the app too: jobs wait for
-        // a fixed key instead of running out of attempts.
-        let transient = matches!(
-            classify(&answer),
-            TokenOutcome::Transient { .. } | TokenOutcome::Credentials { .. }
-        );
-        self.inner.breaker.record(pass, transient);
+        ticket.record(crate::outcome::counts_against_app(&answer));
         answer
     }
 

@@ -70,8 +70,10 @@ impl Pool {
         deadline: Duration,
     ) -> ApnsAnswer {
         let mut last = String::new();
-        // Every connection once, and one more for a connection that came back.
-        for _ in 0..=self.size {
+        // Every connection twice, and one more: under load, GOAWAYs on every
+        // connection at once are normal (APNs rotates them), and a request
+        // that met two of them was still never processed.
+        for _ in 0..=self.size * 2 {
             let receiver = match self.pool.get().await {
                 Ok(connection) => connection.submit(build(), deadline).await,
                 Err(e) => return ApnsAnswer::Transport(format!("APNs connection pool: {e}")),

@@ -42,6 +42,7 @@ async fn serve(args: SimArgs) -> anyhow::Result<()> {
         log_deliveries: args.show_deliveries,
         idle_timeout: args.idle_timeout_secs.map(Duration::from_secs),
         certificate_auth: args.cert_auth_dir.is_some(),
+        token_max_age: Duration::from_secs(args.token_max_age_secs),
     })
     .await?;
     std::fs::write(&args.ca_out, sim.ca_pem())?;

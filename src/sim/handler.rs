@@ -56,7 +56,6 @@ const PUSH_TYPES: [&str; 11] = [
 ];
 
 /// Apple refuses provider tokens older than an hour.
-const TOKEN_MAX_AGE: u64 = 3600;
 /// Apple refuses a new provider token on a connection within 20 minutes of the last.
 const TOKEN_MIN_INTERVAL: Duration = Duration::from_secs(20 * 60);
 
@@ -332,10 +331,18 @@ fn authenticate(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default();
-    if claims.iat + TOKEN_MAX_AGE < now {
-        return Err(reject(403, "ExpiredProviderToken"));
+    // Apple refuses tokens issued in the future; a little skew is tolerated.
+    if claims.iat > now.saturating_add(60) {
+        return Err(reject(403, "InvalidProviderToken"));
     }
     let mut verified = lock(&connection.verified);
+    if claims.iat.saturating_add(state.token_max_age.as_secs()) < now {
+        // The provider must replace it now: its next token is not counted as
+        // a too-frequent update.
+        *verified = None;
+        state.token_event(bearer, super::TokenEventKind::Expired);
+        return Err(reject(403, "ExpiredProviderToken"));
+    }
     match &*verified {
         Some((known, _)) if known == bearer => {}
         previous => {
@@ -351,6 +358,7 @@ fn authenticate(
                 return Err(reject(429, "TooManyProviderTokenUpdates"));
             }
             *verified = Some((bearer.to_owned(), Instant::now()));
+            state.token_event(bearer, super::TokenEventKind::Accepted);
         }
     }
     lock(&connection.key_ids).insert(jwt_header.kid.clone());

@@ -99,6 +99,27 @@ pub struct SimConfig {
     /// simulator's client CA (see [`Simulator::issue_client_certificate`]),
     /// and provider tokens are not required.
     pub certificate_auth: bool,
+    /// Age past which a provider token is answered `ExpiredProviderToken`
+    /// (Apple: one hour). Tests shorten it to make tokens expire while jobs flow.
+    pub token_max_age: Duration,
+}
+
+/// A provider-token event the simulator saw, for tests of renewal timing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenEvent {
+    /// Seconds since the simulator started.
+    pub at: Duration,
+    /// A hash of the bearer token (never the token itself).
+    pub token: u64,
+    pub kind: TokenEventKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenEventKind {
+    /// A token was verified and accepted on a connection for the first time.
+    Accepted,
+    /// A request was answered `ExpiredProviderToken`.
+    Expired,
 }
 
 impl Default for SimConfig {
@@ -113,6 +134,7 @@ impl Default for SimConfig {
             log_deliveries: false,
             idle_timeout: None,
             certificate_auth: false,
+            token_max_age: Duration::from_secs(3600),
         }
     }
 }
@@ -139,6 +161,9 @@ pub(crate) struct State {
     goaway_all: watch::Sender<u64>,
     idle_timeout: Option<Duration>,
     certificate_auth: bool,
+    token_max_age: Duration,
+    started: std::time::Instant,
+    token_events: Mutex<Vec<TokenEvent>>,
 }
 
 /// A running simulator. Dropping it stops accepting connections.
@@ -176,6 +201,9 @@ impl Simulator {
             goaway_all: watch::channel(0).0,
             idle_timeout: config.idle_timeout,
             certificate_auth: config.certificate_auth,
+            token_max_age: config.token_max_age,
+            started: std::time::Instant::now(),
+            token_events: Mutex::new(Vec::new()),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel();
         tokio::spawn(accept_loop(
@@ -234,6 +262,11 @@ impl Simulator {
     }
 
     /// Answers other than 200, by (status, reason).
+    /// Provider tokens accepted and rejected as expired, in order.
+    pub fn token_events(&self) -> Vec<TokenEvent> {
+        lock(&self.state.token_events).clone()
+    }
+
     pub fn rejected(&self) -> BTreeMap<(u16, String), u64> {
         lock(&self.state.rejected).clone()
     }
@@ -359,3 +392,22 @@ async fn accept_loop(
 
 type Body = Full<Bytes>;
 pub mod cli;
+
+impl State {
+    fn token_event(&self, bearer: &str, kind: TokenEventKind) {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        bearer.hash(&mut hasher);
+        let event = TokenEvent {
+            at: self.started.elapsed(),
+            token: hasher.finish(),
+            kind,
+        };
+        let mut events = lock(&self.token_events);
+        // Bounded: a long-running simulator keeps the most recent events only.
+        if events.len() >= 100_000 {
+            events.drain(..50_000);
+        }
+        events.push(event);
+    }
+}

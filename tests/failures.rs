@@ -1,0 +1,282 @@
+//! Failure paths of CONTRACT §3: a settlement that cannot be published, a
+//! message that kills its consumer on every delivery, provider tokens that
+//! APNs expires while jobs flow.
+
+mod support;
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
+use lapin::types::FieldTable;
+use misiva::sim::{SimConfig, TokenEventKind};
+use serde_json::json;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+use support::{
+    SimFixture, Worker, broker, drain, publish, ready_now, special_token, token, unique_queue,
+    wait_for,
+};
+
+fn accepted_per_token(sim: &SimFixture) -> HashMap<String, u32> {
+    let mut counts = HashMap::new();
+    for a in sim.sim.accepted() {
+        *counts.entry(a.token).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// The feedback exchange disappears while jobs that need feedback flow. No
+/// token is sent twice: the settlement's publishes are retried with pauses,
+/// the jobs go back to the queue only after those, and their redeliveries
+/// are settled with the verdict already reached, without a second push.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_settlement_never_sends_a_token_twice() {
+    let sim = SimFixture::start(Default::default()).await;
+    let queue = unique_queue("settle");
+    let mut worker = Worker::start(&sim, &queue, &[]);
+    worker.ready().await;
+    let conn = broker().connect().await;
+    let feedback = format!("{queue}.feedback");
+    let admin = conn.create_channel().await.unwrap();
+    admin
+        .exchange_delete(feedback.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let outage = Instant::now();
+
+    // Half the jobs need a feedback event (410), half are plain deliveries.
+    let mut bodies = Vec::new();
+    let mut gone = HashSet::new();
+    for i in 0..40u64 {
+        let dead = special_token("ffff0410", i);
+        gone.insert(dead.clone());
+        bodies.push(
+            json!({"id": format!("gone-{i}"), "token": dead})
+                .to_string()
+                .into_bytes(),
+        );
+        bodies.push(
+            json!({"id": format!("ok-{i}"), "token": token(i)})
+                .to_string()
+                .into_bytes(),
+        );
+    }
+    publish(&conn, &queue, &bodies).await;
+
+    // Keep the exchange away past the settlement's own retries (about 11 s),
+    // so that jobs go back to the queue and come again.
+    wait_for(
+        Duration::from_secs(30),
+        "a job returned to the queue",
+        || {
+            !worker
+                .log_lines("settlement failed; returning the job")
+                .is_empty()
+        },
+    )
+    .await;
+    let first_requeue = outage.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    admin
+        .exchange_declare(
+            feedback.as_str().into(),
+            lapin::ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    admin
+        .queue_bind(
+            feedback.as_str().into(),
+            feedback.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ready_now(&conn, &feedback).await < 40 {
+        assert!(
+            Instant::now() < deadline,
+            "feedback:\n{}",
+            worker.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for(Duration::from_secs(30), "the work queue to settle", || {
+        broker().counts(&queue) == Some((0, 0))
+    })
+    .await;
+
+    let sent = sim.sim.requests_by_token();
+    for i in 0..40u64 {
+        assert_eq!(sent.get(&token(i)).copied(), Some(1), "ok-{i}");
+        let dead = special_token("ffff0410", i);
+        assert_eq!(sent.get(&dead).copied(), Some(1), "gone-{i} sent again");
+    }
+    let events = drain(&conn, &feedback).await;
+    let tokens: HashSet<String> = events
+        .iter()
+        .map(|m| {
+            serde_json::from_slice::<serde_json::Value>(&m.delivery.data).unwrap()["token"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(tokens, gone);
+    let requeued = worker
+        .log_lines("settlement failed; returning the job")
+        .len();
+    let retried = worker
+        .log_lines("settlement publish failed; trying again")
+        .len();
+    println!(
+        "broken settlement: first requeue after {first_requeue:?}, {requeued} requeues, {retried} publish retries, {} feedback events",
+        events.len()
+    );
+    // Back to the queue only after the pauses (100 ms doubling to 5 s, 8 tries).
+    assert!(first_requeue >= Duration::from_secs(8), "{first_requeue:?}");
+    assert!((1..=2 * 40).contains(&requeued), "{requeued} requeues");
+    assert!(
+        worker.log_lines("restarting").is_empty(),
+        "{}",
+        worker.log_text()
+    );
+    assert!(worker.terminate().await.success());
+}
+
+/// A message that kills its consumer on every delivery is parked as poison
+/// once the broker's delivery count reaches MISIVA_MAX_DELIVERIES, and the
+/// jobs around it are delivered.
+#[cfg(feature = "fault-hooks")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_kills_its_consumer_is_parked_as_poison() {
+    let sim = SimFixture::start(Default::default()).await;
+    let queue = unique_queue("poison");
+    let mut worker = Worker::start(
+        &sim,
+        &queue,
+        &[
+            ("MISIVA_FAULT_CRASH_ON", "kills-its-consumer"),
+            ("MISIVA_MAX_DELIVERIES", "3"),
+            ("MISIVA_CONSUMERS", "1"),
+            // Every unacked delivery of a crashing channel is returned and
+            // counted; one at a time, the poison's neighbours are not.
+            ("MISIVA_PREFETCH", "1"),
+        ],
+    );
+    worker.ready().await;
+    let conn = broker().connect().await;
+    let poison_token = token(999);
+    let mut bodies = vec![
+        json!({"id": "kills-its-consumer", "token": poison_token, "alert": "x"})
+            .to_string()
+            .into_bytes(),
+    ];
+    for i in 0..20u64 {
+        bodies.push(
+            json!({"token": token(i), "alert": "x"})
+                .to_string()
+                .into_bytes(),
+        );
+    }
+    publish(&conn, &queue, &bodies).await;
+    let dead_queue = format!("{queue}.dead");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ready_now(&conn, &dead_queue).await < 1 {
+        assert!(Instant::now() < deadline, "{}", worker.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for(Duration::from_secs(30), "the normal jobs", || {
+        sim.sim.accepted_count() >= 20
+    })
+    .await;
+    let dead = drain(&conn, &dead_queue).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        support::header(&dead[0], "x-misiva-reason").as_deref(),
+        Some("poison"),
+        "{:?}\n{}",
+        dead[0].delivery.properties.headers(),
+        worker.log_text()
+    );
+    let detail = support::header(&dead[0], "x-misiva-detail").unwrap();
+    assert!(detail.contains("4 times"), "{detail}");
+    assert_eq!(sim.sim.requests_by_token().get(&poison_token), None);
+    assert_eq!(accepted_per_token(&sim).len(), 20);
+    let crashes = worker.log_lines("child ended; restarting").len();
+    println!("poison: parked after {crashes} consumer crashes");
+    // Delivered three times (each killing its consumer), parked on the fourth.
+    assert_eq!(crashes, 3, "{}", worker.log_text());
+    assert!(worker.running(), "{}", worker.log_text());
+    assert!(worker.terminate().await.success());
+}
+
+/// APNs expires provider tokens after 11 s here (an hour in production):
+/// each rejected token is replaced at once, the rejected notifications are
+/// sent again with the new one, and every job is delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_tokens_expired_by_apns_are_renewed_at_once() {
+    let sim = SimFixture::start(SimConfig {
+        token_max_age: Duration::from_secs(11),
+        ..Default::default()
+    })
+    .await;
+    let queue = unique_queue("expiry");
+    let mut worker = Worker::start(&sim, &queue, &[]);
+    worker.ready().await;
+    let conn = broker().connect().await;
+    let rounds = 120u64;
+    for round in 0..rounds {
+        let bodies: Vec<Vec<u8>> = (0..10)
+            .map(|k| {
+                json!({"token": token(round * 10 + k), "alert": "x"})
+                    .to_string()
+                    .into_bytes()
+            })
+            .collect();
+        publish(&conn, &queue, &bodies).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let total = (rounds * 10) as usize;
+    wait_for(Duration::from_secs(60), "every job", || {
+        accepted_per_token(&sim).len() == total
+    })
+    .await;
+    assert!(accepted_per_token(&sim).values().all(|n| *n == 1));
+
+    // For every token APNs refused as expired, the first acceptance of a
+    // newer one followed within a second.
+    let events = sim.sim.token_events();
+    let mut first_expired: Vec<(u64, Duration)> = Vec::new();
+    for e in &events {
+        if e.kind == TokenEventKind::Expired && !first_expired.iter().any(|(t, _)| *t == e.token) {
+            first_expired.push((e.token, e.at));
+        }
+    }
+    assert!(
+        first_expired.len() >= 2,
+        "expected at least two expiries in {:?}",
+        events.len()
+    );
+    for (expired, at) in &first_expired {
+        let renewed = events
+            .iter()
+            .find(|e| e.kind == TokenEventKind::Accepted && e.token != *expired && e.at >= *at)
+            .unwrap_or_else(|| panic!("no token accepted after the expiry at {at:?}"));
+        let delay = renewed.at - *at;
+        println!("token expired at {at:?}, a new one accepted {delay:?} later");
+        assert!(delay < Duration::from_secs(1), "renewal took {delay:?}");
+    }
+    assert!(
+        worker.log_lines("scheduled for retry").is_empty(),
+        "a renewal should not need a retry tier:\n{}",
+        worker.log_text()
+    );
+    assert!(worker.terminate().await.success());
+}
