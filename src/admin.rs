@@ -11,6 +11,7 @@ use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// What readiness is computed from; the supervision tree updates it.
@@ -68,28 +69,54 @@ impl Drop for ConsumingGuard {
     }
 }
 
+/// Connections served at once; more wait in the listen backlog. Probes and
+/// scrapes need a handful.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time a client has to send its request headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a connection may stay open at all: the admin endpoint answers in
+/// microseconds, so anything longer is a stuck or hostile client.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
+
 /// Binds the admin address (an error here is a configuration error) and serves
-/// until the process ends.
+/// until the process ends. The endpoint shares the process with the worker,
+/// so it is bounded: slow or idle clients are cut off, connections are
+/// capped, and an accept error (out of file descriptors) pauses the loop
+/// instead of spinning it.
 pub async fn serve(addr: &str, readiness: Arc<Readiness>) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, "admin endpoint listening");
+    let places = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
+            let Ok(place) = places.clone().acquire_owned().await else {
+                return;
+            };
+            let tcp = match listener.accept().await {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin endpoint: accept failed; pausing");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let readiness = readiness.clone();
             tokio::spawn(async move {
+                let _place = place;
                 let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
                     let readiness = readiness.clone();
                     async move {
                         Ok::<_, std::convert::Infallible>(answer(request.uri().path(), &readiness))
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .max_buf_size(16 * 1024)
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(tcp), service);
+                let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
             });
         }
     });
@@ -111,6 +138,46 @@ fn answer(path: &str, readiness: &Readiness) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Idle and slow clients are cut off, and while the endpoint is full of
+    /// them a probe still gets through once one is cut off.
+    #[tokio::test]
+    async fn slow_and_idle_clients_are_cut_off() {
+        let readiness = Readiness::new(1);
+        let addr = serve("127.0.0.1:0", readiness).await.unwrap();
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            // Half a request line, then nothing (slowloris).
+            tcp.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+            idle.push(tcp);
+        }
+        let started = std::time::Instant::now();
+        let mut probe = tokio::net::TcpStream::connect(addr).await.unwrap();
+        probe
+            .write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(15), probe.read_to_string(&mut answer))
+            .await
+            .expect("the probe was answered")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+        let waited = started.elapsed();
+        assert!(
+            waited >= HEADER_READ_TIMEOUT - Duration::from_millis(500),
+            "{waited:?}"
+        );
+        // Every slow client was disconnected.
+        for mut tcp in idle {
+            let mut buf = Vec::new();
+            let read =
+                tokio::time::timeout(Duration::from_secs(1), tcp.read_to_end(&mut buf)).await;
+            assert!(read.is_ok(), "a slow client is still connected");
+        }
+    }
 
     #[test]
     fn ready_only_when_connected_consuming_and_not_stopping() {

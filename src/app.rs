@@ -117,10 +117,11 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         tiers: config.retry_delays.len(),
         max_attempts: config.max_attempts,
     };
+    let max_hold = config.max_hold;
     let parts = Parts {
         config: Arc::new(config),
         topology,
-        dispatcher: Arc::new(Dispatcher::new(apns, policy)),
+        dispatcher: Arc::new(Dispatcher::new(apns, policy, max_hold)),
         counters: Arc::new(amqp::Counters::default()),
         unsettled: Arc::new(amqp::Unsettled::default()),
         first_connection: Arc::new(std::sync::Mutex::new(Some(first))),

@@ -94,13 +94,48 @@ impl Endpoint {
         if host.is_empty() || host.contains('/') {
             return Err("expected https://host:port without a path".into());
         }
-        Ok(Endpoint::Custom {
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
+        let bracketed = host.starts_with('[') && host.ends_with(']');
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        // The host must work both as a TLS server name and inside a request
+        // URI; checked here, so that no request can fail to build later.
+        if rustls::pki_types::ServerName::try_from(host).is_err() {
+            return Err(format!(
+                "{} is not a valid host name or IP address",
+                crate::bounded::quote(host)
+            ));
+        }
+        if host.contains(':') && !bracketed {
+            return Err("an IPv6 address must be written in brackets: https://[::1]:443".into());
+        }
+        let endpoint = Endpoint::Custom {
+            host: host.to_owned(),
             port,
-        })
+        };
+        if endpoint
+            .authority()
+            .parse::<http::uri::Authority>()
+            .is_err()
+        {
+            return Err(format!(
+                "{} cannot be used in a request URI",
+                crate::bounded::quote(host)
+            ));
+        }
+        Ok(endpoint)
+    }
+
+    /// `host:port` as a request URI carries it (IPv6 addresses in brackets).
+    pub fn authority(&self) -> String {
+        let host = self.host();
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_owned()
+        };
+        match self.port() {
+            443 => host,
+            port => format!("{host}:{port}"),
+        }
     }
 
     pub fn host(&self) -> &str {
@@ -171,6 +206,9 @@ pub struct Config {
     /// Deliveries of one message by the broker (redeliveries included) before
     /// it is dead-lettered as `poison` without being dispatched again.
     pub max_deliveries: u32,
+    /// Longest a delivery waits for APNs (an open breaker) before its tokens
+    /// go to a retry tier; below RabbitMQ's `consumer_timeout`.
+    pub max_hold: Duration,
     /// Restarts the broker-facing supervisors allow within a period before
     /// they give up (and, at the top, the process exits non-zero).
     pub restart_intensity: (u32, Duration),
@@ -201,6 +239,7 @@ struct FileConfig {
     retry_delays: Option<Vec<String>>,
     max_attempts: Option<u32>,
     max_deliveries: Option<u32>,
+    max_hold: Option<String>,
     restart_intensity: Option<String>,
     #[serde(default)]
     apps: BTreeMap<String, FileApp>,
@@ -241,7 +280,7 @@ impl Config {
                 })?;
                 toml::from_str(&text).map_err(|e| ConfigError::Parse {
                     path: path.clone(),
-                    message: e.to_string(),
+                    message: describe_toml_error(&text, &e),
                 })?
             }
             None => FileConfig::default(),
@@ -336,6 +375,45 @@ impl Config {
             ));
         }
 
+        let shutdown_grace =
+            number("MISIVA_SHUTDOWN_GRACE", file.shutdown_grace_secs)?.unwrap_or(20);
+        if shutdown_grace > 3600 {
+            return Err(invalid(
+                "MISIVA_SHUTDOWN_GRACE",
+                shutdown_grace.to_string(),
+                "expected 0 to 3600 seconds",
+            ));
+        }
+        let shutdown_grace = Duration::from_secs(shutdown_grace);
+        // Names go into AMQP short strings (255 bytes); retry tiers append
+        // ".retry.<delay>" to the work queue's name.
+        for (name, value, limit) in [
+            ("MISIVA_QUEUE", &queue, 230),
+            ("dead_letter_queue", &dead_letter_queue, 255),
+            ("feedback_exchange", &feedback_exchange, 255),
+            ("feedback_queue", &feedback_queue, 255),
+        ] {
+            if value.is_empty() || value.len() > limit || value.starts_with("amq.") {
+                return Err(invalid(
+                    name,
+                    crate::bounded::cut(value, 64),
+                    format!("expected 1 to {limit} bytes, not starting with amq."),
+                ));
+            }
+        }
+        let max_hold = match var("MISIVA_MAX_HOLD").or(file.max_hold) {
+            None => Duration::from_secs(600),
+            Some(raw) => match parse_duration(&raw) {
+                Some(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(25 * 60) => d,
+                _ => {
+                    return Err(invalid(
+                        "MISIVA_MAX_HOLD",
+                        crate::bounded::cut(&raw, 32),
+                        "expected a duration from 1s to 25m (RabbitMQ's consumer_timeout is 30m)",
+                    ));
+                }
+            },
+        };
         let max_deliveries =
             number("MISIVA_MAX_DELIVERIES", file.max_deliveries.map(u64::from))?.unwrap_or(10);
         if !(1..u64::from(crate::amqp::BROKER_DELIVERY_LIMIT)).contains(&max_deliveries) {
@@ -425,15 +503,44 @@ impl Config {
                 .or(file.log)
                 .unwrap_or_else(|| "info".into()),
             log_format,
-            shutdown_grace: Duration::from_secs(
-                number("MISIVA_SHUTDOWN_GRACE", file.shutdown_grace_secs)?.unwrap_or(20),
-            ),
+            shutdown_grace,
             retry_delays,
             max_attempts: max_attempts as u32,
             max_deliveries: max_deliveries as u32,
+            max_hold,
             restart_intensity,
         })
     }
+}
+
+/// A TOML error without the offending text: toml's own message quotes the
+/// whole line, and serde's quotes the value, which may be a password or an
+/// AMQP URL. What is left: where, which key, and what was expected.
+fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let mut out = String::new();
+    if let Some(span) = error.span() {
+        let before = &text.as_bytes()[..span.start.min(text.len())];
+        let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+        let column = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+        out.push_str(&format!("line {line}, column {column}: "));
+        let line_text = text.lines().nth(line - 1).unwrap_or_default();
+        if let Some((key, _)) = line_text.split_once('=') {
+            let key = key.trim();
+            if !key.is_empty() && key.len() <= 64 && !key.contains(['"', '\'']) {
+                out.push_str(&format!("key `{key}`: "));
+            }
+        }
+    }
+    let message = error.message();
+    let message = match message.split_once(", expected") {
+        // serde: "invalid type: string \"hunter2\", expected u64".
+        Some((_, expected)) if message.starts_with("invalid") => {
+            format!("wrong type or value; expected{expected}")
+        }
+        _ => message.lines().next().unwrap_or_default().to_owned(),
+    };
+    out.push_str(crate::bounded::cut(&message, 300));
+    out
 }
 
 /// Default retry tiers, in seconds: 1s, 5s, 30s, 2m, 10m.
@@ -448,8 +555,8 @@ pub fn parse_duration(raw: &str) -> Option<Duration> {
     match unit {
         "ms" => Some(Duration::from_millis(n)),
         "s" => Some(Duration::from_secs(n)),
-        "m" => Some(Duration::from_secs(n * 60)),
-        "h" => Some(Duration::from_secs(n * 3600)),
+        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
+        "h" => Some(Duration::from_secs(n.checked_mul(3600)?)),
         _ => None,
     }
 }
@@ -535,17 +642,92 @@ fn app_config(name: &str, raw: FileApp) -> Result<AppConfig, ConfigError> {
         auth,
         topic: raw.topic,
         connections,
-        request_timeout: raw
-            .request_timeout_ms
-            .map(Duration::from_millis)
-            .unwrap_or(DEFAULT_REQUEST_TIMEOUT),
-        keepalive: Duration::from_secs(raw.keepalive_secs.unwrap_or(60).max(1)),
+        request_timeout: match raw.request_timeout_ms {
+            None => DEFAULT_REQUEST_TIMEOUT,
+            Some(ms @ 100..=600_000) => Duration::from_millis(ms),
+            Some(ms) => {
+                return Err(app_err(format!(
+                    "request_timeout_ms is {ms}; expected 100 to 600000"
+                )));
+            }
+        },
+        keepalive: Duration::from_secs(raw.keepalive_secs.unwrap_or(60).clamp(1, 86_400)),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn toml_errors_never_echo_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            "cert_pasword = \"hunter2\"\n",
+            "[apps.a]\ncert_password = 12345\n",
+            "amqp_url = \"amqp://u:hunter2@h\n",
+            "amqp_url = 'amqp://u:hunter2@h' x\n",
+            "consumers = \"hunter2\"\n",
+        ];
+        for (i, text) in cases.iter().enumerate() {
+            let path = dir.path().join(format!("c{i}.toml"));
+            std::fs::write(&path, text).unwrap();
+            let error = Config::load(Some(path)).unwrap_err().to_string();
+            assert!(
+                !error.contains("hunter2") && !error.contains("12345"),
+                "{text:?} gave {error}"
+            );
+            assert!(error.contains("line "), "{error}");
+        }
+    }
+
+    #[test]
+    fn endpoints_are_checked_at_load() {
+        let good = [
+            ("https://127.0.0.1:2197", "127.0.0.1:2197"),
+            ("https://[::1]:2197", "[::1]:2197"),
+            ("https://sim.example.com", "sim.example.com"),
+            ("https://localhost:8443/", "localhost:8443"),
+        ];
+        for (raw, authority) in good {
+            assert_eq!(
+                Endpoint::parse(raw).unwrap().authority(),
+                authority,
+                "{raw}"
+            );
+        }
+        for bad in [
+            "https://::1:2197",
+            "https://ho st:1",
+            "https://{x}:1",
+            "https://a..b:1",
+            "https://:1",
+            "https://h:99999",
+            "http://h:1",
+            "https://h/path",
+        ] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad} passed");
+        }
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_configuration_errors() {
+        assert_eq!(parse_duration("999999999999999999h"), None);
+        for (name, value) in [
+            ("MISIVA_SHUTDOWN_GRACE", "99999999999"),
+            ("MISIVA_MAX_DELIVERIES", "20"),
+            ("MISIVA_MAX_DELIVERIES", "0"),
+            ("MISIVA_QUEUE", &"q".repeat(231)),
+            ("MISIVA_QUEUE", "amq.jobs"),
+        ] {
+            let mut pairs = TOKEN_AUTH.to_vec();
+            pairs.push((name, value));
+            assert!(
+                Config::from_env_map(&env(&pairs)).is_err(),
+                "{name}={value} passed"
+            );
+        }
+    }
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs

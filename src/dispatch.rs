@@ -38,11 +38,20 @@ pub struct Verdict {
 pub struct Dispatcher {
     apns: Apns,
     policy: RetryPolicy,
+    /// Longest a job's tokens may wait for a place or for the app's breaker.
+    max_hold: std::time::Duration,
 }
 
 impl Dispatcher {
-    pub fn new(apns: Apns, policy: RetryPolicy) -> Self {
-        Dispatcher { apns, policy }
+    /// `max_hold` must stay under the broker's `consumer_timeout` (30 minutes
+    /// by default): a delivery held longer makes the broker close the channel
+    /// and redeliver everything on it, which counts toward the poison limit.
+    pub fn new(apns: Apns, policy: RetryPolicy, max_hold: std::time::Duration) -> Self {
+        Dispatcher {
+            apns,
+            policy,
+            max_hold,
+        }
     }
 
     pub async fn handle(&self, inbound: Inbound<'_>) -> Verdict {
@@ -78,19 +87,37 @@ impl Dispatcher {
         // Owned parts per request: the futures run inside a spawned task, where
         // borrowed closures hit the compiler's higher-ranked lifetime limits.
         let request = Arc::new(JobRequest::new(&job, client.default_topic()));
+        // Past this instant no token of the job waits any longer: the ones
+        // still waiting (an open breaker, a saturated app) go to a retry tier.
+        let deadline = tokio::time::Instant::now() + self.max_hold;
+        let held = |token| {
+            let answer = crate::outcome::ApnsAnswer::Transport(format!(
+                "held {:?} waiting for APNs to accept requests; moved to a retry tier",
+                self.max_hold
+            ));
+            (token, classify(&answer))
+        };
         let outcomes: Vec<_> = futures_util::stream::iter(job.tokens.clone())
             // Reserve the app-wide place first, so that a job only builds a
             // request's future once it may run (bounded memory in big fan-outs).
             .then(|token| {
                 let client = client.clone();
-                async move { (client.reserve().await, token) }
+                async move {
+                    let slot = tokio::time::timeout_at(deadline, client.reserve()).await;
+                    (slot.ok(), token)
+                }
             })
             .map(|(slot, token)| {
                 let request = request.clone();
                 let client = client.clone();
                 async move {
-                    let answer = client.send_reserved(&request, &token, slot).await;
-                    (token, classify(&answer))
+                    let Some(slot) = slot else {
+                        return held(token);
+                    };
+                    match client.send_reserved(&request, &token, slot, deadline).await {
+                        Some(answer) => (token, classify(&answer)),
+                        None => held(token),
+                    }
                 }
             })
             .buffer_unordered(FANOUT_CONCURRENCY)

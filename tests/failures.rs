@@ -280,3 +280,62 @@ async fn provider_tokens_expired_by_apns_are_renewed_at_once() {
     );
     assert!(worker.terminate().await.success());
 }
+
+/// While APNs fails everything, the app's breaker holds deliveries; none is
+/// held past MISIVA_MAX_HOLD (so never near the broker's consumer_timeout):
+/// the held tokens go to a retry tier, and everything is delivered once APNs
+/// is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_held_by_an_open_breaker_move_to_a_retry_tier() {
+    let sim = SimFixture::start(SimConfig {
+        faults: misiva::sim::Faults {
+            error_rate: 1.0,
+            error_status: 503,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let queue = unique_queue("hold");
+    let mut worker = Worker::start(
+        &sim,
+        &queue,
+        &[
+            ("MISIVA_MAX_HOLD", "2s"),
+            ("MISIVA_RETRY_DELAYS", "1s"),
+            ("MISIVA_MAX_ATTEMPTS", "100"),
+        ],
+    );
+    worker.ready().await;
+    let conn = broker().connect().await;
+    let bodies: Vec<Vec<u8>> = (0..60u64)
+        .map(|i| {
+            json!({"token": token(i), "alert": "x"})
+                .to_string()
+                .into_bytes()
+        })
+        .collect();
+    publish(&conn, &queue, &bodies).await;
+    wait_for(
+        Duration::from_secs(20),
+        "held jobs moved to a retry tier",
+        || {
+            worker
+                .log_lines("scheduled for retry")
+                .iter()
+                .any(|l| l.contains("held 2s"))
+        },
+    )
+    .await;
+    sim.sim.set_faults(Default::default());
+    wait_for(Duration::from_secs(60), "every job", || {
+        accepted_per_token(&sim).len() == 60
+    })
+    .await;
+    wait_for(Duration::from_secs(30), "the work queue to settle", || {
+        broker().counts(&queue) == Some((0, 0))
+    })
+    .await;
+    assert!(accepted_per_token(&sim).values().all(|n| *n == 1));
+    assert!(worker.terminate().await.success());
+}

@@ -170,11 +170,7 @@ impl ApnsClient {
             tls,
             keepalive: config.keepalive,
         };
-        let base = if target.port == 443 {
-            format!("https://{}", target.host)
-        } else {
-            format!("https://{}:{}", target.host, target.port)
-        };
+        let base = format!("https://{}", config.endpoint.authority());
         Ok(ApnsClient {
             inner: Arc::new(ClientInner {
                 pool: Pool::new(target.clone(), config.connections).await,
@@ -204,7 +200,11 @@ impl ApnsClient {
     /// breaker lets it through.
     pub async fn send(&self, job: &JobRequest, token: &DeviceToken) -> ApnsAnswer {
         let slot = self.reserve().await;
-        self.send_reserved(job, token, slot).await
+        let forever = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+        match self.send_reserved(job, token, slot, forever).await {
+            Some(answer) => answer,
+            None => ApnsAnswer::Transport("held past its deadline".into()),
+        }
     }
 
     /// Waits for a place among the app's requests in flight. Reserve before
@@ -222,16 +222,21 @@ impl ApnsClient {
     }
 
     /// Sends with a place already reserved; the place is freed when it returns.
+    /// `None` when the app's breaker held the request past `deadline`: it was
+    /// never sent. Only the wait is bounded; a request once sent is answered.
     pub async fn send_reserved(
         &self,
         job: &JobRequest,
         token: &DeviceToken,
         _slot: Slot,
-    ) -> ApnsAnswer {
-        let ticket = self.inner.breaker.ticket().await;
+        deadline: tokio::time::Instant,
+    ) -> Option<ApnsAnswer> {
+        let ticket = tokio::time::timeout_at(deadline, self.inner.breaker.ticket())
+            .await
+            .ok()?;
         let answer = self.send_now(job, token).await;
         ticket.record(crate::outcome::counts_against_app(&answer));
-        answer
+        Some(answer)
     }
 
     /// An `ExpiredProviderToken` answer renews the token and retries once, at
