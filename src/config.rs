@@ -98,7 +98,7 @@ impl Endpoint {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         // The host must work both as a TLS server name and inside a request
         // URI; checked here, so that no request can fail to build later.
-        if rustls::pki_types::ServerName::try_from(host).is_err() {
+        if !valid_host(host) {
             return Err(format!(
                 "{} is not a valid host name or IP address",
                 crate::bounded::quote(host)
@@ -511,6 +511,24 @@ impl Config {
             restart_intensity,
         })
     }
+}
+
+/// A DNS name (labels of letters, digits and inner hyphens, 253 bytes at
+/// most) or an IP address: what TLS can verify and a URI can carry.
+fn valid_host(host: &str) -> bool {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    let name = host.strip_suffix('.').unwrap_or(host);
+    !name.is_empty() && name.len() <= 253 && name.split('.').all(label_ok)
 }
 
 /// A TOML error without the offending text: toml's own message quotes the

@@ -9,8 +9,8 @@ use ring::signature::{
     ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair,
     UnparsedPublicKey,
 };
-use rustls::pki_types::PrivatePkcs8KeyDer;
-use rustls::pki_types::pem::PemObject;
+use rustls_pki_types::PrivatePkcs8KeyDer;
+use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +141,7 @@ pub fn public_key_from_pem(label: &str, pem: &[u8]) -> Result<Vec<u8>, KeyError>
     if let Ok(key) = SigningKey::from_pem(label, pem) {
         return Ok(key.public_key());
     }
-    let der = rustls::pki_types::SubjectPublicKeyInfoDer::from_pem_slice(pem)
+    let der = rustls_pki_types::SubjectPublicKeyInfoDer::from_pem_slice(pem)
         .map_err(|_| KeyError::NotPem(label.to_owned()))?;
     // A P-256 SubjectPublicKeyInfo is a fixed 26-byte prefix and the 65-byte point.
     const P256_SPKI_PREFIX: [u8; 26] = [

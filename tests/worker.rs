@@ -352,6 +352,52 @@ async fn topology_declares_idempotently_and_names_a_conflicting_argument() {
         );
     }
 
+    // The work queue carries the broker's own safety net.
+    let arguments = broker().ctl(&["list_queues", "name", "arguments"]);
+    let line = arguments
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(fresh.as_str()))
+        .unwrap_or_default();
+    for wanted in [
+        "x-delivery-limit",
+        "x-dead-letter-strategy",
+        "at-least-once",
+        "reject-publish",
+        &format!("{fresh}.dead"),
+    ] {
+        assert!(line.contains(wanted), "{wanted} missing: {line}");
+    }
+
+    // A work queue an earlier version declared (quorum, no safety net) keeps
+    // working, with a warning that says how to migrate.
+    let old = unique_queue("old");
+    let mut quorum = lapin::types::FieldTable::default();
+    quorum.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .queue_declare(
+            old.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            quorum,
+        )
+        .await
+        .unwrap();
+    let out = run_topology(&old);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&old)
+            && stderr.contains("x-delivery-limit")
+            && stderr.contains("docs/operations.md"),
+        "{stderr}"
+    );
+
     // A classic queue already holds the name: the error says which queue and which argument.
     let taken = unique_queue("conflict");
     let channel = conn.create_channel().await.unwrap();

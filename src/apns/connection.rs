@@ -310,14 +310,18 @@ async fn exchange(
             }
         };
         let status = response.status().as_u16();
-        let body = response
-            .into_body()
+        // APNs' error bodies are a few dozen bytes; anything past the limit is
+        // not APNs, and is not kept in memory.
+        let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES)
             .collect()
             .await
             .map_err(|e| {
+                let detail = match e.downcast_ref::<hyper::Error>() {
+                    Some(e) => describe(e),
+                    None => e.to_string(),
+                };
                 Exchange::Answered(ApnsAnswer::Transport(format!(
-                    "APNs answer cut off: {}",
-                    describe(&e)
+                    "APNs answer cut off: {detail}"
                 )))
             })?
             .to_bytes();
@@ -357,6 +361,16 @@ fn describe(error: &hyper::Error) -> String {
     }
 }
 
+/// Most bytes of an APNs answer body read.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// Whether `reason` looks like one of Apple's reason codes. Anything else (an
+/// endpoint that is not APNs, a proxy's page) is treated as no reason: it
+/// would otherwise travel into routing keys, headers and logs.
+fn plausible_reason(reason: &str) -> bool {
+    (1..=64).contains(&reason.len()) && reason.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 /// Reads APNs' error body `{"reason": "...", "timestamp": ms}`, if any.
 pub(crate) fn answer_from(code: u16, body: &[u8]) -> ApnsAnswer {
     #[derive(serde::Deserialize)]
@@ -368,6 +382,7 @@ pub(crate) fn answer_from(code: u16, body: &[u8]) -> ApnsAnswer {
         .then(|| serde_json::from_slice(body).ok())
         .flatten();
     let (reason, timestamp_ms) = parsed.map_or((None, None), |b| (b.reason, b.timestamp));
+    let reason = reason.filter(|r| plausible_reason(r));
     ApnsAnswer::Status {
         code,
         reason,
@@ -400,6 +415,48 @@ mod tests {
                 timestamp_ms: None
             }
         );
+    }
+
+    #[test]
+    fn implausible_reasons_are_dropped() {
+        let long = format!(r#"{{"reason":"{}"}}"#, "A".repeat(300));
+        for body in [
+            long.as_str(),
+            r#"{"reason":"Bad.Topic"}"#,
+            r#"{"reason":"a b"}"#,
+            r#"{"reason":""}"#,
+            r#"{"reason":"é"}"#,
+        ] {
+            assert_eq!(
+                answer_from(410, body.as_bytes()),
+                ApnsAnswer::Status {
+                    code: 410,
+                    reason: None,
+                    timestamp_ms: None
+                },
+                "{body}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        /// Any body, any status: never a panic, and a reason only when it is
+        /// a short alphanumeric code.
+        #[test]
+        fn any_answer_is_read_safely(code in 0u16..1000, body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            if let ApnsAnswer::Status { reason: Some(r), .. } = answer_from(code, &body) {
+                proptest::prop_assert!(plausible_reason(&r));
+            }
+        }
+
+        #[test]
+        fn json_answers_keep_plausible_reasons(reason in "[A-Za-z0-9]{1,64}", ts in proptest::prelude::any::<u64>()) {
+            let body = format!(r#"{{"reason":"{reason}","timestamp":{ts}}}"#);
+            proptest::prop_assert_eq!(
+                answer_from(410, body.as_bytes()),
+                ApnsAnswer::Status { code: 410, reason: Some(reason), timestamp_ms: Some(ts) }
+            );
+        }
     }
 
     #[test]

@@ -323,3 +323,105 @@ fn echoed_values_are_bounded() {
         );
     }
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    const FIELDS: [&str; 22] = [
+        "v",
+        "id",
+        "app",
+        "token",
+        "tokens",
+        "topic",
+        "push_type",
+        "priority",
+        "expiration",
+        "collapse_id",
+        "apns_id",
+        "payload",
+        "alert",
+        "badge",
+        "sound",
+        "category",
+        "thread_id",
+        "content_available",
+        "mutable_content",
+        "data",
+        "aps",
+        "unknown",
+    ];
+
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            ".{0,80}".prop_map(Value::from),
+            "[0-9a-f]{16,70}".prop_map(Value::from),
+            Just(Value::from("x".repeat(5_000))),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                proptest::collection::btree_map(".{0,12}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn any_job() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(
+            (
+                prop_oneof![
+                    proptest::sample::select(FIELDS.to_vec()).prop_map(str::to_owned),
+                    ".{0,300}"
+                ],
+                any_json(),
+            ),
+            0..8,
+        )
+        .prop_map(|fields| {
+            let object: serde_json::Map<String, Value> = fields.into_iter().collect();
+            Value::Object(object).to_string().into_bytes()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Whatever the body, decoding never panics and its error is short
+        /// enough to become a dead letter's detail as is.
+        #[test]
+        fn decoding_never_panics_and_errors_are_bounded(body in any_job(), message_id in proptest::option::of(".{0,200}")) {
+            if let Err(e) = decode(&body, message_id.as_deref()) {
+                prop_assert!(e.to_string().len() <= 600, "{} bytes", e.to_string().len());
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            if let Err(e) = decode(&body, None) {
+                prop_assert!(e.to_string().len() <= 600);
+            }
+        }
+
+        /// A fan-out body keeps every byte but the `tokens` value.
+        #[test]
+        fn token_splicing_keeps_everything_else(prefix in any_json(), keep in 1usize..3) {
+            let list: Vec<String> = (0..3u8).map(|n| format!("{n:02x}").repeat(32)).collect();
+            let mut object = serde_json::Map::new();
+            object.insert("payload".into(), prefix.clone());
+            object.insert("tokens".into(), Value::from(list.clone()));
+            let body = Value::Object(object).to_string();
+            let tokens: Vec<DeviceToken> = list[..keep].iter().map(|t| DeviceToken::parse("t", t).unwrap()).collect();
+            let out = String::from_utf8(body_with_tokens(body.as_bytes(), &tokens)).unwrap();
+            let old_list = serde_json::to_string(&list).unwrap();
+            let new_list = serde_json::to_string(&list[..keep]).unwrap();
+            prop_assert_eq!(out, body.replacen(&old_list, &new_list, 1));
+        }
+    }
+}

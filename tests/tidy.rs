@@ -1,0 +1,127 @@
+//! Tidy checks: invariants of ARCHITECTURE.md that a machine can check, read
+//! off the source text (in the style of rust-analyzer's tidy tests).
+
+use std::path::{Path, PathBuf};
+
+fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            sources(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Every file of `src/`, as (path relative to `src/`, text without comments).
+fn files() -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut paths = Vec::new();
+    sources(&root, &mut paths);
+    paths
+        .into_iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap();
+            let code: Vec<&str> = text
+                .lines()
+                .map(|l| match l.find("//") {
+                    Some(i) if !l[..i].contains('"') => &l[..i],
+                    _ => l,
+                })
+                .collect();
+            let rel = p
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            (rel, code.join("\n"))
+        })
+        .collect()
+}
+
+/// Whether `text` names the crate `krate` in a path (`krate::...`).
+fn names(text: &str, krate: &str) -> bool {
+    let needle = format!("{krate}::");
+    text.match_indices(&needle).any(|(i, _)| {
+        !text[..i]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':')
+    })
+}
+
+#[test]
+fn only_the_amqp_shell_names_lapin() {
+    for (path, text) in files() {
+        if !path.starts_with("amqp/") {
+            assert!(!names(&text, "lapin"), "{path} names lapin");
+        }
+    }
+}
+
+#[test]
+fn only_the_apns_shell_the_simulator_and_admin_speak_http2_and_tls() {
+    for (path, text) in files() {
+        let allowed = path.starts_with("apns/") || path.starts_with("sim/") || path == "admin.rs";
+        if allowed {
+            continue;
+        }
+        for krate in ["hyper", "h2", "rustls", "tokio_rustls"] {
+            assert!(!names(&text, krate), "{path} names {krate}");
+        }
+    }
+}
+
+/// The pure core decides; it never waits, reads files or opens sockets.
+#[test]
+fn the_pure_core_does_no_io() {
+    let pure = |p: &str| {
+        p.starts_with("job/") || ["outcome.rs", "bounded.rs", "amqp/wire.rs"].contains(&p)
+    };
+    for (path, text) in files().into_iter().filter(|(p, _)| pure(p)) {
+        for io in [
+            "std::fs", "std::net", "tokio", ".await", "File::", "std::env",
+        ] {
+            assert!(!text.contains(io), "{path} (pure core) uses {io}");
+        }
+    }
+}
+
+/// A short string built from a runtime value panics past 255 bytes
+/// (`From<&str> for ShortString`). Outside `amqp/wire.rs`, which bounds them,
+/// AMQP-facing code converts only string literals with `.into()`.
+#[test]
+fn no_panicking_conversion_into_amqp_strings() {
+    for (path, text) in files() {
+        if !names(&text, "lapin") || path == "amqp/wire.rs" {
+            continue;
+        }
+        assert!(
+            !text.contains("ShortString::from"),
+            "{path}: ShortString::from"
+        );
+        for (n, line) in text.lines().enumerate() {
+            let mut rest = line;
+            while let Some(i) = rest.find(".into()") {
+                let before = rest[..i].trim_end();
+                let literal = before.ends_with('"');
+                let bytes = line.contains("as_bytes()") || line.contains("LongString");
+                assert!(
+                    literal || bytes,
+                    "{path}:{}: `.into()` on a runtime value; use amqp::wire::short",
+                    n + 1
+                );
+                if literal {
+                    let start = before[..before.len() - 1].rfind('"').unwrap_or(0);
+                    assert!(
+                        before.len() - start <= 257,
+                        "{path}:{}: literal over 255 bytes",
+                        n + 1
+                    );
+                }
+                rest = &rest[i + 7..];
+            }
+        }
+    }
+}
