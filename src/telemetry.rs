@@ -3,10 +3,15 @@
 use crate::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
+/// Appended to every filter: at `trace`, lapin's I/O loop prints each frame it
+/// writes, and the `connection.start-ok` frame holds the SASL password. The
+/// more specific directive wins over a level such as `trace` or `lapin=trace`.
+const NEVER: &str = "lapin::io_loop=debug";
+
 pub fn init(filter: &str, format: LogFormat) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|e| {
+    let filter = EnvFilter::try_new(format!("{filter},{NEVER}")).unwrap_or_else(|e| {
         eprintln!("MISIVA_LOG {filter:?} is not a valid filter ({e}); using info");
-        EnvFilter::new("info")
+        EnvFilter::new(format!("info,{NEVER}"))
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
