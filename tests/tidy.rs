@@ -40,8 +40,36 @@ fn files() -> Vec<(String, String)> {
         .collect()
 }
 
+/// `text` with the contents of its string literals removed: a crate named in
+/// a string (a log filter, say) is not a use of it.
+fn code_only(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    // A quote as a character literal opens no string.
+    let text = text.replace("'\"'", "'_'").replace("'\\\"'", "'_'");
+    for c in text.chars() {
+        if in_string {
+            match (escaped, c) {
+                (false, '\\') => escaped = true,
+                (false, '"') => {
+                    in_string = false;
+                    out.push(c);
+                }
+                _ => escaped = false,
+            }
+        } else {
+            in_string = c == '"';
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Whether `text` names the crate `krate` in a path (`krate::...`).
 fn names(text: &str, krate: &str) -> bool {
+    let text = code_only(text);
+    let text = text.as_str();
     let needle = format!("{krate}::");
     text.match_indices(&needle).any(|(i, _)| {
         !text[..i]
