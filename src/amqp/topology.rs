@@ -101,21 +101,30 @@ fn work_queue_arguments(topology: &Topology) -> FieldTable {
     args
 }
 
-/// Declares everything. Each declaration gets a fresh channel, because the
-/// broker closes a channel whose declaration it refused.
-pub async fn declare(broker: &Broker, topology: &Topology) -> Result<(), TopologyError> {
+/// Declares one durable queue on a channel of its own, because the broker
+/// closes a channel whose declaration it refused.
+async fn declare_queue(
+    broker: &Broker,
+    name: &str,
+    args: FieldTable,
+) -> Result<Result<(), lapin::Error>, TopologyError> {
     let durable = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
     };
+    let channel = broker.channel().await?;
+    let declared = channel.queue_declare(short(name), durable, args).await;
+    let _ = channel.close(200, short("declared")).await;
+    Ok(declared.map(|_| ()))
+}
+
+/// Declares everything.
+pub async fn declare(broker: &Broker, topology: &Topology) -> Result<(), TopologyError> {
     // The dead-letter queue first: the work queue dead-letters into it.
     for name in [&topology.dead_letter_queue, &topology.feedback_queue] {
-        let channel = broker.channel().await?;
-        channel
-            .queue_declare(short(name), durable, quorum())
-            .await
+        declare_queue(broker, name, quorum())
+            .await?
             .map_err(|e| classify("queue", name, e))?;
-        let _ = channel.close(200, short("declared")).await;
     }
     declare_work_queue(broker, topology).await?;
     // Retry tiers: classic queues (per-queue TTL expires from the head, which is
@@ -129,12 +138,9 @@ pub async fn declare(broker: &Broker, topology: &Topology) -> Result<(), Topolog
         );
         args.insert(short("x-dead-letter-exchange"), text(""));
         args.insert(short("x-dead-letter-routing-key"), text(&topology.queue));
-        let channel = broker.channel().await?;
-        channel
-            .queue_declare(short(name), durable, args)
-            .await
+        declare_queue(broker, name, args)
+            .await?
             .map_err(|e| classify("queue", name, e))?;
-        let _ = channel.close(200, short("declared")).await;
     }
     let channel = broker.channel().await?;
     channel
@@ -169,18 +175,8 @@ pub async fn declare(broker: &Broker, topology: &Topology) -> Result<(), Topolog
 /// refusing to start. Any other difference is a conflict.
 async fn declare_work_queue(broker: &Broker, topology: &Topology) -> Result<(), TopologyError> {
     let name = &topology.queue;
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    let channel = broker.channel().await?;
-    let declared = channel
-        .queue_declare(short(name), durable, work_queue_arguments(topology))
-        .await;
-    let _ = channel.close(200, short("declared")).await;
-    let error = match declared {
-        Ok(_) => return Ok(()),
-        Err(e) => e,
+    let Err(error) = declare_queue(broker, name, work_queue_arguments(topology)).await? else {
+        return Ok(());
     };
     let text = error.to_string();
     let differing = inequivalent_argument(&text);
@@ -189,12 +185,9 @@ async fn declare_work_queue(broker: &Broker, topology: &Topology) -> Result<(), 
     }
     // The queue exists as a quorum queue without the net: check that it is
     // quorum (the one argument that must match) and go on.
-    let channel = broker.channel().await?;
-    channel
-        .queue_declare(short(name), durable, quorum())
-        .await
+    declare_queue(broker, name, quorum())
+        .await?
         .map_err(|e| classify("queue", name, e))?;
-    let _ = channel.close(200, short("declared")).await;
     tracing::warn!(
         queue = %name,
         missing = %SAFETY_ARGUMENTS.join(", "),

@@ -35,6 +35,18 @@ fn dead(detail: String) -> Settlement {
     outcome::reject_job(1, outcome::INVALID_JOB, detail)
 }
 
+/// The messages of `verdict` for a delivery with `original` properties and `body`.
+fn messages(original: &BasicProperties, body: &[u8], verdict: &Verdict) -> Vec<Outgoing> {
+    Republish {
+        topology: &topology(),
+        original,
+        body,
+        frame_max: DEFAULT_FRAME_MAX,
+        now: OffsetDateTime::UNIX_EPOCH,
+    }
+    .messages(verdict)
+}
+
 fn header<'a>(p: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
     p.headers().as_ref()?.inner().get(name)
 }
@@ -65,14 +77,12 @@ fn hostile_original() -> BasicProperties {
 #[test]
 fn republished_copies_carry_only_the_allow_list() {
     let original = hostile_original();
-    let republish = Republish {
-        topology: &topology(),
-        original: &original,
-        body: b"{}",
-        frame_max: DEFAULT_FRAME_MAX,
-        now: OffsetDateTime::UNIX_EPOCH,
-    };
-    let out = republish.messages(&verdict(dead("bad".into()), Some("job-1".into())));
+    let body = b"{}";
+    let out = messages(
+        &original,
+        body,
+        &verdict(dead("bad".into()), Some("job-1".into())),
+    );
     assert_eq!(out.len(), 1);
     let p = &out[0].properties;
     assert_eq!(out[0].routing_key.as_str(), "misiva.jobs.dead");
@@ -112,14 +122,8 @@ fn the_header_table_stays_under_the_frame_size() {
     headers.insert(short("big"), long(&"x".repeat(126_500)));
     headers.insert(short("small"), long("y"));
     let original = BasicProperties::default().with_headers(headers);
-    let republish = Republish {
-        topology: &topology(),
-        original: &original,
-        body: b"{}",
-        frame_max: DEFAULT_FRAME_MAX,
-        now: OffsetDateTime::UNIX_EPOCH,
-    };
-    let out = republish.messages(&verdict(dead("d".repeat(100_000)), None));
+    let body = b"{}";
+    let out = messages(&original, body, &verdict(dead("d".repeat(100_000)), None));
     let p = &out[0].properties;
     assert!(headers_len(p.headers().as_ref().unwrap()) < DEFAULT_FRAME_MAX as usize - 4096);
     assert!(header(p, "big").is_none(), "the big header must give way");
@@ -139,14 +143,8 @@ fn deeply_nested_headers_are_not_copied() {
     let mut headers = FieldTable::default();
     headers.insert(short("deep"), value);
     let original = BasicProperties::default().with_headers(headers);
-    let republish = Republish {
-        topology: &topology(),
-        original: &original,
-        body: b"{}",
-        frame_max: DEFAULT_FRAME_MAX,
-        now: OffsetDateTime::UNIX_EPOCH,
-    };
-    let p = &republish.messages(&verdict(dead("x".into()), None))[0].properties;
+    let body = b"{}";
+    let p = &messages(&original, body, &verdict(dead("x".into()), None))[0].properties;
     assert_eq!(header(p, "deep"), None);
     assert_eq!(header(p, HEADERS_DROPPED), Some(&AMQPValue::LongLongInt(1)));
 }
@@ -154,19 +152,18 @@ fn deeply_nested_headers_are_not_copied() {
 #[test]
 fn message_ids_that_do_not_fit_are_left_out() {
     let original = BasicProperties::default();
-    let republish = Republish {
-        topology: &topology(),
-        original: &original,
-        body: b"{}",
-        frame_max: DEFAULT_FRAME_MAX,
-        now: OffsetDateTime::UNIX_EPOCH,
-    };
+    let body = b"{}";
     // 128 characters, 256 bytes: a valid job id, too long for a short string.
     let id = "é".repeat(128);
-    let p = &republish.messages(&verdict(dead("x".into()), Some(id)))[0].properties;
+    let p = &messages(&original, body, &verdict(dead("x".into()), Some(id)))[0].properties;
     assert_eq!(p.message_id(), &None);
     let id = "日".repeat(85);
-    let p = &republish.messages(&verdict(dead("x".into()), Some(id.clone())))[0].properties;
+    let p = &messages(
+        &original,
+        body,
+        &verdict(dead("x".into()), Some(id.clone())),
+    )[0]
+    .properties;
     assert_eq!(
         p.message_id().as_ref().map(ShortString::as_str),
         Some(id.as_str())
@@ -212,13 +209,7 @@ fn retries_go_to_their_tier_with_the_unsettled_tokens() {
         token(2).as_str()
     );
     let original = BasicProperties::default();
-    let republish = Republish {
-        topology: &topology(),
-        original: &original,
-        body: body.as_bytes(),
-        frame_max: DEFAULT_FRAME_MAX,
-        now: OffsetDateTime::UNIX_EPOCH,
-    };
+    let body = body.as_bytes();
     let settlement = Settlement {
         attempt: 4,
         retry: Some(Retry {
@@ -228,7 +219,7 @@ fn retries_go_to_their_tier_with_the_unsettled_tokens() {
         }),
         ..Settlement::default()
     };
-    let out = republish.messages(&verdict(settlement, None));
+    let out = messages(&original, body, &verdict(settlement, None));
     assert_eq!(out[0].routing_key.as_str(), "misiva.jobs.retry.5s");
     assert_eq!(
         String::from_utf8(out[0].body.clone()).unwrap(),
