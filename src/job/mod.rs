@@ -242,6 +242,11 @@ pub fn body_with_tokens(body: &[u8], tokens: &[DeviceToken]) -> Vec<u8> {
     let Ok(text) = std::str::from_utf8(body) else {
         return body.to_vec();
     };
+    // serde reads a struct from a JSON array too, positionally: `[6]` would
+    // have its `6` taken for `tokens`. Only an object is a job.
+    if !text.trim_start().starts_with('{') {
+        return body.to_vec();
+    }
     let Ok(TokensOnly { tokens: Some(raw) }) = serde_json::from_str::<TokensOnly<'_>>(text) else {
         return body.to_vec();
     };
