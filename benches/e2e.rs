@@ -1,8 +1,9 @@
 //! The end-to-end benchmark: a private RabbitMQ node, the simulator, and the
 //! release `misiva` worker, all on this machine.
 //!
-//! 1. Ceiling: a minimal consumer that only consumes and acks N messages from a
-//!    quorum queue, with the worker's prefetch and number of channels.
+//! 1. Ceiling: the best a bare consumer does on the same queue type and message
+//!    size: several channel counts, prefetches and ack styles (each ack
+//!    pipelined, or `multiple` every 64), the fastest printed with its settings.
 //! 2. Drain: N jobs published first, then the worker drains them.
 //! 3. Steady: jobs published at half the drain rate while the worker runs, for
 //!    latency under load.
@@ -11,13 +12,18 @@
 //! because AMQP's `timestamp` property has one-second resolution) to the
 //! simulator's receipt.
 //!
+//! The worker is the binary users run: `cargo build --release --locked`, in a
+//! target directory of its own (a binary built by `cargo bench` would carry
+//! the dev-dependencies' features, tokio's test clock among them). A second
+//! build with the `alloc-stats` feature counts allocations in a separate run.
+//!
 //! `cargo bench --bench e2e` (options after `--`: `-n 100000 --prefetch 500
-//! --consumers 2 --fanout 0 --steady-secs 10`). `--fanout K` sends jobs of K
-//! tokens (N notifications in N/K jobs).
+//! --consumers 2 --fanout 0 --steady-secs 10 --no-allocs`). `--fanout K` sends
+//! jobs of K tokens (N notifications in N/K jobs).
 
 mod common;
 
-use common::{arg, cpu_seconds, peak_rss_mib, percentile};
+use common::{arg, context_switches, cpu_seconds, flag, peak_rss_mib, percentile};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -198,14 +204,29 @@ async fn broker_latency(conn: &Connection, rate: f64, secs: usize, prefetch: u16
     latencies
 }
 
-/// The broker's consume-and-ack ceiling, messages per second.
-async fn ceiling(conn: &Connection, n: usize, prefetch: u16, consumers: usize) -> f64 {
+/// How a bare consumer acks.
+#[derive(Debug, Clone, Copy)]
+enum Acks {
+    /// One ack per delivery, not waited for before the next delivery.
+    Pipelined,
+    /// One `multiple` ack every this many deliveries.
+    Multiple(usize),
+}
+
+/// One bare consume-and-ack run: messages per second.
+async fn ceiling_run(
+    conn: &Connection,
+    n: usize,
+    prefetch: u16,
+    channels: usize,
+    acks: Acks,
+) -> f64 {
     let (queue, _declarer) = quorum_queue(conn, "bench.ceiling").await;
     publish(conn, &queue, (0..n).map(|i| job(i, 0))).await;
     let started = Instant::now();
-    let per = n / consumers;
+    let per = n / channels;
     let mut tasks = Vec::new();
-    for c in 0..consumers {
+    for c in 0..channels {
         let channel = conn.create_channel().await.unwrap();
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
@@ -220,23 +241,49 @@ async fn ceiling(conn: &Connection, n: usize, prefetch: u16, consumers: usize) -
             )
             .await
             .unwrap();
-        let take = if c == consumers - 1 {
-            n - per * (consumers - 1)
+        let take = if c == channels - 1 {
+            n - per * (channels - 1)
         } else {
             per
         };
         tasks.push(tokio::spawn(async move {
+            // One closure, so every ack future has the same type.
+            let ack = |acker: lapin::Acker, multiple: bool| async move {
+                let acked: lapin::Result<bool> = acker.ack(BasicAckOptions { multiple }).await;
+                acked
+            };
+            // Acks in flight, polled alongside the next delivery: none is
+            // waited for before taking the next one.
+            let mut pending = futures_util::stream::FuturesUnordered::new();
             let mut done = 0;
             while done < take {
-                let Some(Ok(delivery)) = consumer.next().await else {
-                    break;
-                };
-                delivery
-                    .acker
-                    .ack(BasicAckOptions::default())
-                    .await
-                    .unwrap();
-                done += 1;
+                tokio::select! {
+                    Some(result) = pending.next(), if !pending.is_empty() => {
+                        let acked: lapin::Result<bool> = result;
+                        acked.unwrap();
+                    }
+                    next = consumer.next() => {
+                        let delivery = match next {
+                            Some(Ok(delivery)) => delivery,
+                            other => panic!("the ceiling consumer stopped: {other:?}"),
+                        };
+                        done += 1;
+                        match acks {
+                            Acks::Pipelined => pending.push(ack(delivery.acker, false)),
+                            // In order: a `multiple` ack sent after a later one
+                            // names a tag the broker already forgot.
+                            Acks::Multiple(every) if done % every == 0 || done == take => {
+                                let acked: lapin::Result<bool> = ack(delivery.acker, true).await;
+                                acked.unwrap();
+                            }
+                            Acks::Multiple(_) => {}
+                        }
+                    }
+                }
+            }
+            while let Some(result) = pending.next().await {
+                let acked: lapin::Result<bool> = result;
+                acked.unwrap();
             }
             let _ = channel.close(200, "done".into()).await;
         }));
@@ -247,12 +294,55 @@ async fn ceiling(conn: &Connection, n: usize, prefetch: u16, consumers: usize) -
     n as f64 / started.elapsed().as_secs_f64()
 }
 
+/// The broker's consume-and-ack ceiling: the fastest bare consumer found over
+/// channel counts, prefetches and ack styles; returns the rate and its settings.
+async fn ceiling(n: usize) -> (f64, String) {
+    let mut best = (0.0, String::new());
+    for channels in [1, 2] {
+        for prefetch in [500u16, 1000, 2000] {
+            for acks in [Acks::Pipelined, Acks::Multiple(64)] {
+                // A connection per probe, as a bare consumer process would have.
+                let conn = Connection::connect(&url(), ConnectionProperties::default())
+                    .await
+                    .unwrap();
+                let rate = ceiling_run(&conn, n, prefetch, channels, acks).await;
+                let _ = conn.close(200, "done".into()).await;
+                let settings = format!("{channels} channel(s), prefetch {prefetch}, acks {acks:?}");
+                println!("  ceiling probe: {rate:>8.0} messages/s  ({settings})");
+                if rate > best.0 {
+                    best = (rate, settings);
+                }
+            }
+        }
+    }
+    best
+}
+
+/// Builds the worker as users build it, in a target directory of its own,
+/// optionally with extra features; returns the binary's path.
+fn build_worker(features: &str) -> PathBuf {
+    let dir = root().join(format!("target/bench-worker{features}"));
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command
+        .args(["build", "--release", "--locked", "--bin", "misiva"])
+        .env("CARGO_TARGET_DIR", &dir)
+        .current_dir(root());
+    if !features.is_empty() {
+        command.args(["--features", features.trim_start_matches('-')]);
+    }
+    let ok = command.status().map(|s| s.success()).unwrap_or(false);
+    assert!(ok, "building the worker failed");
+    dir.join("release/misiva")
+}
+
 struct Worker {
     child: Child,
     pid: String,
+    log: PathBuf,
 }
 
 fn start_worker(
+    binary: &Path,
     dir: &Path,
     queue: &str,
     sim: &Simulator,
@@ -260,7 +350,7 @@ fn start_worker(
     consumers: usize,
 ) -> Worker {
     let log = dir.join(format!("{queue}.log"));
-    let child = Command::new(env!("CARGO_BIN_EXE_misiva"))
+    let child = Command::new(binary)
         .arg("run")
         .env("MISIVA_AMQP_URL", url())
         .env("MISIVA_QUEUE", queue)
@@ -281,16 +371,23 @@ fn start_worker(
     Worker {
         pid: child.id().to_string(),
         child,
+        log,
     }
 }
 
-fn stop_worker(mut worker: Worker) {
+/// Stops the worker; returns the allocations it printed at exit, if it counts them.
+fn stop_worker(mut worker: Worker) -> Option<u64> {
     let _ = Command::new("kill").arg("-TERM").arg(&worker.pid).status();
     let _ = worker.child.wait();
+    let log = std::fs::read_to_string(&worker.log).unwrap_or_default();
+    log.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("misiva: allocations="))
+        .and_then(|n| n.trim().parse().ok())
 }
 
-fn topology(queue: &str) {
-    let ok = Command::new(env!("CARGO_BIN_EXE_misiva"))
+fn topology(binary: &Path, queue: &str) {
+    let ok = Command::new(binary)
         .arg("topology")
         .env("MISIVA_AMQP_URL", url())
         .env("MISIVA_QUEUE", queue)
@@ -328,6 +425,8 @@ async fn main() {
     let jobs = n.checked_div(fanout).unwrap_or(n);
     let notifications = if fanout == 0 { n } else { jobs * fanout };
     let dir = tempfile::tempdir().unwrap();
+    let binary = build_worker("");
+    let counting = (!flag("--no-allocs")).then(|| build_worker("-alloc-stats"));
 
     broker("start");
     let key = dir.path().join("key.p8");
@@ -346,16 +445,22 @@ async fn main() {
     println!(
         "end-to-end benchmark: {jobs} jobs, {notifications} notifications (fan-out {fanout}), prefetch {prefetch} × {consumers} consumers, ~1 KB jobs"
     );
-    let ceiling = ceiling(&conn, jobs, prefetch as u16, consumers).await;
-    println!("ceiling (consume + ack only): {ceiling:.0} messages/s");
+    let (ceiling, ceiling_settings) = ceiling(jobs.clamp(1000, 20_000)).await;
+    if flag("--ceiling-only") {
+        broker("stop");
+        return;
+    }
+    println!("ceiling (consume + ack only): {ceiling:.0} messages/s with {ceiling_settings}");
 
     // Drain: everything published first.
     let queue = format!("bench.drain.{}", now_us());
-    topology(&queue);
+    topology(&binary, &queue);
     publish(&conn, &queue, (0..jobs).map(|i| job(i, fanout))).await;
     let self_before = cpu_seconds("self");
     let broker_before = cpu_seconds(&broker_pid());
-    let worker = start_worker(dir.path(), &queue, &sim, prefetch, consumers);
+    let self_switches_before = context_switches("self");
+    let broker_switches_before = context_switches(&broker_pid());
+    let worker = start_worker(&binary, dir.path(), &queue, &sim, prefetch, consumers);
     let started = Instant::now();
     while (sim.accepted_count() as usize) < notifications {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -372,17 +477,67 @@ async fn main() {
     let rss = peak_rss_mib(&worker.pid);
     let broker_cpu = cpu_seconds(&broker_pid()) - broker_before;
     let sim_cpu = cpu_seconds("self") - self_before;
+    let worker_switches = context_switches(&worker.pid);
+    let broker_switches = {
+        let (v, i) = context_switches(&broker_pid());
+        (
+            v - broker_switches_before.0.min(v),
+            i - broker_switches_before.1.min(i),
+        )
+    };
+    let sim_switches = {
+        let (v, i) = context_switches("self");
+        (
+            v - self_switches_before.0.min(v),
+            i - self_switches_before.1.min(i),
+        )
+    };
     let drain_latency = latencies(&sim, 0);
     stop_worker(worker);
     let per = |cpu: f64| cpu * 1e6 / notifications as f64;
+    let switches = |(v, i): (u64, u64)| {
+        format!(
+            "{:.2} / {:.2}",
+            v as f64 / notifications as f64,
+            i as f64 / notifications as f64
+        )
+    };
+
+    // Allocations: the counting build, idle (start, wait, stop) and draining
+    // the same jobs; the difference over the notifications.
+    let allocations = match &counting {
+        None => None,
+        Some(counting) => {
+            let idle_queue = format!("bench.idle.{}", now_us());
+            topology(counting, &idle_queue);
+            let idle = start_worker(counting, dir.path(), &idle_queue, &sim, prefetch, consumers);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let idle = stop_worker(idle);
+            let queue = format!("bench.allocs.{}", now_us());
+            topology(counting, &queue);
+            publish(&conn, &queue, (0..jobs).map(|i| job(3_000_000 + i, fanout))).await;
+            let before = sim.accepted_count() as usize;
+            let worker = start_worker(counting, dir.path(), &queue, &sim, prefetch, consumers);
+            let started = Instant::now();
+            while (sim.accepted_count() as usize) < before + notifications
+                && started.elapsed() < Duration::from_secs(600)
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let busy = stop_worker(worker);
+            idle.zip(busy)
+                .map(|(idle, busy)| busy.saturating_sub(idle) as f64 / notifications as f64)
+        }
+    };
 
     // Steady: half the drain rate, while the worker runs.
     let steady_rate = (rate / 2.0).max(100.0);
     let queue = format!("bench.steady.{}", now_us());
-    topology(&queue);
-    let worker = start_worker(dir.path(), &queue, &sim, prefetch, consumers);
+    topology(&binary, &queue);
+    let before_steady = sim.accepted_count() as usize;
+    let worker = start_worker(&binary, dir.path(), &queue, &sim, prefetch, consumers);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = sim.accepted_count() as usize;
+    let before = before_steady;
     let steady_total = (steady_rate * steady_secs as f64) as usize;
     let started = Instant::now();
     publish_paced(&conn, &queue, steady_rate, steady_total, 1_000_000).await;
@@ -401,7 +556,7 @@ async fn main() {
     println!("| measure | value |");
     println!("|---|---:|");
     println!("| notifications/s (drain) | {rate:.0} |");
-    println!("| consume-and-ack ceiling, messages/s | {ceiling:.0} |");
+    println!("| consume-and-ack ceiling, messages/s ({ceiling_settings}) | {ceiling:.0} |");
     if fanout == 0 {
         println!("| worker throughput ÷ ceiling | {:.2} |", rate / ceiling);
     } else {
@@ -410,6 +565,22 @@ async fn main() {
     println!("| worker CPU µs/notification | {:.1} |", per(worker_cpu));
     println!("| broker CPU µs/notification | {:.1} |", per(broker_cpu));
     println!("| simulator CPU µs/notification | {:.1} |", per(sim_cpu));
+    println!(
+        "| context switches/notification, voluntary / involuntary: worker | {} |",
+        switches(worker_switches)
+    );
+    println!(
+        "| context switches/notification: broker | {} |",
+        switches(broker_switches)
+    );
+    println!(
+        "| context switches/notification: simulator and publisher | {} |",
+        switches(sim_switches)
+    );
+    match allocations {
+        Some(a) => println!("| worker allocations/notification | {a:.1} |"),
+        None => println!("| worker allocations/notification | not measured (--no-allocs) |"),
+    }
     println!("| worker peak RSS, MiB | {rss:.1} (steady run: {steady_rss:.1}) |");
     println!(
         "| notifications accepted by the simulator | {} of {notifications} |",

@@ -18,19 +18,28 @@ const IO_THREAD_STACK: &str = "268435456";
 /// Stack of the runtime's threads, where a deeply nested delivery is dropped.
 const RUNTIME_THREAD_STACK: usize = 32 * 1024 * 1024;
 
+/// Counts allocations for the end-to-end benchmark, which builds this binary
+/// with the `alloc-stats` feature; the total is printed at exit.
+#[cfg(feature = "alloc-stats")]
+#[global_allocator]
+static ALLOCATOR: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
+
 fn main() -> ExitCode {
     reexec_with_io_stack();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_stack_size(RUNTIME_THREAD_STACK)
         .build();
-    match runtime {
+    let code = match runtime {
         Ok(runtime) => runtime.block_on(run()),
         Err(e) => {
             eprintln!("misiva: cannot start the async runtime: {e}");
             ExitCode::from(1)
         }
-    }
+    };
+    #[cfg(feature = "alloc-stats")]
+    eprintln!("misiva: allocations={}", ALLOCATOR.stats().allocations);
+    code
 }
 
 /// lapin spawns its I/O thread without a stack size, so std gives it

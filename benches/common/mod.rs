@@ -19,6 +19,32 @@ pub fn cpu_seconds(pid: &str) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Context switches of a process so far, voluntary and involuntary, summed
+/// over its threads (`/proc/<pid>/task/*/status`).
+pub fn context_switches(pid: &str) -> (u64, u64) {
+    let mut total = (0, 0);
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return total;
+    };
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        for line in status.lines() {
+            let value = |l: &str| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            if line.starts_with("voluntary_ctxt_switches:") {
+                total.0 += value(line);
+            } else if line.starts_with("nonvoluntary_ctxt_switches:") {
+                total.1 += value(line);
+            }
+        }
+    }
+    total
+}
+
 /// Peak resident memory of a process in MiB (VmHWM).
 pub fn peak_rss_mib(pid: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
