@@ -339,3 +339,70 @@ async fn deliveries_held_by_an_open_breaker_move_to_a_retry_tier() {
     assert!(accepted_per_token(&sim).values().all(|n| *n == 1));
     assert!(worker.terminate().await.success());
 }
+
+/// Acks are batched (`multiple`), but never over a delivery still in flight:
+/// with a slow delivery between fast ones, the fast ones before it are acked,
+/// the slow one and those after it are not, so a crash at that moment loses
+/// nothing and resends only what the broker still held unacked.
+#[cfg(feature = "fault-hooks")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_delivery_is_never_acked_by_a_later_batched_ack() {
+    let sim = SimFixture::start(Default::default()).await;
+    let queue = unique_queue("batched");
+    let env = [
+        ("MISIVA_CONSUMERS", "1"),
+        ("MISIVA_PREFETCH", "300"),
+        ("MISIVA_FAULT_SLOW_ON", "slow-delivery"),
+    ];
+    let mut worker = Worker::start(&sim, &queue, &env);
+    worker.ready().await;
+    let conn = broker().connect().await;
+    let job = |i: u64| {
+        json!({"token": token(i), "alert": "x"})
+            .to_string()
+            .into_bytes()
+    };
+    let mut bodies: Vec<Vec<u8>> = (0..200).map(job).collect();
+    bodies.push(
+        json!({"id": "slow-delivery", "token": token(999), "alert": "x"})
+            .to_string()
+            .into_bytes(),
+    );
+    bodies.extend((200..250).map(job));
+    publish(&conn, &queue, &bodies).await;
+    wait_for(Duration::from_secs(20), "the fast jobs", || {
+        sim.sim.accepted_count() >= 250
+    })
+    .await;
+    // Well within the slow delivery's 3 s, well past the 1 ms ack delay.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sim.sim.requests_by_token().get(&token(999)), None);
+    worker.kill9();
+
+    let mut worker = Worker::start(&sim, &queue, &[("MISIVA_CONSUMERS", "1")]);
+    worker.ready().await;
+    wait_for(
+        Duration::from_secs(20),
+        "the slow job after the crash",
+        || sim.sim.requests_by_token().get(&token(999)) == Some(&1),
+    )
+    .await;
+    wait_for(Duration::from_secs(20), "the work queue to settle", || {
+        broker().counts(&queue) == Some((0, 0))
+    })
+    .await;
+    let sent = sim.sim.requests_by_token();
+    for i in 0..200 {
+        assert_eq!(
+            sent.get(&token(i)),
+            Some(&1),
+            "job {i} was acked before the crash"
+        );
+    }
+    let resent = (200..250)
+        .filter(|i| sent.get(&token(*i)) == Some(&2))
+        .count();
+    println!("batched acks: 200 acked before the slow one, {resent} of the 50 after it sent again");
+    assert!((200..250).all(|i| sent.get(&token(i)).is_some_and(|n| (1..=2).contains(n))));
+    assert!(worker.terminate().await.success());
+}

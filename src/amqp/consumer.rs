@@ -4,6 +4,7 @@
 //! and dead letters published and confirmed, then the delivery acked (or nacked
 //! back to the queue). Nothing is acked before its outcome is settled.
 
+use super::acks::{AckWindow, Frame, Settled};
 use super::publisher::{SettleError, SettlementChannel};
 use super::wire::{self, short};
 use super::{AmqpError, Broker, Topology};
@@ -12,6 +13,7 @@ use crate::dispatch::{Dispatcher, Inbound, Verdict};
 use crate::job;
 use crate::outcome;
 use futures_util::{FutureExt, StreamExt};
+use lapin::Acker;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
@@ -21,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use time::OffsetDateTime;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 /// Why a consumer stopped.
@@ -98,6 +100,10 @@ impl Consumer {
 
         // The tasks of the deliveries in flight; at most `prefetch` of them.
         let mut in_flight = JoinSet::new();
+        // Settled deliveries go to one ack task, which sends their acks in
+        // order, batched (see `acks`).
+        let (acks, settled) = mpsc::channel(usize::from(self.prefetch) + 1);
+        let ack_task = tokio::spawn(ack_loop(settled, self.counters.clone(), self.index));
         let exit = loop {
             tokio::select! {
                 changed = stop.changed() => {
@@ -120,7 +126,8 @@ impl Consumer {
                     Some(Ok(delivery)) => {
                         let worker = self.clone();
                         let publisher = publisher.clone();
-                        in_flight.spawn(async move { worker.process(delivery, &publisher).await });
+                        let acks = acks.clone();
+                        in_flight.spawn(async move { worker.process(delivery, &publisher, &acks).await });
                     }
                     Some(Err(e)) => break ConsumerExit::Lost { index: self.index, detail: e.to_string() },
                     None => break ConsumerExit::Lost { index: self.index, detail: "consumer cancelled".into() },
@@ -149,6 +156,9 @@ impl Consumer {
             );
             in_flight.abort_all();
         }
+        // Every task has ended: the ack task sends what is left, then ends.
+        drop(acks);
+        let _ = ack_task.await;
         publisher.close().await;
         // Closing the channel returns every unacked delivery to the queue.
         let _ = channel.close(200, short("bye")).await;
@@ -164,12 +174,21 @@ impl Consumer {
         &self,
         delivery: Delivery,
         publisher: &SettlementChannel,
+        acks: &mpsc::Sender<Done>,
     ) -> Result<(), String> {
         let verdict = match self.remembered(&delivery) {
             Some(verdict) => verdict,
             None => self.decide(&delivery).await,
         };
-        self.settle(&delivery, verdict, publisher).await
+        let (result, how) = self.settle(&delivery, verdict, publisher).await;
+        if let Some(how) = how {
+            // The ack task outlives every delivery task, so this only fails
+            // when the consumer is being torn down; the broker then requeues.
+            let _ = acks
+                .send((delivery.acker, delivery.delivery_tag, how))
+                .await;
+        }
+        result
     }
 
     /// A verdict computed on an earlier delivery of this message, whose
@@ -209,6 +228,8 @@ impl Consumer {
         }
         #[cfg(feature = "fault-hooks")]
         fault_hooks::maybe_crash(&delivery.data);
+        #[cfg(feature = "fault-hooks")]
+        fault_hooks::maybe_slow(&delivery.data).await;
         let handled = std::panic::AssertUnwindSafe(async {
             #[cfg(feature = "fault-hooks")]
             fault_hooks::maybe_panic();
@@ -241,12 +262,14 @@ impl Consumer {
     /// ack. A failed publish is tried again with growing pauses; only after
     /// [`SETTLE_TRIES`] failures does the job go back to the queue, with its
     /// verdict remembered so that the redelivery is not sent to APNs again.
+    /// Returns how the delivery is to be settled with the broker (`None`:
+    /// left unsettled, the consumer ends and its channel returns it).
     async fn settle(
         &self,
         delivery: &Delivery,
         verdict: Verdict,
         publisher: &SettlementChannel,
-    ) -> Result<(), String> {
+    ) -> (Result<(), String>, Option<Settled>) {
         let outgoing = wire::Republish {
             topology: &self.topology,
             original: &delivery.properties,
@@ -261,21 +284,14 @@ impl Consumer {
                 Ok(()) => break,
                 Err(SettleError::Reopen(e)) => {
                     self.unsettled.remember(memo_key(delivery), verdict);
-                    return Err(e.to_string());
+                    return (Err(e.to_string()), None);
                 }
                 Err(SettleError::Publish(e)) => {
                     failures += 1;
                     if failures >= SETTLE_TRIES {
                         tracing::warn!(consumer = self.index, job_id = ?verdict.job_id, error = %e, failures, "settlement failed; returning the job to the queue, its verdict kept");
                         self.unsettled.remember(memo_key(delivery), verdict);
-                        let _ = delivery
-                            .acker
-                            .nack(BasicNackOptions {
-                                requeue: true,
-                                multiple: false,
-                            })
-                            .await;
-                        return Ok(());
+                        return (Ok(()), Some(Settled::Nack));
                     }
                     let pause = settle_backoff(failures);
                     tracing::warn!(consumer = self.index, job_id = ?verdict.job_id, error = %e, failures, ?pause, "settlement publish failed; trying again");
@@ -302,14 +318,89 @@ impl Consumer {
             counters.retried.fetch_add(1, Ordering::Relaxed);
             tracing::info!(job_id = ?verdict.job_id, attempt = settlement.attempt, tokens = retry.tokens.len(), tier = retry.tier, detail = %bounded::detail(&retry.detail), "transient failure; job scheduled for retry");
         }
-        if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-            // The channel is gone: the broker redelivers the job, and the
-            // verdict is remembered in case this process gets it back.
-            tracing::warn!(consumer = self.index, error = %e, "ack failed after settlement");
-            return Ok(());
+        (Ok(()), Some(Settled::Ack))
+    }
+}
+
+/// A delivery whose settlement is decided and confirmed: its acker, its tag
+/// and how to settle it with the broker.
+type Done = (Acker, u64, Settled);
+
+/// Acks waiting before a `multiple` ack goes out at once; below this, they
+/// go out when no settlement arrived for [`ACK_DELAY`].
+const ACK_BATCH: u64 = 64;
+const ACK_DELAY: Duration = Duration::from_millis(1);
+
+/// The consumer's ack task: the only sender of acks and nacks on its channel,
+/// so that frames go out in order. Under load, one `multiple` ack covers many
+/// deliveries; when the flow pauses, what is pending goes out within
+/// [`ACK_DELAY`]. Ends, after sending what is left, when every sender is gone.
+async fn ack_loop(mut done: mpsc::Receiver<Done>, counters: Arc<Counters>, index: usize) {
+    let mut window = AckWindow::default();
+    // The ackers of acked deliveries not covered by a sent ack yet; the
+    // `multiple` ack is sent with the one of the highest tag.
+    let mut ackers = std::collections::BTreeMap::new();
+    loop {
+        let next = if window.unsent() > 0 {
+            match tokio::time::timeout(ACK_DELAY, done.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    flush(&mut window, &mut ackers, &counters, index).await;
+                    continue;
+                }
+            }
+        } else {
+            done.recv().await
+        };
+        let Some(first) = next else { break };
+        let mut item = Some(first);
+        while let Some((acker, tag, how)) = item {
+            match window.settle(tag, how) {
+                Some(Frame::Nack(_)) => {
+                    let options = BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    };
+                    if let Err(e) = acker.nack(options).await {
+                        tracing::debug!(consumer = index, error = %e, "nack failed; the channel returns the delivery");
+                    }
+                }
+                _ if how == Settled::Ack => {
+                    ackers.insert(tag, acker);
+                }
+                _ => {}
+            }
+            item = done.try_recv().ok();
         }
-        counters.acked.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        if window.unsent() >= ACK_BATCH {
+            flush(&mut window, &mut ackers, &counters, index).await;
+        }
+    }
+    flush(&mut window, &mut ackers, &counters, index).await;
+}
+
+async fn flush(
+    window: &mut AckWindow,
+    ackers: &mut std::collections::BTreeMap<u64, Acker>,
+    counters: &Counters,
+    index: usize,
+) {
+    let Some(Frame::AckUpTo { tag, count }) = window.flush() else {
+        return;
+    };
+    // Everything up to `tag` is covered by this ack.
+    let rest = ackers.split_off(&(tag + 1));
+    let covered = std::mem::replace(ackers, rest);
+    let Some(acker) = covered.get(&tag) else {
+        return;
+    };
+    match acker.ack(BasicAckOptions { multiple: true }).await {
+        Ok(_) => {
+            counters.acked.fetch_add(count, Ordering::Relaxed);
+        }
+        Err(e) => {
+            tracing::debug!(consumer = index, error = %e, "ack failed; the channel returns the deliveries");
+        }
     }
 }
 
@@ -409,6 +500,20 @@ mod fault_hooks {
         }
     }
 
+    fn marked(variable: &str, body: &[u8]) -> bool {
+        std::env::var(variable).is_ok_and(|marker| {
+            !marker.is_empty() && body.windows(marker.len()).any(|w| w == marker.as_bytes())
+        })
+    }
+
+    /// A slow delivery: every delivery whose body contains
+    /// `MISIVA_FAULT_SLOW_ON` waits 3 s before it is dispatched.
+    pub(super) async fn maybe_slow(body: &[u8]) {
+        if marked("MISIVA_FAULT_SLOW_ON", body) {
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        }
+    }
+
     /// A bug in the consumer itself: panics outside any job's guard, which
     /// crashes the consumer, `MISIVA_FAULT_CRASHES` times in all, and on every
     /// delivery whose body contains `MISIVA_FAULT_CRASH_ON` (a message that
@@ -418,10 +523,8 @@ mod fault_hooks {
         if INJECTED.fetch_add(1, Ordering::Relaxed) < wanted("MISIVA_FAULT_CRASHES") {
             panic!("fault hook: injected consumer crash");
         }
-        if let Ok(marker) = std::env::var("MISIVA_FAULT_CRASH_ON") {
-            if !marker.is_empty() && body.windows(marker.len()).any(|w| w == marker.as_bytes()) {
-                panic!("fault hook: this message crashes its consumer");
-            }
+        if marked("MISIVA_FAULT_CRASH_ON", body) {
+            panic!("fault hook: this message crashes its consumer");
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The AMQP shell: connection, topology, consumer actors and the publisher with
 //! confirms. Only this module sees lapin types.
 
+mod acks;
 mod consumer;
 mod publisher;
 mod topology;
