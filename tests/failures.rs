@@ -4,7 +4,7 @@
 
 mod support;
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
+use lapin::options::QueueBindOptions;
 use lapin::types::FieldTable;
 use misiva::sim::{SimConfig, TokenEventKind};
 use serde_json::json;
@@ -23,10 +23,11 @@ fn accepted_per_token(sim: &SimFixture) -> HashMap<String, u32> {
     counts
 }
 
-/// The feedback exchange disappears while jobs that need feedback flow. No
-/// token is sent twice: the settlement's publishes are retried with pauses,
-/// the jobs go back to the queue only after those, and their redeliveries
-/// are settled with the verdict already reached, without a second push.
+/// The feedback queue is unbound while jobs that need feedback flow, so every
+/// feedback publish comes back unroutable. No token is sent twice: the
+/// settlement's publishes are retried with pauses, the jobs go back to the
+/// queue only after those, and their redeliveries are settled with the
+/// verdict already reached, without a second push.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_settlement_never_sends_a_token_twice() {
     let sim = SimFixture::start(Default::default()).await;
@@ -37,7 +38,12 @@ async fn a_broken_settlement_never_sends_a_token_twice() {
     let feedback = format!("{queue}.feedback");
     let admin = conn.create_channel().await.unwrap();
     admin
-        .exchange_delete(feedback.as_str().into(), Default::default())
+        .queue_unbind(
+            feedback.as_str().into(),
+            feedback.as_str().into(),
+            "#".into(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     let outage = Instant::now();
@@ -75,18 +81,6 @@ async fn a_broken_settlement_never_sends_a_token_twice() {
     .await;
     let first_requeue = outage.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    admin
-        .exchange_declare(
-            feedback.as_str().into(),
-            lapin::ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
     admin
         .queue_bind(
             feedback.as_str().into(),
