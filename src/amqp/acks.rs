@@ -1,9 +1,11 @@
 //! Which acks to send, as settlements finish in any order: one `multiple` ack
 //! covers a run of settled deliveries, but only once the lowest unsettled
 //! delivery tag has moved past them. A slow delivery therefore holds back the
-//! acks of the faster ones after it (they wait, unacked, in the prefetch
-//! window), and is never acked by them. Pure bookkeeping, no I/O: the
-//! consumer's ack task sends what this decides.
+//! acks of the faster ones after it, and is never acked by them. So that a
+//! slow delivery (a large fan-out, say) cannot fill the prefetch window with
+//! deliveries that are done but held back, and stall the channel, past
+//! [`AckWindow::stragglers`]' limit those are acked one by one. Pure
+//! bookkeeping, no I/O: the consumer's ack task sends what this decides.
 
 use std::collections::BTreeMap;
 
@@ -26,16 +28,28 @@ pub(crate) enum Frame {
     AckUpTo { tag: u64, count: u64 },
 }
 
+/// A settled delivery above the frontier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// To be acked, not acked yet.
+    Ack,
+    /// Acked on its own already (a straggler): never named again.
+    Sent,
+    Nack,
+}
+
 /// The settled deliveries of one channel, by delivery tag.
 #[derive(Debug)]
 pub(crate) struct AckWindow {
     /// Every tag below this is settled, and its frame decided.
     next_unsettled: u64,
     /// Settled tags at or above `next_unsettled`.
-    settled: BTreeMap<u64, Settled>,
+    settled: BTreeMap<u64, Held>,
     /// Acks covered by the frontier but not sent yet: the highest such tag,
     /// and how many there are.
     unsent: Option<(u64, u64)>,
+    /// Deliveries to ack held back above the frontier (`Held::Ack` entries).
+    held_back: usize,
 }
 
 impl Default for AckWindow {
@@ -45,6 +59,7 @@ impl Default for AckWindow {
             next_unsettled: 1,
             settled: BTreeMap::new(),
             unsent: None,
+            held_back: 0,
         }
     }
 }
@@ -56,9 +71,16 @@ impl AckWindow {
         if tag < self.next_unsettled {
             return None;
         }
-        self.settled.insert(tag, how);
-        while let Some(how) = self.settled.remove(&self.next_unsettled) {
-            if how == Settled::Ack {
+        let held = match how {
+            Settled::Ack => Held::Ack,
+            Settled::Nack => Held::Nack,
+        };
+        if self.settled.insert(tag, held).is_none() && held == Held::Ack {
+            self.held_back += 1;
+        }
+        while let Some(held) = self.settled.remove(&self.next_unsettled) {
+            if held == Held::Ack {
+                self.held_back -= 1;
                 let count = self.unsent.map_or(0, |(_, n)| n);
                 self.unsent = Some((self.next_unsettled, count + 1));
             }
@@ -67,11 +89,33 @@ impl AckWindow {
         (how == Settled::Nack).then_some(Frame::Nack(tag))
     }
 
+    /// When more than `limit` deliveries are done but held back behind an
+    /// unsettled one, the tags to ack one by one now (and never again).
+    pub(crate) fn stragglers(&mut self, limit: usize) -> Vec<u64> {
+        if self.held_back <= limit {
+            return Vec::new();
+        }
+        let mut tags = Vec::with_capacity(self.held_back);
+        self.held_back = 0;
+        for (tag, held) in &mut self.settled {
+            if *held == Held::Ack {
+                *held = Held::Sent;
+                tags.push(*tag);
+            }
+        }
+        tags
+    }
+
     /// The `multiple` ack for everything acked and below the frontier, once.
     pub(crate) fn flush(&mut self) -> Option<Frame> {
         self.unsent
             .take()
             .map(|(tag, count)| Frame::AckUpTo { tag, count })
+    }
+
+    /// Deliveries done and to be acked, held back behind an unsettled one.
+    pub(crate) fn held_back(&self) -> usize {
+        self.held_back
     }
 
     /// Acks covered by the frontier and not sent yet.
@@ -109,49 +153,79 @@ mod tests {
         assert_eq!(w.flush(), None, "only nacks since the last ack");
     }
 
+    #[test]
+    fn held_back_deliveries_are_acked_one_by_one_past_the_limit() {
+        let mut w = AckWindow::default();
+        for tag in 2..=5 {
+            assert_eq!(w.settle(tag, Settled::Ack), None);
+        }
+        assert_eq!(w.stragglers(4), Vec::<u64>::new(), "at the limit: wait");
+        assert_eq!(w.settle(6, Settled::Ack), None);
+        assert_eq!(w.stragglers(4), vec![2, 3, 4, 5, 6]);
+        assert_eq!(w.stragglers(0), Vec::<u64>::new(), "each only once");
+        // The slow one finishes: only it is left to ack, by itself.
+        assert_eq!(w.settle(1, Settled::Ack), None);
+        assert_eq!(w.flush(), Some(Frame::AckUpTo { tag: 1, count: 1 }));
+        // Later deliveries are batched again.
+        assert_eq!(w.settle(7, Settled::Ack), None);
+        assert_eq!(w.settle(8, Settled::Ack), None);
+        assert_eq!(w.flush(), Some(Frame::AckUpTo { tag: 8, count: 2 }));
+    }
+
     proptest! {
-        /// Whatever the order of settlements and flushes: every tag is settled
-        /// before an ack covers it, a multiple ack names an acked tag, acks go
+        /// Whatever the order of settlements, flushes and straggler acks:
+        /// every tag is settled before an ack covers it, a multiple ack names
+        /// a tag that is neither nacked nor acked already, multiple acks go
         /// out in increasing order, and every ack is sent exactly once.
         #[test]
         fn acks_cover_only_settled_deliveries(
             order in Just((1..=60u64).collect::<Vec<_>>()).prop_shuffle(),
             nacks in proptest::collection::hash_set(1..=60u64, 0..10),
-            flushes in proptest::collection::vec(any::<bool>(), 60),
+            flushes in proptest::collection::vec(0u8..4, 60),
         ) {
             let mut w = AckWindow::default();
             let mut settled = std::collections::HashSet::new();
+            let mut acked_alone = std::collections::HashSet::new();
             let mut last_ack = 0;
             let mut acked = 0;
-            let mut check = |frame: Frame, settled: &std::collections::HashSet<u64>| -> Result<(), TestCaseError> {
-                if let Frame::AckUpTo { tag, count } = frame {
-                    prop_assert!(tag > last_ack);
-                    prop_assert!(!nacks.contains(&tag));
-                    for t in 1..=tag {
-                        prop_assert!(settled.contains(&t), "tag {} acked before it was settled", t);
-                    }
-                    last_ack = tag;
-                    acked += count;
-                }
-                Ok(())
-            };
             for (i, tag) in order.iter().enumerate() {
                 let how = if nacks.contains(tag) { Settled::Nack } else { Settled::Ack };
                 settled.insert(*tag);
                 if let Some(frame) = w.settle(*tag, how) {
-                    check(frame, &settled)?;
+                    prop_assert_eq!(frame, Frame::Nack(*tag));
                 }
-                if flushes[i] {
-                    if let Some(frame) = w.flush() {
-                        check(frame, &settled)?;
+                let mut frames = Vec::new();
+                match flushes[i] {
+                    1 => frames.extend(w.flush()),
+                    2 => {
+                        for t in w.stragglers(3) {
+                            prop_assert!(settled.contains(&t) && !nacks.contains(&t));
+                            prop_assert!(acked_alone.insert(t), "tag {} acked alone twice", t);
+                            prop_assert!(t > last_ack);
+                            acked += 1;
+                        }
+                    }
+                    _ => {}
+                }
+                for frame in frames {
+                    if let Frame::AckUpTo { tag, count } = frame {
+                        prop_assert!(tag > last_ack);
+                        prop_assert!(!nacks.contains(&tag) && !acked_alone.contains(&tag));
+                        for t in 1..=tag {
+                            prop_assert!(settled.contains(&t), "tag {} acked before it was settled", t);
+                        }
+                        last_ack = tag;
+                        acked += count;
                     }
                 }
             }
-            if let Some(frame) = w.flush() {
-                check(frame, &settled)?;
+            if let Some(Frame::AckUpTo { tag, count }) = w.flush() {
+                prop_assert!(tag > last_ack && !acked_alone.contains(&tag));
+                acked += count;
             }
             prop_assert_eq!(acked, 60 - nacks.len() as u64);
             prop_assert_eq!(w.unsent(), 0);
+            prop_assert_eq!(w.held_back(), 0);
         }
     }
 }

@@ -330,6 +330,9 @@ type Done = (Acker, u64, Settled);
 /// go out when no settlement arrived for [`ACK_DELAY`].
 const ACK_BATCH: u64 = 64;
 const ACK_DELAY: Duration = Duration::from_millis(1);
+/// Deliveries done but held back behind a slow one, past which they are
+/// acked one by one: the prefetch window keeps moving.
+const HELD_BACK_LIMIT: usize = 64;
 
 /// The consumer's ack task: the only sender of acks and nacks on its channel,
 /// so that frames go out in order. Under load, one `multiple` ack covers many
@@ -372,7 +375,7 @@ async fn ack_loop(mut done: mpsc::Receiver<Done>, counters: Arc<Counters>, index
             }
             item = done.try_recv().ok();
         }
-        if window.unsent() >= ACK_BATCH {
+        if window.unsent() >= ACK_BATCH || window.held_back() > HELD_BACK_LIMIT {
             flush(&mut window, &mut ackers, &counters, index).await;
         }
     }
@@ -385,6 +388,19 @@ async fn flush(
     counters: &Counters,
     index: usize,
 ) {
+    for tag in window.stragglers(HELD_BACK_LIMIT) {
+        let Some(acker) = ackers.remove(&tag) else {
+            continue;
+        };
+        match acker.ack(BasicAckOptions { multiple: false }).await {
+            Ok(_) => {
+                counters.acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::debug!(consumer = index, error = %e, "ack failed; the channel returns the delivery");
+            }
+        }
+    }
     let Some(Frame::AckUpTo { tag, count }) = window.flush() else {
         return;
     };
