@@ -3,9 +3,10 @@
 //! delivery tag has moved past them. A slow delivery therefore holds back the
 //! acks of the faster ones after it, and is never acked by them. So that a
 //! slow delivery (a large fan-out, say) cannot fill the prefetch window with
-//! deliveries that are done but held back, and stall the channel, past
-//! [`AckWindow::stragglers`]' limit those are acked one by one. Pure
-//! bookkeeping, no I/O: the consumer's ack task sends what this decides.
+//! deliveries that are done but held back, and stall the channel, the ack task
+//! acks those one by one ([`AckWindow::stragglers`]) once the frontier has not
+//! moved for a while. Pure bookkeeping, no I/O: the consumer's ack task sends
+//! what this decides.
 
 use std::collections::BTreeMap;
 
@@ -89,10 +90,10 @@ impl AckWindow {
         (how == Settled::Nack).then_some(Frame::Nack(tag))
     }
 
-    /// When more than `limit` deliveries are done but held back behind an
-    /// unsettled one, the tags to ack one by one now (and never again).
-    pub(crate) fn stragglers(&mut self, limit: usize) -> Vec<u64> {
-        if self.held_back <= limit {
+    /// The deliveries done but held back behind an unsettled one: the tags
+    /// to ack one by one now (and never again).
+    pub(crate) fn stragglers(&mut self) -> Vec<u64> {
+        if self.held_back == 0 {
             return Vec::new();
         }
         let mut tags = Vec::with_capacity(self.held_back);
@@ -111,6 +112,11 @@ impl AckWindow {
         self.unsent
             .take()
             .map(|(tag, count)| Frame::AckUpTo { tag, count })
+    }
+
+    /// The lowest unsettled delivery tag.
+    pub(crate) fn frontier(&self) -> u64 {
+        self.next_unsettled
     }
 
     /// Deliveries done and to be acked, held back behind an unsettled one.
@@ -154,15 +160,15 @@ mod tests {
     }
 
     #[test]
-    fn held_back_deliveries_are_acked_one_by_one_past_the_limit() {
+    fn held_back_deliveries_can_be_acked_one_by_one() {
         let mut w = AckWindow::default();
-        for tag in 2..=5 {
+        for tag in 2..=6 {
             assert_eq!(w.settle(tag, Settled::Ack), None);
         }
-        assert_eq!(w.stragglers(4), Vec::<u64>::new(), "at the limit: wait");
-        assert_eq!(w.settle(6, Settled::Ack), None);
-        assert_eq!(w.stragglers(4), vec![2, 3, 4, 5, 6]);
-        assert_eq!(w.stragglers(0), Vec::<u64>::new(), "each only once");
+        assert_eq!(w.frontier(), 1);
+        assert_eq!(w.held_back(), 5);
+        assert_eq!(w.stragglers(), vec![2, 3, 4, 5, 6]);
+        assert_eq!(w.stragglers(), Vec::<u64>::new(), "each only once");
         // The slow one finishes: only it is left to ack, by itself.
         assert_eq!(w.settle(1, Settled::Ack), None);
         assert_eq!(w.flush(), Some(Frame::AckUpTo { tag: 1, count: 1 }));
@@ -198,7 +204,7 @@ mod tests {
                 match flushes[i] {
                     1 => frames.extend(w.flush()),
                     2 => {
-                        for t in w.stragglers(3) {
+                        for t in w.stragglers() {
                             prop_assert!(settled.contains(&t) && !nacks.contains(&t));
                             prop_assert!(acked_alone.insert(t), "tag {} acked alone twice", t);
                             prop_assert!(t > last_ack);

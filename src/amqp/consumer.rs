@@ -330,9 +330,11 @@ type Done = (Acker, u64, Settled);
 /// go out when no settlement arrived for [`ACK_DELAY`].
 const ACK_BATCH: u64 = 64;
 const ACK_DELAY: Duration = Duration::from_millis(1);
-/// Deliveries done but held back behind a slow one, past which they are
-/// acked one by one: the prefetch window keeps moving.
-const HELD_BACK_LIMIT: usize = 64;
+/// How long the lowest unsettled delivery may hold back the acks of the ones
+/// after it. Past this it is a slow delivery (a large fan-out, a held job),
+/// not the ordinary disorder of a drain, and the deliveries done behind it
+/// are acked one by one, so the prefetch window keeps moving.
+const STUCK_AFTER: Duration = Duration::from_millis(100);
 
 /// The consumer's ack task: the only sender of acks and nacks on its channel,
 /// so that frames go out in order. Under load, one `multiple` ack covers many
@@ -343,17 +345,30 @@ async fn ack_loop(mut done: mpsc::Receiver<Done>, counters: Arc<Counters>, index
     // The ackers of acked deliveries not covered by a sent ack yet; the
     // `multiple` ack is sent with the one of the highest tag.
     let mut ackers = std::collections::BTreeMap::new();
+    // When the lowest unsettled tag last moved.
+    let mut frontier = (window.frontier(), tokio::time::Instant::now());
     loop {
-        let next = if window.unsent() > 0 {
-            match tokio::time::timeout(ACK_DELAY, done.recv()).await {
+        let stuck = |frontier: &(u64, tokio::time::Instant)| frontier.1.elapsed() >= STUCK_AFTER;
+        let wait = if window.unsent() > 0 {
+            Some(ACK_DELAY)
+        } else if window.held_back() > 0 {
+            Some(
+                STUCK_AFTER
+                    .saturating_sub(frontier.1.elapsed())
+                    .max(ACK_DELAY),
+            )
+        } else {
+            None
+        };
+        let next = match wait {
+            Some(wait) => match tokio::time::timeout(wait, done.recv()).await {
                 Ok(next) => next,
                 Err(_) => {
-                    flush(&mut window, &mut ackers, &counters, index).await;
+                    flush(&mut window, &mut ackers, &counters, index, stuck(&frontier)).await;
                     continue;
                 }
-            }
-        } else {
-            done.recv().await
+            },
+            None => done.recv().await,
         };
         let Some(first) = next else { break };
         let mut item = Some(first);
@@ -375,11 +390,14 @@ async fn ack_loop(mut done: mpsc::Receiver<Done>, counters: Arc<Counters>, index
             }
             item = done.try_recv().ok();
         }
-        if window.unsent() >= ACK_BATCH || window.held_back() > HELD_BACK_LIMIT {
-            flush(&mut window, &mut ackers, &counters, index).await;
+        if window.frontier() != frontier.0 {
+            frontier = (window.frontier(), tokio::time::Instant::now());
+        }
+        if window.unsent() >= ACK_BATCH || (window.held_back() > 0 && stuck(&frontier)) {
+            flush(&mut window, &mut ackers, &counters, index, stuck(&frontier)).await;
         }
     }
-    flush(&mut window, &mut ackers, &counters, index).await;
+    flush(&mut window, &mut ackers, &counters, index, false).await;
 }
 
 async fn flush(
@@ -387,8 +405,14 @@ async fn flush(
     ackers: &mut std::collections::BTreeMap<u64, Acker>,
     counters: &Counters,
     index: usize,
+    stuck: bool,
 ) {
-    for tag in window.stragglers(HELD_BACK_LIMIT) {
+    let stragglers = if stuck {
+        window.stragglers()
+    } else {
+        Vec::new()
+    };
+    for tag in stragglers {
         let Some(acker) = ackers.remove(&tag) else {
             continue;
         };
