@@ -322,7 +322,6 @@ async fn consumer_child(
         counters: parts.counters.clone(),
         max_deliveries: parts.config.max_deliveries,
         unsettled: parts.unsettled.clone(),
-        frame_max: 0,
     };
     let stop = ctx.stop_signal();
     // Counted as consuming from `ready` until this child ends, however it ends.

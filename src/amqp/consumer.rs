@@ -1,8 +1,9 @@
 //! A consumer actor: one channel, one `basic.consume` with manual acks and a
 //! prefetch, one task per delivery in flight. Each delivery is handed to the
 //! [`Dispatcher`] and its settlement carried out here, in this order: feedback
-//! and dead letters published and confirmed, then the delivery acked (or nacked
-//! back to the queue). Nothing is acked before its outcome is settled.
+//! and dead letters published and confirmed, then the delivery handed to the
+//! consumer's ack task, which acks in order and in batches (or nacks it back to
+//! the queue). Nothing is acked before its outcome is settled.
 
 use super::acks::{AckWindow, Frame, Settled};
 use super::publisher::{SettleError, SettlementChannel};
@@ -61,22 +62,20 @@ pub struct Consumer {
     pub max_deliveries: u32,
     /// Verdicts waiting for their settlement to go through.
     pub unsettled: Arc<Unsettled>,
-    /// The connection's negotiated frame size; set by [`Consumer::run`].
-    pub frame_max: u32,
 }
 
 impl Consumer {
     /// Consumes until `stop` turns true (then cancels, finishes what is in
-    /// flight within `grace`, and returns `Stopped`), the broker ends it, or a
-    /// delivery's processing panics. `on_ready` runs once consumption started.
+    /// flight within `grace`, and returns `Stopped`), the broker ends it, its
+    /// settlement channel cannot be reopened, or the consumer itself panics
+    /// outside a job's guard. `on_ready` runs once consumption started.
     pub async fn run(
-        mut self,
+        self,
         broker: &Broker,
         mut stop: watch::Receiver<bool>,
         grace: Duration,
         on_ready: impl FnOnce(),
     ) -> Result<ConsumerExit, ConsumerExit> {
-        self.frame_max = broker.frame_max();
         let channel = broker.channel().await?;
         channel
             .basic_qos(self.prefetch, BasicQosOptions::default())
@@ -274,7 +273,7 @@ impl Consumer {
             topology: &self.topology,
             original: &delivery.properties,
             body: &delivery.data,
-            frame_max: self.frame_max,
+            frame_max: publisher.frame_max(),
             now: OffsetDateTime::now_utc(),
         }
         .messages(&verdict);

@@ -111,6 +111,12 @@ impl SettlementChannel {
         })
     }
 
+    /// The frame size its connection negotiated (0 = no limit): a
+    /// republish's header table must fit in one frame.
+    pub(crate) fn frame_max(&self) -> u32 {
+        self.broker.frame_max()
+    }
+
     fn channel(&self) -> ConfirmChannel {
         // Held only to clone a handle: a panic elsewhere cannot leave it half-written.
         self.current

@@ -271,9 +271,13 @@ mod tests {
         tokio::task::yield_now().await;
         probe.abort();
         let _ = probe.await;
-        // Open again for twice the pause; then a new probe goes out.
+        // Open again for twice the pause; then a new probe goes out. Bounded,
+        // so that a breaker left half-open fails the test instead of hanging it.
         let started = Instant::now();
-        assert_eq!(waiter.await.unwrap(), Pass::Probe);
+        let next = tokio::time::timeout(MAX_PAUSE * 4, waiter)
+            .await
+            .expect("no probe came after the abandoned one");
+        assert_eq!(next.unwrap(), Pass::Probe);
         assert_eq!(started.elapsed(), FIRST_PAUSE * 2);
         let ticket = b.ticket().await;
         assert_eq!(ticket.pass(), Pass::Probe);
