@@ -62,6 +62,7 @@ fn tokens_and_headers(c: &mut Criterion) {
         .build()
         .unwrap();
     let provider = ProviderToken::new(
+        "bench",
         SigningKey::from_pem("bench", misiva::jwt::generate_p8().as_bytes()).unwrap(),
         "KEYID12345".into(),
         "TEAMID1234".into(),

@@ -54,6 +54,7 @@ impl Readiness {
     /// Counts a consumer as consuming until the returned guard drops.
     pub fn consuming(self: &Arc<Self>) -> ConsumingGuard {
         self.consuming.fetch_add(1, Ordering::Relaxed);
+        crate::events::emit(crate::events::Consuming { running: true });
         ConsumingGuard(self.clone())
     }
 }
@@ -66,8 +67,12 @@ pub struct ConsumingGuard(Arc<Readiness>);
 impl Drop for ConsumingGuard {
     fn drop(&mut self) {
         self.0.consuming.fetch_sub(1, Ordering::Relaxed);
+        crate::events::emit(crate::events::Consuming { running: false });
     }
 }
+
+/// The OpenMetrics text format, which Prometheus asks for and reads.
+const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Connections served at once; more wait in the listen backlog. Probes and
 /// scrapes need a handful.
@@ -126,6 +131,15 @@ pub async fn serve(addr: &str, readiness: Arc<Readiness>) -> std::io::Result<Soc
 fn answer(path: &str, readiness: &Readiness) -> Response<Full<Bytes>> {
     let (status, body) = match path {
         "/healthz" => (StatusCode::OK, "ok\n"),
+        "/metrics" => {
+            let mut response =
+                Response::new(Full::new(Bytes::from(crate::events::metrics().encode())));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(METRICS_CONTENT_TYPE),
+            );
+            return response;
+        }
         "/readyz" if readiness.is_ready() => (StatusCode::OK, "ready\n"),
         "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         _ => (StatusCode::NOT_FOUND, "not found\n"),

@@ -6,6 +6,7 @@ use crate::amqp::{self, Broker, Consumer, Topology, TopologyError};
 use crate::apns::{Apns, SetupError};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
+use crate::events;
 use crate::supervisor::{
     Backoff, ChildContext, ChildError, ChildSpec, Intensity, Restart, Shutdown, Strategy,
     Supervisor, SupervisorSpec,
@@ -269,6 +270,7 @@ fn amqp_tree(parts: &Parts) -> SupervisorSpec {
 /// consumers after it. On stop it closes the connection, after the consumers
 /// (stopped first, in reverse order) closed their channels.
 async fn connection_child(parts: Parts, mut ctx: ChildContext) -> Result<(), ChildError> {
+    let mut again = false;
     let taken = parts
         .first_connection
         .lock()
@@ -277,27 +279,44 @@ async fn connection_child(parts: Parts, mut ctx: ChildContext) -> Result<(), Chi
     let broker = match taken {
         Some(broker) => broker,
         None => {
+            again = true;
             let broker = Broker::connect(&parts.config.amqp_url, &connection_name(&parts.config))
                 .await
                 .map_err(ChildError::failed)?;
             amqp::declare(&broker, &parts.topology)
                 .await
                 .map_err(ChildError::failed)?;
-            tracing::info!("connected to RabbitMQ again");
             broker
         }
     };
     parts.current.send_replace(Some(broker.clone()));
     parts.readiness.set_connected(true);
+    events::emit(events::BrokerConnection { up: true, again });
     ctx.ready();
-    let result = tokio::select! {
-        _ = ctx.stopped() => {
-            broker.close().await;
-            Ok(())
+    // lapin records `connection.blocked` in the connection's status but tells
+    // no one; a look every second is enough for a gauge and an alert.
+    let mut blocked = false;
+    let mut look = tokio::time::interval(std::time::Duration::from_secs(1));
+    let result = loop {
+        tokio::select! {
+            _ = ctx.stopped() => {
+                broker.close().await;
+                break Ok(());
+            }
+            _ = broker.lost() => break Err(ChildError::failed("the RabbitMQ connection was lost")),
+            _ = look.tick() => {
+                if broker.is_blocked() != blocked {
+                    blocked = !blocked;
+                    events::emit(events::BrokerBlocked { blocked });
+                }
+            }
         }
-        _ = broker.lost() => Err(ChildError::failed("the RabbitMQ connection was lost")),
     };
     parts.readiness.set_connected(false);
+    events::emit(events::BrokerConnection {
+        up: false,
+        again: false,
+    });
     parts.current.send_replace(None);
     result
 }

@@ -218,6 +218,8 @@ pub struct Config {
 pub enum LogFormat {
     Json,
     Text,
+    /// Unset: JSON for log collectors, text when a person watches a terminal.
+    Auto,
 }
 
 /// The file's shape. Field names are the environment variables without the
@@ -348,8 +350,9 @@ impl Config {
         let log_format = match var("MISIVA_LOG_FORMAT")
             .or(file.log_format)
             .as_deref()
-            .unwrap_or("json")
+            .unwrap_or("auto")
         {
+            "auto" => LogFormat::Auto,
             "json" => LogFormat::Json,
             "text" => LogFormat::Text,
             other => return Err(invalid("MISIVA_LOG_FORMAT", other, "expected json or text")),
@@ -769,7 +772,7 @@ mod tests {
         assert_eq!(c.feedback_exchange, "misiva.feedback");
         assert_eq!(c.consumers, 2);
         assert_eq!(c.prefetch, DEFAULT_PREFETCH);
-        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.log_format, LogFormat::Auto);
         let app = &c.apps["default"];
         assert_eq!(app.endpoint, Endpoint::Production);
         assert!(matches!(&app.auth, Auth::Token { key_id, .. } if key_id == "KEY1"));

@@ -56,9 +56,16 @@ impl Dispatcher {
 
     pub async fn handle(&self, inbound: Inbound<'_>) -> Verdict {
         let attempt = inbound.previous_attempts.saturating_add(1);
+        let span = tracing::Span::current();
         let job = match job::decode(inbound.body, inbound.message_id) {
             Ok(job) => job,
             Err(e) => {
+                if let Some(id) = inbound.message_id {
+                    span.record(
+                        "job_id",
+                        crate::bounded::cut(id, crate::bounded::SHORT_STRING_BYTES),
+                    );
+                }
                 return Verdict {
                     settlement: outcome::reject_job(attempt, outcome::INVALID_JOB, e.to_string()),
                     app: job::AppName::default().to_string(),
@@ -68,6 +75,9 @@ impl Dispatcher {
                 };
             }
         };
+        span.record("job_id", job.id.as_str());
+        span.record("app", job.app.as_str());
+        span.record("tokens", job.tokens.len());
         let Some(client) = self.apns.client(job.app.as_str()) else {
             return Verdict {
                 settlement: outcome::reject_job(

@@ -103,7 +103,8 @@ fn init_logs_from_env() {
     let filter = std::env::var("MISIVA_LOG").unwrap_or_else(|_| "info".into());
     let format = match std::env::var("MISIVA_LOG_FORMAT").as_deref() {
         Ok("json") => LogFormat::Json,
-        _ => LogFormat::Text,
+        Ok("text") => LogFormat::Text,
+        _ => LogFormat::Auto,
     };
     misiva::telemetry::init(&filter, format);
 }

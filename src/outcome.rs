@@ -277,6 +277,99 @@ pub fn settle(
     }
 }
 
+/// Every reason Apple documents for an APNs answer. Metrics label answers
+/// with these only: a reason outside the list (an endpoint that is not APNs)
+/// is `other`, so a label can never take unbounded values.
+pub const APNS_REASONS: &[&str] = &[
+    "BadCollapseId",
+    "BadDeviceToken",
+    "BadExpirationDate",
+    "BadMessageId",
+    "BadPriority",
+    "BadTopic",
+    "DeviceTokenNotForTopic",
+    "DuplicateHeaders",
+    "IdleTimeout",
+    "InvalidPushType",
+    "MissingDeviceToken",
+    "MissingTopic",
+    "PayloadEmpty",
+    "TopicDisallowed",
+    "BadCertificate",
+    "BadCertificateEnvironment",
+    "ExpiredProviderToken",
+    "Forbidden",
+    "InvalidProviderToken",
+    "MissingProviderToken",
+    "UnrelatedKeyIdInToken",
+    "BadEnvironmentKeyIdInToken",
+    "BadPath",
+    "MethodNotAllowed",
+    "ExpiredToken",
+    "Unregistered",
+    "PayloadTooLarge",
+    "TooManyProviderTokenUpdates",
+    "TooManyRequests",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "Shutdown",
+];
+
+/// The metric label of an APNs reason: Apple's own, `none`, or `other`.
+pub fn reason_label(reason: Option<&str>) -> &'static str {
+    match reason {
+        None | Some("") => "none",
+        Some(r) => APNS_REASONS
+            .iter()
+            .find(|known| **known == r)
+            .copied()
+            .unwrap_or("other"),
+    }
+}
+
+/// The metric label of an APNs status: the statuses Apple documents, else `other`.
+pub fn status_label(code: u16) -> &'static str {
+    match code {
+        200 => "200",
+        400 => "400",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        410 => "410",
+        413 => "413",
+        429 => "429",
+        500 => "500",
+        503 => "503",
+        _ => "other",
+    }
+}
+
+/// The dead-letter reasons Misiva writes: its own codes, then Apple's
+/// permanent reasons in snake_case.
+static DEAD_LETTER_REASONS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    [
+        INVALID_JOB,
+        UNKNOWN_APP,
+        RETRIES_EXHAUSTED,
+        POISON,
+        WORKER_PANIC,
+    ]
+    .iter()
+    .map(|r| (*r).to_owned())
+    .chain(APNS_REASONS.iter().map(|r| snake_case(r)))
+    .chain((400..=599).map(|code| snake_case(&format!("Http{code}"))))
+    .collect()
+});
+
+/// The metric label of a dead-letter reason (`x-misiva-reason`): a known
+/// code, else `other`.
+pub fn dead_letter_label(reason: &str) -> &'static str {
+    DEAD_LETTER_REASONS
+        .iter()
+        .find(|known| known.as_str() == reason)
+        .map_or("other", String::as_str)
+}
+
 /// `TopicDisallowed` → `topic_disallowed`: dead-letter reasons are snake_case codes.
 pub fn snake_case(reason: &str) -> String {
     let mut out = String::with_capacity(reason.len() + 4);

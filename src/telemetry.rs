@@ -1,4 +1,6 @@
-//! Logs: `tracing` to stderr, filtered by `MISIVA_LOG`, as JSON or text.
+//! Logs: `tracing` to stderr, filtered by `MISIVA_LOG`, as JSON (the default
+//! when stderr is not a terminal) or text. In JSON each line carries the
+//! fields of its spans: a job's id, app, token count and trace id.
 
 use crate::config::LogFormat;
 use tracing_subscriber::EnvFilter;
@@ -18,9 +20,14 @@ pub fn init(filter: &str, format: LogFormat) {
         .with_writer(std::io::stderr)
         // Colours only for a terminal: logs redirected to files stay plain.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let format = match format {
+        LogFormat::Auto if std::io::IsTerminal::is_terminal(&std::io::stderr()) => LogFormat::Text,
+        LogFormat::Auto => LogFormat::Json,
+        chosen => chosen,
+    };
     // A second init (tests that run several commands in one process) is harmless.
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+        _ => builder.try_init(),
     };
 }

@@ -32,6 +32,7 @@ impl Client {
             port: sim.sim.addr().port(),
             tls: client_config(Some(&sim.ca_file), None).unwrap(),
             keepalive: Duration::from_secs(60),
+            app: "test".into(),
         };
         Client {
             connection: Connection::start(target),

@@ -11,6 +11,7 @@ use super::wire::{self, short};
 use super::{AmqpError, Broker, Topology};
 use crate::bounded;
 use crate::dispatch::{Dispatcher, Inbound, Verdict};
+use crate::events;
 use crate::job;
 use crate::outcome;
 use futures_util::{FutureExt, StreamExt};
@@ -26,6 +27,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 /// Why a consumer stopped.
 #[derive(Debug, thiserror::Error)]
@@ -175,11 +177,32 @@ impl Consumer {
         publisher: &SettlementChannel,
         acks: &mpsc::Sender<Done>,
     ) -> Result<(), String> {
-        let verdict = match self.remembered(&delivery) {
-            Some(verdict) => verdict,
-            None => self.decide(&delivery).await,
-        };
-        let (result, how) = self.settle(&delivery, verdict, publisher).await;
+        events::emit(events::JobReceived);
+        // One span per job: the dispatcher records its id, app and token
+        // count once the body is decoded; the publisher's trace context, when
+        // it sent one, ties every line of the job to the request behind it.
+        let span = tracing::info_span!(
+            "job",
+            consumer = self.index,
+            job_id = tracing::field::Empty,
+            app = tracing::field::Empty,
+            tokens = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            parent_span_id = tracing::field::Empty,
+        );
+        if let Some(parent) = wire::trace_parent(delivery.properties.headers().as_ref()) {
+            span.record("trace_id", parent.trace_id.as_str());
+            span.record("parent_span_id", parent.parent_id.as_str());
+        }
+        let (result, how) = async {
+            let verdict = match self.remembered(&delivery) {
+                Some(verdict) => verdict,
+                None => self.decide(&delivery).await,
+            };
+            self.settle(&delivery, verdict, publisher).await
+        }
+        .instrument(span)
+        .await;
         if let Some(how) = how {
             // The ack task outlives every delivery task, so this only fails
             // when the consumer is being torn down; the broker then requeues.
@@ -288,12 +311,23 @@ impl Consumer {
                 Err(SettleError::Publish(e)) => {
                     failures += 1;
                     if failures >= SETTLE_TRIES {
-                        tracing::warn!(consumer = self.index, job_id = ?verdict.job_id, error = %e, failures, "settlement failed; returning the job to the queue, its verdict kept");
+                        events::emit(events::JobRequeued {
+                            consumer: self.index,
+                            job_id: verdict.job_id.as_deref(),
+                            failures,
+                            error: &e.to_string(),
+                        });
                         self.unsettled.remember(memo_key(delivery), verdict);
                         return (Ok(()), Some(Settled::Nack));
                     }
                     let pause = settle_backoff(failures);
-                    tracing::warn!(consumer = self.index, job_id = ?verdict.job_id, error = %e, failures, ?pause, "settlement publish failed; trying again");
+                    events::emit(events::SettlementRetried {
+                        consumer: self.index,
+                        job_id: verdict.job_id.as_deref(),
+                        failures,
+                        pause,
+                        error: &e.to_string(),
+                    });
                     tokio::time::sleep(pause).await;
                 }
             }
@@ -307,18 +341,50 @@ impl Consumer {
         counters
             .feedback
             .fetch_add(settlement.feedback.len() as u64, Ordering::Relaxed);
+        let job_id = verdict.job_id.as_deref();
+        for feedback in &settlement.feedback {
+            events::emit(events::FeedbackPublished {
+                app: &verdict.app,
+                reason: &feedback.reason,
+            });
+        }
         for dead in &settlement.dead_letters {
-            tracing::warn!(job_id = ?verdict.job_id, reason = %dead.reason, detail = %bounded::detail(&dead.detail), "job dead-lettered");
+            events::emit(events::JobDeadLettered {
+                app: &verdict.app,
+                job_id,
+                reason: &dead.reason,
+                detail: &dead.detail,
+            });
         }
         counters
             .dead_lettered
             .fetch_add(settlement.dead_letters.len() as u64, Ordering::Relaxed);
         if let Some(retry) = &settlement.retry {
             counters.retried.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(job_id = ?verdict.job_id, attempt = settlement.attempt, tokens = retry.tokens.len(), tier = retry.tier, detail = %bounded::detail(&retry.detail), "transient failure; job scheduled for retry");
+            events::emit(events::JobRetried {
+                app: &verdict.app,
+                job_id,
+                attempt: settlement.attempt,
+                tier: retry.tier,
+                tokens: retry.tokens.len(),
+                detail: &retry.detail,
+            });
         }
+        events::emit(events::JobAcked {
+            app: &verdict.app,
+            age: job_age(delivery.properties.timestamp()),
+        });
         (Ok(()), Some(Settled::Ack))
     }
+}
+
+/// How long ago the job was published, from its AMQP `timestamp` (seconds).
+fn job_age(timestamp: &Option<u64>) -> Option<Duration> {
+    let published = (*timestamp)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    Some(now.saturating_sub(Duration::from_secs(published)))
 }
 
 /// A delivery whose settlement is decided and confirmed: its acker, its tag

@@ -66,6 +66,12 @@ impl Broker {
         self.connection.configuration().frame_max()
     }
 
+    /// Whether the broker blocked this connection's publishing (`connection.blocked`:
+    /// a memory or disk alarm).
+    pub fn is_blocked(&self) -> bool {
+        self.connection.status().blocked()
+    }
+
     pub fn is_connected(&self) -> bool {
         self.connection.status().connected()
     }

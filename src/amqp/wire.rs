@@ -83,6 +83,19 @@ pub(crate) fn count_header(headers: Option<&FieldTable>, name: &str) -> Option<u
     u64::try_from(value).ok()
 }
 
+/// W3C trace context header a publisher may set.
+pub(crate) const TRACEPARENT: &str = "traceparent";
+
+/// The job's `traceparent`, when it has a valid one (a long or short string).
+pub(crate) fn trace_parent(headers: Option<&FieldTable>) -> Option<crate::trace::TraceParent> {
+    let text = match headers?.inner().get(TRACEPARENT)? {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?,
+        AMQPValue::ShortString(s) => s.as_str(),
+        _ => return None,
+    };
+    crate::trace::TraceParent::parse(text)
+}
+
 /// The encoded size of a field value (type octet excluded), or `None` when it
 /// nests deeper than `depth` allows.
 fn value_len(value: &AMQPValue, depth: usize) -> Option<usize> {

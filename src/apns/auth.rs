@@ -18,6 +18,8 @@ pub const RENEW_AFTER: Duration = Duration::from_secs(50 * 60);
 pub const REACTIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 pub struct ProviderToken {
+    /// The app's metric label.
+    app: Arc<str>,
     key: SigningKey,
     key_id: String,
     team_id: String,
@@ -47,8 +49,9 @@ struct Issued {
 }
 
 impl ProviderToken {
-    pub fn new(key: SigningKey, key_id: String, team_id: String) -> Self {
+    pub fn new(app: &str, key: SigningKey, key_id: String, team_id: String) -> Self {
         ProviderToken {
+            app: crate::events::metrics().app(app),
             key,
             key_id,
             team_id,
@@ -62,7 +65,7 @@ impl ProviderToken {
         let mut current = self.lock();
         match &*current {
             Some(issued) if issued.at.elapsed() < RENEW_AFTER => issued.header.clone(),
-            _ => self.issue(&mut current),
+            _ => self.issue(&mut current, false),
         }
     }
 
@@ -82,18 +85,21 @@ impl ProviderToken {
             return None;
         }
         *last = Some(Instant::now());
-        tracing::info!(key_id = %self.key_id, "APNs rejected the provider token as expired; renewing it now");
-        Some(self.issue(&mut current))
+        Some(self.issue(&mut current, true))
     }
 
-    fn issue(&self, slot: &mut Option<Issued>) -> Arc<str> {
+    fn issue(&self, slot: &mut Option<Issued>, rejected: bool) -> Arc<str> {
         let iat = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or_default();
         let jwt = self.key.sign(&self.key_id, &self.team_id, iat);
         let header: Arc<str> = Arc::from(format!("bearer {jwt}"));
-        tracing::info!(key_id = %self.key_id, "signed a new APNs provider token");
+        crate::events::emit(crate::events::ProviderTokenRenewed {
+            app: &self.app,
+            key_id: &self.key_id,
+            rejected,
+        });
         *slot = Some(Issued {
             header: header.clone(),
             at: Instant::now(),
@@ -114,7 +120,7 @@ mod tests {
 
     fn token() -> ProviderToken {
         let key = SigningKey::from_pem("k", crate::jwt::generate_p8().as_bytes()).unwrap();
-        ProviderToken::new(key, "KEY".into(), "TEAM".into())
+        ProviderToken::new("app", key, "KEY".into(), "TEAM".into())
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,7 +10,8 @@
 //! that is not transient (delivered, feedback, a permanent rejection) resets the
 //! count. So a partial outage (say 20% of 503s) never opens it.
 
-use std::sync::Mutex;
+use crate::events;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -71,7 +72,9 @@ impl Ticket<'_> {
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         if !self.recorded && self.pass == Pass::Probe {
-            tracing::warn!(app = %self.breaker.app, "APNs probe abandoned before its answer; counted as failed");
+            events::emit(events::Breaker::ProbeAbandoned {
+                app: &self.breaker.app,
+            });
             self.breaker.record(Pass::Probe, true);
         }
     }
@@ -79,7 +82,7 @@ impl Drop for Ticket<'_> {
 
 #[derive(Debug)]
 pub struct Breaker {
-    app: String,
+    app: Arc<str>,
     /// The state; held only to read or change it, never across an await.
     state: Mutex<State>,
     /// Wakes the waiting requests when the breaker closes or a probe ends.
@@ -89,7 +92,7 @@ pub struct Breaker {
 impl Breaker {
     pub fn new(app: &str) -> Breaker {
         Breaker {
-            app: app.to_owned(),
+            app: crate::events::metrics().app(app),
             state: Mutex::new(State::Closed { failures: 0 }),
             changed: Notify::new(),
         }
@@ -156,10 +159,13 @@ impl Breaker {
                         until: Instant::now() + pause,
                         pause,
                     };
-                    tracing::warn!(app = %self.app, ?pause, "APNs probe failed; circuit stays open");
+                    events::emit(events::Breaker::ProbeFailed {
+                        app: &self.app,
+                        pause,
+                    });
                 } else {
                     *state = State::Closed { failures: 0 };
-                    tracing::info!(app = %self.app, "APNs answers again; circuit closed");
+                    events::emit(events::Breaker::Closed { app: &self.app });
                 }
                 drop(state);
                 self.changed.notify_waiters();
@@ -172,7 +178,10 @@ impl Breaker {
                         until: Instant::now() + FIRST_PAUSE,
                         pause: FIRST_PAUSE,
                     };
-                    tracing::warn!(app = %self.app, failures = failures + 1, "APNs fails every request; circuit open, pausing this app's deliveries");
+                    events::emit(events::Breaker::Opened {
+                        app: &self.app,
+                        failures: failures + 1,
+                    });
                 } else {
                     *state = State::Closed {
                         failures: failures + 1,

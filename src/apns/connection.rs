@@ -6,6 +6,7 @@
 //! the last handle drops. Each request is answered on its own oneshot.
 
 use super::tls::TlsError;
+use crate::events;
 use crate::outcome::ApnsAnswer;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -40,6 +41,8 @@ pub struct Target {
     /// a middlebox would drop stays open, and one it silently dropped is
     /// noticed before a request is lost on it.
     pub keepalive: Duration,
+    /// The app's metric label.
+    pub app: Arc<str>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,13 +90,19 @@ impl Target {
             .handshake(TokioIo::new(tls))
             .await
             .map_err(|e| ConnectError::H2(addr.clone(), e))?;
-        tokio::spawn(async move {
-            match connection.await {
-                Ok(()) => tracing::info!(%addr, "APNs connection closed"),
-                Err(e) => tracing::warn!(%addr, error = %e, "APNs connection failed"),
-            }
+        events::emit(events::ConnectionOpened {
+            app: &self.app,
+            addr: &addr,
         });
-        tracing::info!(addr = %format!("{}:{}", self.host, self.port), "APNs connection ready");
+        let app = self.app.clone();
+        tokio::spawn(async move {
+            let error = connection.await.err().map(|e| e.to_string());
+            events::emit(events::ConnectionClosed {
+                app: &app,
+                addr: &addr,
+                error: error.as_deref(),
+            });
+        });
         Ok(sender)
     }
 }
@@ -208,6 +217,25 @@ async fn run(target: Target, mut commands: mpsc::Receiver<Command>, state: watch
     let mut failures: u32 = 0;
     let mut retry_at: Option<Instant> = None;
     let mut last_error = String::new();
+    let app = target.app.clone();
+    let set_state = |to: State| {
+        let from = state.send_replace(to);
+        if from != to {
+            events::emit(events::ConnectionState {
+                app: &app,
+                from: Some(from),
+                to,
+            });
+        }
+    };
+    events::emit(events::ConnectionState {
+        app: &app,
+        from: None,
+        to: State::Connecting,
+    });
+    let streams = events::metrics()
+        .streams_in_use
+        .get_or_create_owned(&events::AppLabel { app: app.clone() });
     while let Some(Command::Send {
         request,
         deadline,
@@ -216,13 +244,13 @@ async fn run(target: Target, mut commands: mpsc::Receiver<Command>, state: watch
     {
         if link.is_some() && unhealthy.load(Ordering::Relaxed) == generation {
             tracing::warn!(host = %target.host, "an APNs request got no answer in time; replacing the connection");
-            state.send_replace(State::Draining);
+            set_state(State::Draining);
             // In-flight requests keep the old connection until they end.
             link = None;
         }
         if link.as_ref().is_none_or(SendRequest::is_closed) {
             if link.take().is_some() {
-                state.send_replace(State::Connecting);
+                set_state(State::Connecting);
             }
             if retry_at.is_none_or(|at| Instant::now() >= at) {
                 match timeout(CONNECT_TIMEOUT, target.connect()).await {
@@ -231,7 +259,7 @@ async fn run(target: Target, mut commands: mpsc::Receiver<Command>, state: watch
                         generation += 1;
                         failures = 0;
                         retry_at = None;
-                        state.send_replace(State::Ready);
+                        set_state(State::Ready);
                     }
                     outcome => {
                         last_error = match outcome {
@@ -240,9 +268,13 @@ async fn run(target: Target, mut commands: mpsc::Receiver<Command>, state: watch
                         };
                         failures = failures.saturating_add(1);
                         let wait = backoff(failures);
-                        tracing::warn!(error = %last_error, retry_in = ?wait, "cannot connect to APNs");
+                        events::emit(events::ConnectFailed {
+                            app: &app,
+                            error: &last_error,
+                            retry_in: wait,
+                        });
                         retry_at = Some(Instant::now() + wait);
-                        state.send_replace(State::Connecting);
+                        set_state(State::Connecting);
                     }
                 }
             }
@@ -252,8 +284,11 @@ async fn run(target: Target, mut commands: mpsc::Receiver<Command>, state: watch
                 let sender = sender.clone();
                 let unhealthy = unhealthy.clone();
                 let this = generation;
+                let streams = streams.clone();
                 tokio::spawn(async move {
+                    streams.inc();
                     let outcome = exchange(sender, request, deadline).await;
+                    streams.dec();
                     if outcome == Exchange::Answered(ApnsAnswer::Transport(timeout_text(deadline)))
                     {
                         unhealthy.store(this, Ordering::Relaxed);
@@ -269,7 +304,7 @@ async fn run(target: Target, mut commands: mpsc::Receiver<Command>, state: watch
             }
         }
     }
-    state.send_replace(State::Dead);
+    set_state(State::Dead);
 }
 
 fn timeout_text(deadline: Duration) -> String {

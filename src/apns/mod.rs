@@ -15,6 +15,7 @@ pub use pool::Pool;
 pub use tls::{ClientIdentity, TlsError, client_config};
 
 use crate::config::{AppConfig, Auth, Config};
+use crate::events::{self, AppMetrics};
 use crate::job::{DeviceToken, Job, Topic};
 use crate::jwt::{KeyError, SigningKey};
 use crate::outcome::{ApnsAnswer, TokenOutcome, classify};
@@ -106,6 +107,8 @@ struct ClientInner {
     target: Target,
     /// Pauses this app's requests while APNs fails all of them.
     breaker: Breaker,
+    /// Handles to this app's metrics on the notification path.
+    metrics: AppMetrics,
     /// Bounds the app's requests in flight, whatever the number of jobs and
     /// their fan-out: about what its connections may carry at once
     /// ([`STREAMS_PER_CONNECTION`] each). More would only queue inside hyper,
@@ -115,7 +118,16 @@ struct ClientInner {
 
 /// A reserved place among an app's requests in flight (see [`ApnsClient::reserve`]).
 #[derive(Debug)]
-pub struct Slot(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+pub struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    in_flight: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.in_flight.dec();
+    }
+}
 
 /// Requests in flight per connection the client allows: APNs' usual
 /// `SETTINGS_MAX_CONCURRENT_STREAMS`.
@@ -125,6 +137,8 @@ impl ApnsClient {
     /// Builds the client of one app: reads its key and CA (errors here are
     /// configuration errors), and starts its pool of connection actors.
     pub async fn new(app: &str, config: &AppConfig) -> Result<ApnsClient, SetupError> {
+        // First, so that every part below labels its metrics with this app.
+        let metrics = AppMetrics::new(app);
         let tls_err = |source| SetupError::Tls {
             app: app.to_owned(),
             source,
@@ -140,7 +154,12 @@ impl ApnsClient {
                     source,
                 })?;
                 (
-                    Some(ProviderToken::new(key, key_id.clone(), team_id.clone())),
+                    Some(ProviderToken::new(
+                        app,
+                        key,
+                        key_id.clone(),
+                        team_id.clone(),
+                    )),
                     None,
                 )
             }
@@ -169,6 +188,7 @@ impl ApnsClient {
             port: config.endpoint.port(),
             tls,
             keepalive: config.keepalive,
+            app: metrics.app.clone(),
         };
         let base = format!("https://{}", config.endpoint.authority());
         Ok(ApnsClient {
@@ -180,6 +200,7 @@ impl ApnsClient {
                 request_timeout: config.request_timeout,
                 target,
                 breaker: Breaker::new(app),
+                metrics,
                 in_flight: Arc::new(tokio::sync::Semaphore::new(
                     config.connections * STREAMS_PER_CONNECTION,
                 )),
@@ -218,7 +239,11 @@ impl ApnsClient {
             .acquire_owned()
             .await
             .expect("the in-flight semaphore is never closed");
-        Slot(permit)
+        self.inner.metrics.in_flight.inc();
+        Slot {
+            _permit: permit,
+            in_flight: self.inner.metrics.in_flight.clone(),
+        }
     }
 
     /// Sends with a place already reserved; the place is freed when it returns.
@@ -244,30 +269,35 @@ impl ApnsClient {
     async fn send_now(&self, job: &JobRequest, token: &DeviceToken) -> ApnsAnswer {
         let inner = &self.inner;
         let Some(provider) = &inner.token else {
-            return inner
-                .pool
-                .send(|| self.request(job, token, None), inner.request_timeout)
-                .await;
+            return self.send_one(|| self.request(job, token, None)).await;
         };
         let bearer = provider.header();
-        let answer = inner
-            .pool
-            .send(
-                || self.request(job, token, Some(&bearer)),
-                inner.request_timeout,
-            )
+        let answer = self
+            .send_one(|| self.request(job, token, Some(&bearer)))
             .await;
         if let TokenOutcome::Credentials { renew: true, .. } = classify(&answer) {
             if let Some(renewed) = provider.renew_after_rejection(&bearer) {
-                return inner
-                    .pool
-                    .send(
-                        || self.request(job, token, Some(&renewed)),
-                        inner.request_timeout,
-                    )
+                return self
+                    .send_one(|| self.request(job, token, Some(&renewed)))
                     .await;
             }
         }
+        answer
+    }
+
+    /// One request through the pool, timed and counted.
+    async fn send_one(&self, build: impl Fn() -> http::Request<Full<Bytes>>) -> ApnsAnswer {
+        let inner = &self.inner;
+        let started = std::time::Instant::now();
+        let answer = inner
+            .pool
+            .send(build, inner.request_timeout, &inner.metrics)
+            .await;
+        events::emit(events::NotificationAnswered {
+            app: &inner.metrics,
+            answer: &answer,
+            elapsed: started.elapsed(),
+        });
         answer
     }
 

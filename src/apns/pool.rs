@@ -5,6 +5,7 @@
 //! checkouts spread requests over the connections in turn.
 
 use super::connection::{Connection, Exchange, State, Target};
+use crate::events::{self, AppMetrics};
 use crate::outcome::ApnsAnswer;
 use bytes::Bytes;
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
@@ -68,6 +69,7 @@ impl Pool {
         &self,
         build: impl Fn() -> http::Request<Full<Bytes>>,
         deadline: Duration,
+        metrics: &AppMetrics,
     ) -> ApnsAnswer {
         let mut last = String::new();
         // Every connection twice, and one more: under load, GOAWAYs on every
@@ -81,7 +83,10 @@ impl Pool {
             match receiver.await {
                 Ok(Exchange::Answered(answer)) => return answer,
                 Ok(Exchange::NotProcessed(why)) => {
-                    tracing::debug!(%why, "request not processed; sending it on another connection");
+                    events::emit(events::NotificationResent {
+                        app: metrics,
+                        why: &why,
+                    });
                     last = why;
                 }
                 Err(_) => last = "the APNs connection actor dropped the request".into(),

@@ -374,7 +374,11 @@ impl Supervisor {
             state.slots.remove(index);
             return Ok(());
         }
-        tracing::warn!(supervisor = %state.name, child = %spec.name, %reason, "child ended; restarting");
+        crate::events::emit(crate::events::ChildRestarted {
+            supervisor: &state.name,
+            child: &spec.name,
+            reason: &reason,
+        });
 
         let now = Instant::now();
         let intensity = self.spec.intensity;

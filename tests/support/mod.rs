@@ -136,6 +136,19 @@ impl Broker {
 
 /// Publishes bodies to the default exchange with confirms, like any application would.
 pub async fn publish(conn: &Connection, queue: &str, bodies: &[Vec<u8>]) {
+    let properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2);
+    publish_with(conn, queue, bodies, properties).await;
+}
+
+/// Publishes each body with `properties`, confirmed.
+pub async fn publish_with(
+    conn: &Connection,
+    queue: &str,
+    bodies: &[Vec<u8>],
+    properties: BasicProperties,
+) {
     let channel = conn.create_channel().await.unwrap();
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -152,9 +165,7 @@ pub async fn publish(conn: &Connection, queue: &str, bodies: &[Vec<u8>]) {
                     ..Default::default()
                 },
                 body,
-                BasicProperties::default()
-                    .with_content_type("application/json".into())
-                    .with_delivery_mode(2),
+                properties.clone(),
             )
             .await
             .unwrap();
@@ -424,6 +435,85 @@ impl Drop for Worker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A bare HTTP/1.0 GET of `path` on the admin port: the status and the body.
+pub fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).ok()?;
+    let status = answer.split_whitespace().nth(1)?.parse().ok()?;
+    let body = answer.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
+impl Worker {
+    /// The worker's `/metrics` text, or an empty string when it does not answer.
+    pub fn metrics(&self) -> String {
+        match admin_get(self.admin_port, "/metrics") {
+            Some((200, body)) => body,
+            _ => String::new(),
+        }
+    }
+
+    /// The sum of the samples of `name` whose labels include every `labels`
+    /// pair (0 when there is none), read from `/metrics` now.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric(&self.metrics(), name, labels)
+    }
+}
+
+/// The sum of the samples of `name` in an exposition whose labels include
+/// every `labels` pair.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples(text)
+        .into_iter()
+        .filter(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+        })
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+/// One sample of an exposition: name, labels, value.
+pub type Sample = (String, Vec<(String, String)>, f64);
+
+/// Every sample of an exposition.
+pub fn samples(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = match line.rsplit_once(' ') {
+            Some(pair) => pair,
+            None => continue,
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => (name, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let labels = labels
+            .split("\",")
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| {
+                let (k, v) = p.split_once("=\"")?;
+                Some((k.to_owned(), v.trim_end_matches('"').to_owned()))
+            })
+            .collect();
+        out.push((name.to_owned(), labels, value));
+    }
+    out
 }
 
 /// A bare HTTP/1.0 GET, so the tests need no HTTP client.
