@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine with only the Rust toolchain:
-# installs RabbitMQ from Debian's packages if missing, starts the private test
+# installs RabbitMQ and promtool from Debian's packages if missing, starts the private test
 # node, checks formatting and lints, runs every test, and stops the node.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 export MISIVA_TEST_BROKER_PORT="${MISIVA_TEST_BROKER_PORT:-5699}"
+
+# promtool checks and unit-tests the alert rules (tests/observability.rs).
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "test: installing promtool (Debian's prometheus package)" >&2
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo=sudo; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
 
 MISIVA_BROKER_PORT="$MISIVA_TEST_BROKER_PORT" scripts/broker.sh start
 # The shared node, and the private ones the fault tests stop and restart.

@@ -384,7 +384,7 @@ pub struct JobRetried<'a> {
 
 impl InternalEvent for JobRetried<'_> {
     fn emit(self) {
-        tracing::info!(job_id = ?self.job_id, attempt = self.attempt, tokens = self.tokens, tier = self.tier, detail = %crate::bounded::detail(self.detail), "transient failure; job scheduled for retry");
+        tracing::info!(job_id = self.job_id.unwrap_or("-"), attempt = self.attempt, tokens = self.tokens, tier = self.tier, detail = %crate::bounded::detail(self.detail), "transient failure; job scheduled for retry");
         let m = metrics();
         // Tiers are a handful of configured delays; their index is bounded.
         let tier: Arc<str> = Arc::from(self.tier.to_string());
@@ -408,7 +408,7 @@ pub struct JobDeadLettered<'a> {
 
 impl InternalEvent for JobDeadLettered<'_> {
     fn emit(self) {
-        tracing::warn!(job_id = ?self.job_id, reason = %self.reason, detail = %crate::bounded::detail(self.detail), "job dead-lettered");
+        tracing::warn!(job_id = self.job_id.unwrap_or("-"), reason = %self.reason, detail = %crate::bounded::detail(self.detail), "job dead-lettered");
         let m = metrics();
         m.jobs_dead_lettered
             .get_or_create(&AppReason {

@@ -151,12 +151,24 @@ async fn a_full_broker_restart_is_survived() {
         || worker.readyz() == Some(503),
     )
     .await;
+    // Alive all along: the orchestrator must not kill a worker waiting for its broker.
+    assert_eq!(
+        support::admin_get(worker.admin_port, "/healthz").map(|(s, _)| s),
+        Some(200)
+    );
+    assert_eq!(worker.metric("misiva_broker_connected", &[]), 0.0);
     tokio::time::sleep(Duration::from_secs(2)).await;
     node.start();
     wait_for(Duration::from_secs(60), "/readyz to recover", || {
         worker.readyz() == Some(200)
     })
     .await;
+    assert_eq!(
+        support::admin_get(worker.admin_port, "/healthz").map(|(s, _)| s),
+        Some(200)
+    );
+    assert_eq!(worker.metric("misiva_broker_connected", &[]), 1.0);
+    assert!(worker.metric("misiva_broker_reconnects_total", &[]) >= 1.0);
     let duplicates = all_delivered(&sim, &expected, Duration::from_secs(120)).await;
     wait_for(Duration::from_secs(30), "the queue to settle", || {
         node.counts(&queue) == Some((0, 0))
