@@ -82,5 +82,62 @@ fn tokens_and_headers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(hot_paths, decode, tokens_and_headers);
+/// What observability adds to one single-token job: the events of its
+/// delivery, its answer and its ack (metrics), and its span with a trace id
+/// under the JSON subscriber the worker runs (logs go to a sink).
+fn observability(c: &mut Criterion) {
+    use misiva::events::{self, emit};
+    use misiva::outcome::ApnsAnswer;
+    use std::time::Duration;
+    let app = events::AppMetrics::new("bench");
+    let ok = ApnsAnswer::Status {
+        code: 200,
+        reason: None,
+        timestamp_ms: None,
+    };
+    c.bench_function("metrics: one single-token job's events", |b| {
+        b.iter(|| {
+            emit(events::JobReceived);
+            app.in_flight.inc();
+            emit(events::NotificationAnswered {
+                app: &app,
+                answer: black_box(&ok),
+                elapsed: Duration::from_micros(800),
+            });
+            app.in_flight.dec();
+            emit(events::JobAcked {
+                app: black_box("bench"),
+                age: Some(Duration::from_secs(1)),
+            });
+        })
+    });
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_writer(std::io::sink)
+        .with_env_filter("info")
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    c.bench_function("tracing: a job's span with its fields and trace id", |b| {
+        b.iter(|| {
+            let span = tracing::info_span!(
+                "job",
+                consumer = 0,
+                job_id = tracing::field::Empty,
+                app = tracing::field::Empty,
+                tokens = tracing::field::Empty,
+                trace_id = tracing::field::Empty,
+                parent_span_id = tracing::field::Empty,
+            );
+            span.record("trace_id", black_box("4bf92f3577b34da6a3ce929d0e0e4736"));
+            span.record("parent_span_id", "00f067aa0ba902b7");
+            span.record("job_id", "order-1234-shipped");
+            span.record("app", "bench");
+            span.record("tokens", 1usize);
+            let _entered = span.enter();
+        })
+    });
+}
+
+criterion_group!(hot_paths, decode, tokens_and_headers, observability);
 criterion_main!(hot_paths);
