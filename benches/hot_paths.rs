@@ -137,6 +137,23 @@ fn observability(c: &mut Criterion) {
             let _entered = span.enter();
         })
     });
+    c.bench_function(
+        "tracing: a job's span, every field given at creation",
+        |b| {
+            b.iter(|| {
+                let span = tracing::info_span!(
+                    "job",
+                    consumer = 0,
+                    job_id = black_box("order-1234-shipped"),
+                    app = "bench",
+                    tokens = 1usize,
+                    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736",
+                    parent_span_id = "00f067aa0ba902b7",
+                );
+                let _entered = span.enter();
+            })
+        },
+    );
 }
 
 criterion_group!(hot_paths, decode, tokens_and_headers, observability);

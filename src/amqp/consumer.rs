@@ -10,10 +10,11 @@ use super::publisher::{SettleError, SettlementChannel};
 use super::wire::{self, short};
 use super::{AmqpError, Broker, Topology};
 use crate::bounded;
-use crate::dispatch::{Dispatcher, Inbound, Verdict};
+use crate::dispatch::{Dispatcher, Inbound, Verdict, job_span};
 use crate::events;
 use crate::job;
 use crate::outcome;
+use crate::trace::TraceParent;
 use futures_util::{FutureExt, StreamExt};
 use lapin::Acker;
 use lapin::message::Delivery;
@@ -178,31 +179,26 @@ impl Consumer {
         acks: &mpsc::Sender<Done>,
     ) -> Result<(), String> {
         events::emit(events::JobReceived);
-        // One span per job: the dispatcher records its id, app and token
-        // count once the body is decoded; the publisher's trace context, when
+        // One span per job, made by the dispatcher once the body is decoded
+        // (here for jobs it never sees); the publisher's trace context, when
         // it sent one, ties every line of the job to the request behind it.
-        let span = tracing::info_span!(
-            "job",
-            consumer = self.index,
-            job_id = tracing::field::Empty,
-            app = tracing::field::Empty,
-            tokens = tracing::field::Empty,
-            trace_id = tracing::field::Empty,
-            parent_span_id = tracing::field::Empty,
-        );
-        if let Some(parent) = wire::trace_parent(delivery.properties.headers().as_ref()) {
-            span.record("trace_id", parent.trace_id.as_str());
-            span.record("parent_span_id", parent.parent_id.as_str());
-        }
-        let (result, how) = async {
-            let verdict = match self.remembered(&delivery) {
-                Some(verdict) => verdict,
-                None => self.decide(&delivery).await,
-            };
-            self.settle(&delivery, verdict, publisher).await
-        }
-        .instrument(span)
-        .await;
+        let trace = wire::trace_parent(delivery.properties.headers().as_ref());
+        let (verdict, span) = match self.remembered(&delivery) {
+            Some(verdict) => {
+                let span = job_span(
+                    verdict.job_id.as_deref(),
+                    Some(&verdict.app),
+                    None,
+                    trace.as_ref(),
+                );
+                (verdict, span)
+            }
+            None => self.decide(&delivery, trace.as_ref()).await,
+        };
+        let (result, how) = self
+            .settle(&delivery, verdict, publisher)
+            .instrument(span)
+            .await;
         if let Some(how) = how {
             // The ack task outlives every delivery task, so this only fails
             // when the consumer is being torn down; the broker then requeues.
@@ -225,7 +221,11 @@ impl Consumer {
 
     /// The verdict of a fresh delivery: poison when the broker delivered it too
     /// often, else the dispatcher's, with a panic confined to this one job.
-    async fn decide(&self, delivery: &Delivery) -> Verdict {
+    async fn decide(
+        &self,
+        delivery: &Delivery,
+        trace: Option<&TraceParent>,
+    ) -> (Verdict, tracing::Span) {
         let message_id = delivery
             .properties
             .message_id()
@@ -236,8 +236,9 @@ impl Consumer {
             .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX));
         let attempt = previous_attempts.saturating_add(1);
         let earlier_deliveries = wire::count_header(headers, wire::DELIVERY_COUNT).unwrap_or(0);
+        let own_span = || job_span(message_id, None, None, trace);
         if earlier_deliveries >= u64::from(self.max_deliveries) {
-            return rejected(
+            let verdict = rejected(
                 attempt,
                 outcome::POISON,
                 format!(
@@ -247,6 +248,7 @@ impl Consumer {
                 ),
                 message_id,
             );
+            return (verdict, own_span());
         }
         #[cfg(feature = "fault-hooks")]
         fault_hooks::maybe_crash(&delivery.data);
@@ -260,22 +262,25 @@ impl Consumer {
                     body: &delivery.data,
                     message_id,
                     previous_attempts,
+                    trace,
                 })
                 .await
         })
         .catch_unwind()
         .await;
         match handled {
-            Ok(verdict) => verdict,
+            Ok(decided) => decided,
             Err(panic) => {
+                let span = own_span();
                 let text = panic_message(panic.as_ref());
-                tracing::error!(consumer = self.index, panic = %bounded::detail(&text), "processing a job panicked; dead-lettering it as worker_panic");
-                rejected(
+                span.in_scope(|| tracing::error!(consumer = self.index, panic = %bounded::detail(&text), "processing a job panicked; dead-lettering it as worker_panic"));
+                let verdict = rejected(
                     attempt,
                     outcome::WORKER_PANIC,
                     format!("processing this job panicked: {text}"),
                     message_id,
-                )
+                );
+                (verdict, span)
             }
         }
     }
