@@ -22,7 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Consume push jobs and deliver them to APNs (the worker).
     Run,
-    /// Declare the queues and exchange of the contract, then exit.
+    /// Declare the queues and exchange of the contract, then exit (needs the
+    /// broker, not APNs credentials).
     Topology,
     /// Publish jobs to the work queue, one JSON object per line, with confirms.
     Publish {
@@ -32,6 +33,163 @@ pub enum Command {
     },
     /// Run the APNs simulator (HTTP/2 over TLS, Apple's validation and answers).
     ApnsSim(Box<SimArgs>),
+    /// Inspect, replay and purge dead letters (needs the broker, not APNs credentials).
+    #[command(after_long_help = DLQ_READING)]
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Publish one push job, checked by the worker's own decoder first; prints
+    /// the job id once the broker confirmed it.
+    Send(Box<SendArgs>),
+}
+
+/// What reading the dead-letter queue does to it; every `dlq` subcommand's
+/// help ends with it.
+pub const DLQ_READING: &str = "\
+What reading does to the queue: one consumer takes the dead letters that are
+ready (the oldest first, at most --scan of them) without acknowledging them,
+then closes its channel, which puts back every one it did not remove, ahead of
+anything newer and in the same order. Nothing is lost, duplicated or
+reordered. Each read counts as one delivery in the message's x-delivery-count;
+on RabbitMQ 4.0 to 4.2 a quorum queue drops a message past its delivery limit
+(20 by default) unless a policy sets the dead-letter queue's delivery-limit to
+-1 (see docs/operations.md). While a read is in progress, the messages it holds
+are invisible to other readers. Replay publishes each copy with a confirm
+before removing its dead letter: interrupted, it duplicates at most the one in
+flight.";
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Counts of dead letters by reason, app and age.
+    #[command(after_long_help = DLQ_READING)]
+    Stats(Selection),
+    /// One line per dead letter, oldest first: position, failed at, reason,
+    /// app, attempts, tokens, job id, payload summary.
+    #[command(after_long_help = DLQ_READING)]
+    List(Selection),
+    /// Every field of the dead letters of one job (by job id or message id),
+    /// the detail in full.
+    #[command(after_long_help = DLQ_READING)]
+    Show {
+        /// The job id (the body's `id`) or the AMQP message id.
+        id: String,
+        #[command(flatten)]
+        selection: Selection,
+    },
+    /// Moves the selected dead letters back to the work queue: the same body,
+    /// the attempt count reset, `x-misiva-replayed` counted up. Each copy is
+    /// confirmed by the broker before its dead letter is removed.
+    #[command(after_long_help = DLQ_READING)]
+    Replay(ReplayArgs),
+    /// Deletes the selected dead letters for good (asks first on a terminal).
+    #[command(after_long_help = DLQ_READING)]
+    Purge(PurgeArgs),
+}
+
+/// Which dead letters a subcommand concerns, and how it prints them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Selection {
+    /// Only this reason (`x-misiva-reason`: invalid_job, unknown_app,
+    /// retries_exhausted, poison, worker_panic, bad_topic, ...).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only jobs of this app (`x-misiva-app`).
+    #[arg(long)]
+    pub app: Option<String>,
+    /// Only those dead-lettered at or after this time: RFC 3339
+    /// (2026-11-25T10:00:00Z) or a duration back from now (30m, 2h, 7d).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only those dead-lettered longer ago than this: a duration (30m, 2h,
+    /// 7d) or an RFC 3339 time.
+    #[arg(long, value_name = "TIME")]
+    pub older_than: Option<String>,
+    /// At most this many dead letters (after the filters), oldest first.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// How many dead letters a read examines at most, oldest first (a
+    /// read holds them in memory).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u16).range(1..))]
+    pub scan: u16,
+    /// JSON lines for scripts instead of tables (nothing else on stdout).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub selection: Selection,
+    /// Show what would be replayed, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// At most this many replays per second.
+    #[arg(long)]
+    pub rate: Option<f64>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PurgeArgs {
+    #[command(flatten)]
+    pub selection: Selection,
+    /// Show what would be deleted, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask (scripts must pass it; without a terminal there is no one to ask).
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SendArgs {
+    /// A device token (hex); repeat for a fan-out job.
+    #[arg(
+        long = "token",
+        short = 't',
+        value_name = "HEX",
+        required_unless_present = "file"
+    )]
+    pub tokens: Vec<String>,
+    /// The alert text (the alert's body when --title or --subtitle is given).
+    #[arg(long, short = 'a')]
+    pub alert: Option<String>,
+    /// The alert's title.
+    #[arg(long)]
+    pub title: Option<String>,
+    /// The alert's subtitle.
+    #[arg(long)]
+    pub subtitle: Option<String>,
+    /// The number on the app's icon.
+    #[arg(long)]
+    pub badge: Option<u32>,
+    /// A sound file of the app, or `default`.
+    #[arg(long)]
+    pub sound: Option<String>,
+    /// Custom keys beside `aps`, as a JSON object.
+    #[arg(long, value_name = "JSON")]
+    pub data: Option<String>,
+    /// Which credentials profile sends it (default: `default`).
+    #[arg(long)]
+    pub app: Option<String>,
+    /// alert, background, voip, ... (default: alert).
+    #[arg(long)]
+    pub push_type: Option<String>,
+    /// The apns-topic (default: the app's).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// 10, 5 or 1.
+    #[arg(long)]
+    pub priority: Option<u8>,
+    /// The apns-collapse-id: a newer notification with the same id replaces it.
+    #[arg(long)]
+    pub collapse_id: Option<String>,
+    /// The job id (default: a new UUID, sent as the AMQP message id).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// A whole job as JSON instead of the options above; `-` reads standard input.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["tokens", "alert", "title", "subtitle", "badge", "sound", "data", "app", "push_type", "topic", "priority", "collapse_id"])]
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -270,6 +270,17 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 impl Config {
     /// Loads from the process environment and the file it names, if any.
     pub fn load(file: Option<PathBuf>) -> Result<Config, ConfigError> {
+        Config::load_with(file, true)
+    }
+
+    /// Loads what commands that talk only to the broker need (`topology`,
+    /// `send`, `publish`, `dlq`): the same settings, but no APNs credentials
+    /// are required (`apps` may be empty). What is configured is still checked.
+    pub fn load_for_broker(file: Option<PathBuf>) -> Result<Config, ConfigError> {
+        Config::load_with(file, false)
+    }
+
+    fn load_with(file: Option<PathBuf>, require_apps: bool) -> Result<Config, ConfigError> {
         let env: HashMap<String, String> = std::env::vars()
             .filter(|(k, _)| k.starts_with("MISIVA_"))
             .collect();
@@ -287,15 +298,19 @@ impl Config {
             }
             None => FileConfig::default(),
         };
-        Config::from_parts(parsed, &env)
+        Config::from_parts(parsed, &env, require_apps)
     }
 
     /// Loads from an explicit environment map; tests use this.
     pub fn from_env_map(env: &HashMap<String, String>) -> Result<Config, ConfigError> {
-        Config::from_parts(FileConfig::default(), env)
+        Config::from_parts(FileConfig::default(), env, true)
     }
 
-    fn from_parts(file: FileConfig, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+    fn from_parts(
+        file: FileConfig,
+        env: &HashMap<String, String>,
+        require_apps: bool,
+    ) -> Result<Config, ConfigError> {
         let var = |name: &str| env.get(name).filter(|v| !v.is_empty()).cloned();
         let number = |name: &str, file_value: Option<u64>| -> Result<Option<u64>, ConfigError> {
             match var(name) {
@@ -483,7 +498,7 @@ impl Config {
             }
             apps.insert(name.clone(), app_config(&name, raw)?);
         }
-        if apps.is_empty() {
+        if apps.is_empty() && require_apps {
             return Err(ConfigError::App {
                 app: "default".into(),
                 problem: "no APNs credentials: set MISIVA_APNS_KEY_FILE, MISIVA_APNS_KEY_ID and MISIVA_APNS_TEAM_ID (token auth) or MISIVA_APNS_CERT_FILE (certificate auth), or configure [apps.<name>] in the config file".into(),

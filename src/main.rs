@@ -73,7 +73,29 @@ async fn run() -> ExitCode {
             init_logs_from_env();
             misiva::publish::run(cli.config, &file).await
         }
-        Command::Run | Command::Topology => {
+        Command::Dlq { .. } | Command::Send(_) | Command::Topology => {
+            init_logs_from_env();
+            // These talk to the broker only: no APNs credentials needed.
+            let config = match Config::load_for_broker(cli.config) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("misiva: configuration error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match cli.command {
+                Command::Dlq { command } => misiva::ops::dlq(config, command).await,
+                Command::Send(args) => misiva::ops::send(config, *args).await,
+                _ => match misiva::app::topology(&config).await {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("misiva topology: {e}");
+                        e.exit_code()
+                    }
+                },
+            }
+        }
+        Command::Run => {
             let config = match Config::load(cli.config) {
                 Ok(config) => config,
                 Err(e) => {
@@ -82,10 +104,7 @@ async fn run() -> ExitCode {
                 }
             };
             misiva::telemetry::init(&config.log, config.log_format);
-            let result = match cli.command {
-                Command::Topology => misiva::app::topology(&config).await,
-                _ => misiva::app::run(config).await,
-            };
+            let result = misiva::app::run(config).await;
             match result {
                 Ok(()) => 0,
                 Err(e) => {

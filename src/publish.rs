@@ -2,7 +2,7 @@
 //! Handy for operators and the demo; applications publish with any AMQP client.
 
 use crate::amqp::{Broker, JobPublisher};
-use crate::config::{Config, Secret};
+use crate::config::{Config, ConfigError};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
@@ -14,23 +14,20 @@ pub async fn run(config_file: Option<PathBuf>, file: &Path) -> i32 {
         }
         Err(e) => {
             eprintln!("misiva publish: {e}");
-            1
+            if e.downcast_ref::<ConfigProblem>().is_some() {
+                2
+            } else {
+                1
+            }
         }
     }
 }
 
 async fn publish(config_file: Option<PathBuf>, file: &Path) -> anyhow::Result<usize> {
-    // Publishing needs only the broker and the queue, not APNs credentials.
-    let (url, queue) = match Config::load(config_file) {
-        Ok(config) => (config.amqp_url, config.queue),
-        Err(_) => (
-            Secret::new(
-                std::env::var("MISIVA_AMQP_URL")
-                    .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
-            ),
-            std::env::var("MISIVA_QUEUE").unwrap_or_else(|_| "misiva.jobs".into()),
-        ),
-    };
+    // Publishing needs only the broker and the queue, not APNs credentials;
+    // a configuration error is still one (exit 2, never a silent default).
+    let config = Config::load_for_broker(config_file).map_err(ConfigProblem)?;
+    let (url, queue) = (config.amqp_url, config.queue);
     let reader: Box<dyn BufRead> = if file == Path::new("-") {
         Box::new(std::io::stdin().lock())
     } else {
@@ -51,3 +48,8 @@ async fn publish(config_file: Option<PathBuf>, file: &Path) -> anyhow::Result<us
     broker.close().await;
     Ok(count)
 }
+
+/// A configuration error, which exits 2 like the worker's.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+struct ConfigProblem(ConfigError);

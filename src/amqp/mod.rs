@@ -3,11 +3,13 @@
 
 mod acks;
 mod consumer;
+mod dlq;
 mod publisher;
 mod topology;
 mod wire;
 
 pub use consumer::{Consumer, ConsumerExit, Counters, Unsettled};
+pub use dlq::{DeadLetterQueue, Held};
 pub use publisher::{JobPublisher, PublishError};
 pub use topology::{BROKER_DELIVERY_LIMIT, Topology, TopologyError, declare};
 

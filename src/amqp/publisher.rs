@@ -209,6 +209,21 @@ impl JobPublisher {
         Ok(count)
     }
 
+    /// Publishes one job with `message_id` (the job id when the body names
+    /// none), persistent, and waits for its confirm.
+    pub async fn publish_one(&self, body: &[u8], message_id: &str) -> Result<(), PublishError> {
+        let message = Outgoing {
+            exchange: ShortString::default(),
+            routing_key: short(&self.queue),
+            body: body.to_vec(),
+            properties: BasicProperties::default()
+                .with_content_type(short("application/json"))
+                .with_delivery_mode(2)
+                .with_message_id(short(message_id)),
+        };
+        self.channel.publish_all(&[message]).await
+    }
+
     pub async fn close(&self) {
         self.channel.close().await;
     }

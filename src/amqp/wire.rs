@@ -146,6 +146,124 @@ fn copied_header(key: &str) -> bool {
         && !BROKER_PREFIXES.iter().any(|p| key.starts_with(p))
 }
 
+/// The properties a republished copy keeps (CONTRACT §3), persistent; the
+/// message id and headers are the caller's.
+fn carried_properties(o: &BasicProperties) -> BasicProperties {
+    let mut p = BasicProperties::default().with_delivery_mode(2);
+    if let Some(v) = o.content_type() {
+        p = p.with_content_type(v.clone());
+    }
+    if let Some(v) = o.content_encoding() {
+        p = p.with_content_encoding(v.clone());
+    }
+    if let Some(v) = o.correlation_id() {
+        p = p.with_correlation_id(v.clone());
+    }
+    if let Some(v) = o.timestamp() {
+        p = p.with_timestamp(*v);
+    }
+    if let Some(v) = o.app_id() {
+        p = p.with_app_id(v.clone());
+    }
+    if let Some(v) = o.kind() {
+        p = p.with_type(v.clone());
+    }
+    p
+}
+
+/// `ours`, then the original's copied application headers while the whole
+/// table fits in a frame; past that the original's are left out and counted
+/// in `x-misiva-headers-dropped`.
+fn header_table(
+    original: Option<&FieldTable>,
+    ours: Vec<(&str, AMQPValue)>,
+    frame_max: u32,
+) -> FieldTable {
+    let mut table = FieldTable::default();
+    let mut ours_len = 4usize;
+    for (key, value) in ours {
+        ours_len += entry_len(key, &value, 0).unwrap_or(0);
+        table.insert(short(key), value);
+    }
+    let mut theirs = Vec::new();
+    let mut theirs_len = 0usize;
+    let mut dropped = 0u64;
+    if let Some(original) = original {
+        for (key, value) in original {
+            if !copied_header(key.as_str()) {
+                continue;
+            }
+            match entry_len(key.as_str(), value, MAX_HEADER_DEPTH) {
+                Some(len) => {
+                    theirs_len = theirs_len.saturating_add(len);
+                    theirs.push((key, value));
+                }
+                None => dropped += 1,
+            }
+        }
+    }
+    let frame = if frame_max == 0 {
+        DEFAULT_FRAME_MAX
+    } else {
+        frame_max
+    };
+    let budget = (frame as usize).saturating_sub(FRAME_RESERVE);
+    // The marker header itself needs room: 1 + 24 + 1 + 8 bytes.
+    if ours_len.saturating_add(theirs_len).saturating_add(34) > budget {
+        dropped += theirs.len() as u64;
+        theirs.clear();
+    }
+    for (key, value) in theirs {
+        table.insert(key.clone(), value.clone());
+    }
+    if dropped > 0 {
+        table.insert(
+            short(HEADERS_DROPPED),
+            AMQPValue::LongLongInt(i64::try_from(dropped).unwrap_or(i64::MAX)),
+        );
+    }
+    table
+}
+
+/// Counts the replays of a job (`misiva dlq replay`).
+pub(crate) const REPLAYED: &str = "x-misiva-replayed";
+
+/// The copy of a dead letter that `misiva dlq replay` sends back to the work
+/// queue: the same body, byte for byte, the carried properties and
+/// application headers, no attempt count (the job starts over), its first
+/// sighting kept, and `x-misiva-replayed` one more than before.
+pub(crate) fn replayed(
+    original: &BasicProperties,
+    body: &[u8],
+    work_queue: &str,
+    frame_max: u32,
+) -> Outgoing {
+    let headers = original.headers().as_ref();
+    let before = count_header(headers, REPLAYED).unwrap_or(0);
+    let mut ours = vec![(
+        REPLAYED,
+        AMQPValue::LongLongInt(i64::try_from(before.saturating_add(1)).unwrap_or(i64::MAX)),
+    )];
+    if let Some(AMQPValue::LongString(seen)) = headers.and_then(|h| h.inner().get(FIRST_SEEN)) {
+        let valid = std::str::from_utf8(seen.as_bytes())
+            .ok()
+            .filter(|t| t.len() <= 64 && OffsetDateTime::parse(t, &Rfc3339).is_ok());
+        if let Some(text) = valid {
+            ours.push((FIRST_SEEN, long(text)));
+        }
+    }
+    let mut properties = carried_properties(original);
+    if let Some(id) = original.message_id() {
+        properties = properties.with_message_id(id.clone());
+    }
+    Outgoing {
+        exchange: ShortString::default(),
+        routing_key: short(work_queue),
+        body: body.to_vec(),
+        properties: properties.with_headers(header_table(headers, ours, frame_max)),
+    }
+}
+
 /// Everything one settlement publishes, in order: feedback events, dead
 /// letters, the retry. Empty for the common case, a plain ack.
 #[derive(Debug, Clone, Copy)]
@@ -249,25 +367,7 @@ impl Republish<'_> {
     /// and counted in `x-misiva-headers-dropped`.
     fn properties(&self, verdict: &Verdict, ours: Vec<(&str, AMQPValue)>) -> BasicProperties {
         let o = self.original;
-        let mut p = BasicProperties::default().with_delivery_mode(2);
-        if let Some(v) = o.content_type() {
-            p = p.with_content_type(v.clone());
-        }
-        if let Some(v) = o.content_encoding() {
-            p = p.with_content_encoding(v.clone());
-        }
-        if let Some(v) = o.correlation_id() {
-            p = p.with_correlation_id(v.clone());
-        }
-        if let Some(v) = o.timestamp() {
-            p = p.with_timestamp(*v);
-        }
-        if let Some(v) = o.app_id() {
-            p = p.with_app_id(v.clone());
-        }
-        if let Some(v) = o.kind() {
-            p = p.with_type(v.clone());
-        }
+        let mut p = carried_properties(o);
         match (o.message_id(), &verdict.job_id) {
             (Some(id), _) => p = p.with_message_id(id.clone()),
             // A generated or body-given id survives the republish as the
@@ -279,51 +379,7 @@ impl Republish<'_> {
             }
             (None, None) => {}
         }
-
-        let mut table = FieldTable::default();
-        let mut ours_len = 4usize;
-        for (key, value) in ours {
-            ours_len += entry_len(key, &value, 0).unwrap_or(0);
-            table.insert(short(key), value);
-        }
-        let mut theirs = Vec::new();
-        let mut theirs_len = 0usize;
-        let mut dropped = 0u64;
-        if let Some(original) = o.headers() {
-            for (key, value) in original {
-                if !copied_header(key.as_str()) {
-                    continue;
-                }
-                match entry_len(key.as_str(), value, MAX_HEADER_DEPTH) {
-                    Some(len) => {
-                        theirs_len = theirs_len.saturating_add(len);
-                        theirs.push((key, value));
-                    }
-                    None => dropped += 1,
-                }
-            }
-        }
-        let frame = if self.frame_max == 0 {
-            DEFAULT_FRAME_MAX
-        } else {
-            self.frame_max
-        };
-        let budget = (frame as usize).saturating_sub(FRAME_RESERVE);
-        // The marker header itself needs room: 1 + 24 + 1 + 8 bytes.
-        if ours_len.saturating_add(theirs_len).saturating_add(34) > budget {
-            dropped += theirs.len() as u64;
-            theirs.clear();
-        }
-        for (key, value) in theirs {
-            table.insert(key.clone(), value.clone());
-        }
-        if dropped > 0 {
-            table.insert(
-                short(HEADERS_DROPPED),
-                AMQPValue::LongLongInt(i64::try_from(dropped).unwrap_or(i64::MAX)),
-            );
-        }
-        p.with_headers(table)
+        p.with_headers(header_table(o.headers().as_ref(), ours, self.frame_max))
     }
 
     fn feedback_body(&self, event: &Feedback, verdict: &Verdict) -> Vec<u8> {

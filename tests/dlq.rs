@@ -1,0 +1,341 @@
+//! The operator commands against the real broker and a running worker:
+//! dead letters of every reason are listed and counted with their fields,
+//! reading changes nothing, a filtered replay brings back exactly its subset
+//! (and the worker delivers it), a purge removes exactly its subset, an
+//! interrupted replay loses nothing, and `send` and `topology` need no APNs
+//! credentials.
+
+mod support;
+
+use misiva::sim::{Faults, SimConfig};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashSet};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use support::{
+    SimFixture, Worker, broker, drain, publish, ready_now, special_token, token, unique_queue,
+    wait_for,
+};
+
+/// Runs `misiva ARGS` with only a broker URL and queue name: no credentials.
+fn misiva(queue: &str, args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_misiva"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("MISIVA_AMQP_URL", &broker().url)
+        .env("MISIVA_QUEUE", queue)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect()
+}
+
+fn list(queue: &str, extra: &[&str]) -> Vec<Value> {
+    let mut args = vec!["dlq", "list", "--json"];
+    args.extend_from_slice(extra);
+    let (code, out, err) = misiva(queue, &args);
+    assert_eq!(code, 0, "{err}");
+    json_lines(&out)
+}
+
+fn ids(letters: &[Value]) -> Vec<String> {
+    letters
+        .iter()
+        .map(|l| l["job_id"].as_str().unwrap_or("-").to_owned())
+        .collect()
+}
+
+fn single(id: &str, token: &str) -> Vec<u8> {
+    json!({"id": id, "token": token, "alert": "hello"})
+        .to_string()
+        .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_inspected_replayed_and_purged_without_loss() {
+    let sim = SimFixture::start(SimConfig {
+        // Every ordinary token fails at first: those jobs run out of attempts.
+        faults: Faults {
+            error_rate: 1.0,
+            error_status: 503,
+            latency: Duration::ZERO,
+            ..Faults::default()
+        },
+        record: true,
+        ..Default::default()
+    })
+    .await;
+    let queue = unique_queue("dlq");
+    let dead = format!("{queue}.dead");
+    let mut worker = Worker::start(
+        &sim,
+        &queue,
+        &[
+            ("MISIVA_MAX_ATTEMPTS", "1"),
+            ("MISIVA_FAULT_CRASH_ON", "kills-its-consumer"),
+            ("MISIVA_MAX_DELIVERIES", "2"),
+        ],
+    );
+    worker.ready().await;
+    let conn = broker().connect().await;
+
+    // Dead letters of every reason: retries exhausted (503), invalid jobs, a
+    // permanent APNs reason, and a poison message that kills its consumer.
+    let exhausted: Vec<String> = (0..3).map(|n| token(100 + n)).collect();
+    let bodies: Vec<Vec<u8>> = exhausted
+        .iter()
+        .enumerate()
+        .map(|(n, t)| single(&format!("late-{n}"), t))
+        .collect();
+    publish(&conn, &queue, &bodies).await;
+    wait_for(Duration::from_secs(30), "3 exhausted jobs", || {
+        worker.metric("misiva_jobs_dead_lettered_total", &[]) == 3.0
+    })
+    .await;
+    sim.sim.set_faults(Faults::default());
+    let mut bodies = Vec::new();
+    for n in 0..3 {
+        bodies.push(format!("{{\"id\":\"inv-{n}\",\"tokn\":1}}").into_bytes());
+    }
+    for n in 0..2 {
+        bodies.push(single(
+            &format!("refused-{n}"),
+            &special_token("ffff0402", n),
+        ));
+    }
+    bodies.push(
+        json!({"id": "poison-0", "token": token(7), "alert": "kills-its-consumer"})
+            .to_string()
+            .into_bytes(),
+    );
+    publish(&conn, &queue, &bodies).await;
+    wait_for(Duration::from_secs(60), "9 dead letters", || {
+        worker.metric("misiva_jobs_dead_lettered_total", &[]) == 9.0
+    })
+    .await;
+    assert_eq!(ready_now(&conn, &dead).await, 9);
+
+    // stats: exact counts by reason and app.
+    let (code, out, err) = misiva(&queue, &["dlq", "stats", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let stats: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(stats["total"], 9, "{stats}");
+    let reasons: BTreeMap<String, u64> =
+        serde_json::from_value(stats["by_reason"].clone()).unwrap();
+    assert_eq!(
+        reasons,
+        BTreeMap::from([
+            ("invalid_job".into(), 3),
+            ("poison".into(), 1),
+            ("retries_exhausted".into(), 3),
+            ("topic_disallowed".into(), 2),
+        ])
+    );
+    assert_eq!(stats["by_app"]["default"], 9);
+    assert_eq!(stats["by_age"]["under 1h"], 9);
+    let (code, table, _) = misiva(&queue, &["dlq", "stats"]);
+    assert_eq!(code, 0);
+    assert!(
+        table.contains(&format!("9 dead letters in {dead}")),
+        "{table}"
+    );
+
+    // list: the fields, and reading twice gives the same letters in the same order.
+    let first = list(&queue, &[]);
+    let second = list(&queue, &[]);
+    assert_eq!(first.len(), 9);
+    assert_eq!(ids(&first), ids(&second), "a read reordered the queue");
+    assert_eq!(ready_now(&conn, &dead).await, 9, "a read lost messages");
+    let by_id: BTreeMap<String, &Value> = first
+        .iter()
+        .map(|l| (l["job_id"].as_str().unwrap().to_owned(), l))
+        .collect();
+    for (id, reason, attempts, tokens) in [
+        ("late-0", "retries_exhausted", 1, Some(1)),
+        ("inv-1", "invalid_job", 1, None),
+        ("refused-1", "topic_disallowed", 1, Some(1)),
+        ("poison-0", "poison", 1, Some(1)),
+    ] {
+        let l = by_id[id];
+        assert_eq!(l["reason"], reason, "{l}");
+        assert_eq!(l["attempts"], attempts, "{l}");
+        assert_eq!(l["app"], "default", "{l}");
+        assert_eq!(l["tokens"], json!(tokens), "{l}");
+        assert!(l["failed_at"].as_str().unwrap().ends_with('Z'), "{l}");
+        assert!(l["first_seen"].is_string(), "{l}");
+        assert!(!l["detail"].as_str().unwrap().is_empty(), "{l}");
+    }
+    assert_eq!(by_id["late-0"]["summary"], "hello");
+    let (code, shown, _) = misiva(&queue, &["dlq", "show", "refused-0"]);
+    assert_eq!(code, 0);
+    assert!(shown.contains("reason: topic_disallowed"), "{shown}");
+    assert!(
+        shown.contains("TopicDisallowed"),
+        "the detail in full: {shown}"
+    );
+    assert_eq!(misiva(&queue, &["dlq", "show", "no-such-job"]).0, 1);
+    let filtered = list(&queue, &["--reason", "invalid_job", "--limit", "2"]);
+    // The worker dead-letters concurrently: the queue's order is whatever it
+    // was, and every read must show that same order.
+    let invalid_in_order: Vec<String> = ids(&first)
+        .into_iter()
+        .filter(|id| id.starts_with("inv-"))
+        .collect();
+    assert_eq!(ids(&filtered), invalid_in_order[..2]);
+    assert!(list(&queue, &["--app", "other"]).is_empty());
+    assert_eq!(list(&queue, &["--since", "1h"]).len(), 9);
+    assert!(list(&queue, &["--older-than", "1h"]).is_empty());
+    assert_eq!(misiva(&queue, &["dlq", "list", "--since", "soon"]).0, 2);
+
+    // replay: exactly the subset comes back, and the worker delivers it.
+    let (code, out, err) = misiva(
+        &queue,
+        &["dlq", "replay", "--reason", "retries_exhausted", "--json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 4, "three letters and the summary: {out}");
+    assert_eq!(lines[3]["done"], 3);
+    wait_for(
+        Duration::from_secs(30),
+        "the replayed jobs delivered",
+        || {
+            let accepted: HashSet<String> =
+                sim.sim.accepted().into_iter().map(|a| a.token).collect();
+            exhausted.iter().all(|t| accepted.contains(t))
+        },
+    )
+    .await;
+    let after = list(&queue, &[]);
+    let expected: Vec<String> = ids(&first)
+        .into_iter()
+        .filter(|id| !id.starts_with("late-"))
+        .collect();
+    assert_eq!(ids(&after), expected, "the others stay, in their order");
+
+    // purge: exactly the subset goes; without --yes and no terminal, nothing.
+    let (code, _, err) = misiva(&queue, &["dlq", "purge", "--reason", "topic_disallowed"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--yes"), "{err}");
+    assert_eq!(ready_now(&conn, &dead).await, 6);
+    let (code, out, err) = misiva(
+        &queue,
+        &["dlq", "purge", "--reason", "topic_disallowed", "--yes"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("2 of 2 matching dead letters deleted"),
+        "{out}"
+    );
+    let left = list(&queue, &[]);
+    let kept: Vec<String> = ids(&first)
+        .into_iter()
+        .filter(|id| id.starts_with("inv-") || id.starts_with("poison-"))
+        .collect();
+    assert_eq!(ids(&left), kept, "{left:?}");
+
+    // send: validated by the worker's decoder, delivered, no credentials needed.
+    let sent_token = token(4242);
+    let (code, id, err) = misiva(
+        &queue,
+        &[
+            "send",
+            "--token",
+            &sent_token,
+            "--title",
+            "Hi",
+            "--alert",
+            "from the CLI",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(id.trim().len(), 36, "a UUID: {id}");
+    wait_for(Duration::from_secs(30), "the sent job delivered", || {
+        sim.sim.accepted().iter().any(|a| a.token == sent_token)
+    })
+    .await;
+    let (code, out, err) = misiva(&queue, &["send", "--token", "not-hex", "--alert", "x"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("invalid"), "{err}");
+    worker.terminate().await;
+
+    // An interrupted replay loses nothing and duplicates at most one: the
+    // worker is stopped, so replayed jobs stay in the work queue.
+    let mut replay = Command::new(env!("CARGO_BIN_EXE_misiva"))
+        .args(["dlq", "replay", "--rate", "2", "--json"])
+        .env("MISIVA_AMQP_URL", &broker().url)
+        .env("MISIVA_QUEUE", &queue)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Each replayed letter is one JSON line, printed once it is confirmed
+    // and removed.
+    let printed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stdout = replay.stdout.take().unwrap();
+    let counter = printed.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for _ in std::io::BufReader::new(stdout).lines() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    wait_for(Duration::from_secs(20), "two replays", || {
+        printed.load(std::sync::atomic::Ordering::SeqCst) >= 2
+    })
+    .await;
+    let _ = replay.kill();
+    let _ = replay.wait();
+    let back = drain(&conn, &queue).await;
+    let still_dead = ready_now(&conn, &dead).await as usize;
+    let mut seen: Vec<String> = back
+        .iter()
+        .map(|m| {
+            let body: Value = serde_json::from_slice(&m.delivery.data).unwrap();
+            body["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    seen.sort();
+    seen.dedup();
+    assert!(
+        back.len() + still_dead == 4 || back.len() + still_dead == 5,
+        "{} replayed, {still_dead} still dead",
+        back.len()
+    );
+    assert!(back.len() >= 2 && back.len() < 4 + 1, "{}", back.len());
+    let replayed: HashSet<&str> = seen.iter().map(String::as_str).collect();
+    let remaining = list(&queue, &[]);
+    for id in ["inv-0", "inv-1", "inv-2", "poison-0"] {
+        assert!(
+            replayed.contains(id) || ids(&remaining).iter().any(|r| r == id),
+            "{id} was lost"
+        );
+    }
+    for message in &back {
+        assert_eq!(
+            support::header(message, "x-misiva-replayed").as_deref(),
+            Some("1")
+        );
+        assert_eq!(support::header(message, "x-misiva-attempts"), None);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_needs_only_the_broker() {
+    let queue = unique_queue("topo");
+    let (code, out, err) = misiva(&queue, &["topology"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let conn = broker().connect().await;
+    assert_eq!(ready_now(&conn, &format!("{queue}.dead")).await, 0);
+}
