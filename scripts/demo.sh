@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The quick start: a private RabbitMQ node, the APNs simulator and the worker on
 # this machine; six sample jobs published; what APNs (the simulator) received,
-# the dead letter and the token feedback shown; everything stopped again.
+# the worker's own counters, and the dead letter read with `misiva dlq`;
+# everything stopped again.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -9,9 +10,12 @@ export MISIVA_BROKER_PORT="${MISIVA_BROKER_PORT:-5682}"
 demo="$root/target/demo"
 mkdir -p "$demo"
 
+echo "== building misiva (release; the first build takes a few minutes) =="
 cargo build --release --quiet
 bin="$root/target/release/misiva"
+echo "== starting a private RabbitMQ node on port $MISIVA_BROKER_PORT (installed from Debian if missing) =="
 scripts/broker.sh start
+admin="127.0.0.1:${MISIVA_DEMO_ADMIN_PORT:-9095}"
 
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -28,7 +32,7 @@ export MISIVA_APNS_CA_FILE="$demo/sim-ca.pem"
 export MISIVA_APNS_KEY_FILE="$demo/AuthKey_SIMKEY0001.p8"
 export MISIVA_APNS_KEY_ID=SIMKEY0001 MISIVA_APNS_TEAM_ID=SIMTEAM001
 export MISIVA_APNS_TOPIC=com.example.demo
-export MISIVA_LOG_FORMAT=text MISIVA_ADMIN_ADDR=127.0.0.1:0
+export MISIVA_LOG_FORMAT=text MISIVA_ADMIN_ADDR="$admin"
 "$bin" run 2>"$demo/worker.log" &
 worker=$!
 pids+=($worker)
@@ -36,20 +40,23 @@ for _ in $(seq 1 100); do grep -q "worker running" "$demo/worker.log" && break; 
 
 echo "== publishing examples/jobs.jsonl (6 jobs, 7 notifications) =="
 "$bin" publish examples/jobs.jsonl
+# The worker's own counters say when all six are settled.
+metric() { curl -s "http://$admin/metrics" | awk -v n="$1" '$1 ~ "^"n {s+=$2} END {print s+0}'; }
 for _ in $(seq 1 100); do
-  left=$(scripts/broker.sh ctl list_queues name messages | awk '$1=="misiva.jobs"{print $2}')
-  [ "$left" = "0" ] && break; sleep 0.1
+  [ "$(metric misiva_jobs_acked_total)" -ge 6 ] 2>/dev/null && break; sleep 0.1
 done
-sleep 1.5
 echo
 echo "== what APNs (the simulator) received =="
 grep "delivered" "$demo/sim.log" | sed -E 's/^.*delivered //' || true
 echo
-echo "== queues (name, ready, unacked) =="
-scripts/broker.sh ctl list_queues name messages_ready messages_unacknowledged | grep misiva
+echo "== the worker's counters (/metrics) =="
+curl -s "http://$admin/metrics" | grep -E '^misiva_(jobs_(acked|dead_lettered)|notifications|feedback_events)_total' || true
 echo
-echo "== worker log: dead letters and feedback =="
-grep -E "dead-lettered" "$demo/worker.log" | sed -E 's/^.*WARN //' || true
+echo "== misiva dlq stats =="
+"$bin" dlq stats
+echo
+echo "== misiva dlq list =="
+"$bin" dlq list
 kill -TERM "$worker"; wait "$worker" || true
 grep "worker stopped" "$demo/worker.log" | sed -E 's/^.*INFO //'
 echo

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine with only the Rust toolchain:
-# installs RabbitMQ and promtool from Debian's packages if missing, starts the private test
+# installs RabbitMQ, promtool and amqp-tools from Debian's packages, pika and
+# amqplib for the publisher examples, if missing; starts the private test
 # node, checks formatting and lints, runs every test, and stops the node.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -14,6 +15,25 @@ if ! command -v promtool >/dev/null 2>&1; then
   if [ "$(id -u)" != 0 ]; then sudo=sudo; fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
+# The publisher examples run in tests/examples.rs: pika (PyPI), amqplib (npm),
+# amqp-publish (Debian's amqp-tools), each installed once into target/ or the system.
+if ! command -v amqp-publish >/dev/null 2>&1; then
+  echo "test: installing amqp-tools (Debian)" >&2
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo=sudo; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends amqp-tools >/dev/null
+fi
+if [ ! -x target/py/bin/python3 ] || ! target/py/bin/python3 -c "import pika" 2>/dev/null; then
+  echo "test: installing pika into target/py" >&2
+  python3 -m venv target/py
+  target/py/bin/pip install --quiet pika
+fi
+if [ ! -d target/node/node_modules/amqplib ]; then
+  echo "test: installing amqplib into target/node" >&2
+  npm install --silent --no-audit --no-fund --prefix target/node amqplib >/dev/null
 fi
 
 MISIVA_BROKER_PORT="$MISIVA_TEST_BROKER_PORT" scripts/broker.sh start
