@@ -21,7 +21,7 @@ pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-MISIVA_LOG=info "$bin" apns-sim --listen 127.0.0.1:2197 --ca-out "$demo/sim-ca.pem" \
+MISIVA_LOG=info MISIVA_LOG_FORMAT=text "$bin" apns-sim --listen 127.0.0.1:2197 --ca-out "$demo/sim-ca.pem" \
   --key-file "$demo/AuthKey_SIMKEY0001.p8" --show-deliveries 2>"$demo/sim.log" &
 pids+=($!)
 for _ in $(seq 1 50); do [ -s "$demo/sim-ca.pem" ] && grep -q "ready" "$demo/sim.log" && break; sleep 0.1; done

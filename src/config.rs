@@ -257,6 +257,9 @@ struct FileApp {
     team_id: Option<String>,
     cert_file: Option<PathBuf>,
     cert_password: Option<String>,
+    /// A file holding the certificate's password (a mounted Secret), so the
+    /// configuration file itself holds no secret.
+    cert_password_file: Option<PathBuf>,
     topic: Option<String>,
     connections: Option<usize>,
     request_timeout_ms: Option<u64>,
@@ -634,6 +637,18 @@ fn parse_delays<'a>(
     Ok(delays)
 }
 
+/// A password file's content without its final line break (what `echo` and
+/// Kubernetes Secrets created from literals leave). Errors never show the content.
+fn read_password(path: &std::path::Path) -> Result<String, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.kind().to_string())?;
+    let text = String::from_utf8(bytes).map_err(|_| "is not UTF-8".to_owned())?;
+    Ok(text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(&text)
+        .to_owned())
+}
+
 fn app_config(name: &str, raw: FileApp) -> Result<AppConfig, ConfigError> {
     let app_err = |problem: String| ConfigError::App {
         app: name.to_owned(),
@@ -653,7 +668,21 @@ fn app_config(name: &str, raw: FileApp) -> Result<AppConfig, ConfigError> {
         },
         (None, Some(cert_file)) => Auth::Certificate {
             cert_file,
-            password: raw.cert_password.map(Secret::new),
+            password: match (raw.cert_password, raw.cert_password_file) {
+                (Some(_), Some(_)) => {
+                    return Err(app_err(
+                        "both cert_password and cert_password_file are set; choose one".into(),
+                    ));
+                }
+                (Some(password), None) => Some(Secret::new(password)),
+                (None, Some(path)) => Some(Secret::new(read_password(&path).map_err(|e| {
+                    app_err(format!(
+                        "cert_password_file {}: {e}",
+                        crate::bounded::quote(&path.display().to_string())
+                    ))
+                })?)),
+                (None, None) => None,
+            },
         },
         (Some(_), Some(_)) => {
             return Err(app_err(
@@ -868,5 +897,44 @@ mod tests {
                 .to_string()
                 .contains("hunter2")
         );
+    }
+
+    #[test]
+    fn certificate_passwords_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let password = dir.path().join("password");
+        std::fs::write(&password, "s3cret-pw\n").unwrap();
+        let file = |extra: &str| {
+            let path = dir.path().join("misiva.toml");
+            std::fs::write(
+                &path,
+                format!("[apps.shop]\ncert_file = \"/x.p12\"\n{extra}\n"),
+            )
+            .unwrap();
+            Config::load_for_broker(Some(path))
+        };
+        let config = file(&format!(
+            "cert_password_file = {:?}",
+            password.display().to_string()
+        ))
+        .unwrap();
+        match &config.apps["shop"].auth {
+            Auth::Certificate { password, .. } => {
+                assert_eq!(
+                    password.as_ref().map(|p| p.expose().as_str()),
+                    Some("s3cret-pw")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let both = file(&format!(
+            "cert_password = \"x\"\ncert_password_file = {:?}",
+            password.display().to_string()
+        ));
+        assert!(both.unwrap_err().to_string().contains("choose one"));
+        let missing = file("cert_password_file = \"/nonexistent/pw\"")
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("not found"), "{missing}");
     }
 }

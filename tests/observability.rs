@@ -1,4 +1,4 @@
-//! The dashboard and the alert rules shipped in `docs/observability/` refer
+//! The dashboard and the alert rules shipped in `helm/misiva/files/` refer
 //! only to metrics the worker exports, and the rules are valid and fire when
 //! they should (`promtool`, from Debian's `prometheus` package, which
 //! `scripts/test.sh` installs).
@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 fn dir() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/observability"))
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/helm/misiva/files"))
 }
 
 /// Every series name the worker's registry can expose, from its `# TYPE`
