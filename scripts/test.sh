@@ -36,6 +36,9 @@ if [ ! -d target/node/node_modules/amqplib ]; then
   npm install --silent --no-audit --no-fund --prefix target/node amqplib >/dev/null
 fi
 
+# helm v4, kubectl and kubernetes-validate for tests/helm.rs.
+scripts/k8s-tools.sh
+
 MISIVA_BROKER_PORT="$MISIVA_TEST_BROKER_PORT" scripts/broker.sh start
 # The shared node, and the private ones the fault tests stop and restart.
 stop_broker() {
