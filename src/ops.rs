@@ -192,6 +192,17 @@ fn progress(total: usize, json: bool, verb: &str) -> indicatif::ProgressBar {
     bar
 }
 
+/// One dead letter replayed or deleted (or, with `--dry-run`, that would be):
+/// a JSON line, or a table line under the progress bar.
+fn report(bar: &indicatif::ProgressBar, letter: &Letter, json: bool, dry_run: bool) {
+    bar.inc(1);
+    if json {
+        json_line(letter);
+    } else if dry_run {
+        bar.suspend(|| print!("{}", dlq::render_list(std::slice::from_ref(letter))));
+    }
+}
+
 #[derive(serde::Serialize)]
 struct Summary<'a> {
     action: &'a str,
@@ -232,12 +243,7 @@ async fn replay(config: &Config, r: Read, args: &ReplayArgs) -> anyhow::Result<i
             }
         }
         done += 1;
-        bar.inc(1);
-        if json {
-            json_line(&letters[i]);
-        } else if args.dry_run {
-            bar.suspend(|| print!("{}", dlq::render_list(std::slice::from_ref(&letters[i]))));
-        }
+        report(&bar, &letters[i], json, args.dry_run);
     }
     bar.finish_and_clear();
     queue.release().await;
@@ -320,12 +326,7 @@ async fn purge(name: &str, r: Read, args: &PurgeArgs) -> anyhow::Result<i32> {
             }
         }
         done += 1;
-        bar.inc(1);
-        if json {
-            json_line(&letters[i]);
-        } else if args.dry_run {
-            bar.suspend(|| print!("{}", dlq::render_list(std::slice::from_ref(&letters[i]))));
-        }
+        report(&bar, &letters[i], json, args.dry_run);
     }
     bar.finish_and_clear();
     queue.release().await;
