@@ -52,5 +52,7 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 # The fault-injection hooks (consumer panics on demand) exist only in test builds.
 cargo clippy --all-targets --locked --features fault-hooks -- -D warnings
+# The API docs build without a warning (broken links, private items).
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
 # --nocapture shows the figures tests print (throughput of the 1,000-job test).
 cargo test --locked --features fault-hooks -- --nocapture

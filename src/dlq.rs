@@ -187,10 +187,11 @@ impl Filter {
         {
             return false;
         }
-        if let Some(id) = &self.id {
-            if letter.job_id.as_ref() != Some(id) && letter.message_id.as_ref() != Some(id) {
-                return false;
-            }
+        if let Some(id) = &self.id
+            && letter.job_id.as_ref() != Some(id)
+            && letter.message_id.as_ref() != Some(id)
+        {
+            return false;
         }
         if self.since.is_some() || self.before.is_some() {
             let Some(at) = letter.failed_at() else {
@@ -201,14 +202,6 @@ impl Filter {
             }
         }
         true
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.reason.is_none()
-            && self.app.is_none()
-            && self.since.is_none()
-            && self.before.is_none()
-            && self.id.is_none()
     }
 }
 

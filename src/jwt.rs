@@ -97,8 +97,6 @@ pub struct Claims {
 pub enum VerifyError {
     #[error("malformed token")]
     Malformed,
-    #[error("unknown key id {0}")]
-    UnknownKey(String),
     #[error("bad signature")]
     BadSignature,
 }

@@ -2,15 +2,15 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the map of this crate.
 
-pub mod admin;
-pub mod amqp;
+mod admin;
+mod amqp;
 pub mod apns;
 pub mod app;
-pub mod bounded;
+mod bounded;
 pub mod cli;
 pub mod config;
-pub mod dispatch;
-pub mod dlq;
+mod dispatch;
+mod dlq;
 pub mod events;
 pub mod job;
 pub mod jwt;
@@ -18,6 +18,6 @@ pub mod ops;
 pub mod outcome;
 pub mod publish;
 pub mod sim;
-pub mod supervisor;
+mod supervisor;
 pub mod telemetry;
-pub mod trace;
+mod trace;

@@ -221,11 +221,11 @@ async fn replay(config: &Config, r: Read, args: &ReplayArgs) -> anyhow::Result<i
         picked,
     } = r;
     let json = args.selection.json;
-    if let Some(rate) = args.rate {
-        if !(rate > 0.0 && rate.is_finite()) {
-            queue.release().await;
-            return Err(Usage(format!("--rate must be a positive number, not {rate}")).into());
-        }
+    if let Some(rate) = args.rate
+        && !(rate > 0.0 && rate.is_finite())
+    {
+        queue.release().await;
+        return Err(Usage(format!("--rate must be a positive number, not {rate}")).into());
     }
     let pause = args.rate.map(|r| Duration::from_secs_f64(1.0 / r));
     let bar = progress(picked.len(), json || args.dry_run, "replaying");
@@ -319,11 +319,11 @@ async fn purge(name: &str, r: Read, args: &PurgeArgs) -> anyhow::Result<i32> {
     let mut done = 0;
     let mut failure = None;
     for &i in &picked {
-        if !args.dry_run {
-            if let Err(e) = queue.remove(&held[i]).await {
-                failure = Some(e);
-                break;
-            }
+        if !args.dry_run
+            && let Err(e) = queue.remove(&held[i]).await
+        {
+            failure = Some(e);
+            break;
         }
         done += 1;
         report(&bar, &letters[i], json, args.dry_run);

@@ -235,10 +235,10 @@ async fn hostile_messages_are_each_dead_lettered_once_and_the_worker_never_resta
         let body = json!({"token": token(i), "alert": format!("normal {i}")}).to_string();
         let c = case("normal", body, None);
         publish_case(&channel, &queue, &c).await;
-        if i % 10 == 0 {
-            if let Some(c) = hostile.next() {
-                publish_case(&channel, &queue, c).await;
-            }
+        if i % 10 == 0
+            && let Some(c) = hostile.next()
+        {
+            publish_case(&channel, &queue, c).await;
         }
     }
     for c in hostile {

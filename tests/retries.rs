@@ -137,7 +137,24 @@ async fn one_in_five_503s_every_token_accounted_for() {
         attempts.len(),
         attempts.iter().max()
     );
-    assert!(!attempts.is_empty(), "20% errors must cause retries");
+    // Exact: every 503 answer sent its token once more, and nothing else did.
+    let answered_503 = sim
+        .sim
+        .rejected()
+        .get(&(503, "ServiceUnavailable".into()))
+        .copied()
+        .unwrap_or(0);
+    let extra_requests: u64 = requests.values().map(|&n| u64::from(n) - 1).sum();
+    assert!(answered_503 > 0, "20% errors must cause retries");
+    assert_eq!(
+        extra_requests, answered_503,
+        "one more request per 503, no more and no fewer"
+    );
+    assert_eq!(
+        worker.metric("misiva_notifications_total", &[("status", "503")]),
+        answered_503 as f64
+    );
+    assert!(!attempts.is_empty());
     assert!(
         attempts.iter().any(|&a| a >= 2),
         "some job reached a second tier"

@@ -162,3 +162,60 @@ fn no_panicking_conversion_into_amqp_strings() {
         }
     }
 }
+
+/// `rust-version` in Cargo.toml is the oldest toolchain that builds the
+/// crate: at least what every locked dependency declares (clippy's
+/// `incompatible_msrv` lint, on in CI, checks our own use of the standard
+/// library against it), and no newer than the toolchain that runs the tests.
+#[test]
+fn the_declared_rust_version_is_what_builds() {
+    fn parse(v: &str) -> (u32, u32) {
+        let mut parts = v.trim().split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+    }
+    let manifest =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
+    let declared = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .map(|v| parse(v.trim_matches('"')))
+        .expect("Cargo.toml declares rust-version");
+    let metadata = std::process::Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        metadata.status.success(),
+        "{}",
+        String::from_utf8_lossy(&metadata.stderr)
+    );
+    let metadata: serde_json::Value = serde_json::from_slice(&metadata.stdout).unwrap();
+    let (needed, by) = metadata["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] != "misiva")
+        .filter_map(|p| {
+            Some((
+                parse(p["rust_version"].as_str()?),
+                p["name"].as_str()?.to_owned(),
+            ))
+        })
+        .max()
+        .unwrap();
+    assert!(
+        declared >= needed,
+        "rust-version {declared:?} is older than {by}'s {needed:?}"
+    );
+    let rustc = std::process::Command::new("rustc")
+        .arg("--version")
+        .output()
+        .unwrap();
+    let rustc = String::from_utf8_lossy(&rustc.stdout);
+    let running = parse(rustc.split_whitespace().nth(1).unwrap());
+    assert!(
+        declared <= running,
+        "rust-version {declared:?} is newer than {rustc}"
+    );
+}

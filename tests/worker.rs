@@ -224,8 +224,22 @@ async fn an_unregistered_token_is_settled_with_feedback_and_not_retried() {
         broker().counts(&queue) == Some((0, 0))
     })
     .await;
-    // Give a wrongly requeued job time to come back before counting answers.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A retry or a requeue would be published (confirmed) before the ack:
+    // once the job is acked, it shows in the counters and the tier queues.
+    wait_for(Duration::from_secs(20), "the job acked", || {
+        worker.metric("misiva_jobs_acked_total", &[]) == 1.0
+    })
+    .await;
+    assert_eq!(worker.metric("misiva_jobs_retried_total", &[]), 0.0);
+    assert_eq!(worker.metric("misiva_jobs_requeued_total", &[]), 0.0);
+    for tier in ["1s", "5s", "30s", "2m", "10m"] {
+        assert_eq!(
+            support::ready_now(&conn, &format!("{queue}.retry.{tier}")).await,
+            0,
+            "nothing in the {tier} tier"
+        );
+    }
+    assert_eq!(support::ready_now(&conn, &queue).await, 0);
     assert_eq!(
         sim.sim.rejected().get(&(410, "Unregistered".into())),
         Some(&1),
@@ -294,11 +308,18 @@ async fn a_permanent_apns_rejection_dead_letters_only_the_rejected_tokens() {
         header(partial, "x-misiva-reason").as_deref(),
         Some("topic_disallowed")
     );
-    let body: Value = serde_json::from_slice(&partial.delivery.data).unwrap();
+    // Byte for byte: only the token list changed (CONTRACT §3); a parse
+    // would not see reordered keys or reformatting.
+    let original = job.to_string();
+    let expected = original.replace(
+        &format!("[\"{}\",\"{refused}\",\"{}\"]", token(10), token(11)),
+        &format!("[\"{refused}\"]"),
+    );
+    assert_ne!(expected, original);
     assert_eq!(
-        body["tokens"],
-        json!([refused]),
-        "only the refused token is kept"
+        String::from_utf8_lossy(&partial.delivery.data),
+        expected,
+        "only the refused token is kept, everything else byte for byte"
     );
     let unknown = by_id("p-2");
     assert_eq!(
@@ -421,6 +442,9 @@ async fn topology_declares_idempotently_and_names_a_conflicting_argument() {
     );
 }
 
+/// A password distinctive enough that finding it in a log means it leaked.
+const CERT_PASSWORD: &str = "Pkcs12-Pw-5b8e1d27";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_auth_end_to_end() {
     let sim = SimFixture::start(misiva::sim::SimConfig {
@@ -430,7 +454,7 @@ async fn certificate_auth_end_to_end() {
     .await;
     let issued = sim
         .sim
-        .issue_client_certificate(support::TOPIC, "pw")
+        .issue_client_certificate(support::TOPIC, CERT_PASSWORD)
         .unwrap();
     let p12 = sim.dir.path().join("client.p12");
     std::fs::write(&p12, &issued.p12).unwrap();
@@ -439,7 +463,8 @@ async fn certificate_auth_end_to_end() {
     let env = [
         ("MISIVA_APNS_KEY_FILE", ""),
         ("MISIVA_APNS_CERT_FILE", p12.as_str()),
-        ("MISIVA_APNS_CERT_PASSWORD", "pw"),
+        ("MISIVA_APNS_CERT_PASSWORD", CERT_PASSWORD),
+        ("MISIVA_LOG", "trace"),
     ];
     let mut worker = Worker::start(&sim, &queue, &env);
     worker.ready().await;
@@ -457,9 +482,16 @@ async fn certificate_auth_end_to_end() {
     })
     .await;
     assert!(sim.sim.accepted().iter().all(|a| a.key_id == "certificate"));
+    let log = worker.log_text();
     assert!(
-        !worker.log_text().contains("pw\""),
+        log.len() > 10_000,
+        "trace logging was on: {} bytes",
+        log.len()
+    );
+    assert!(
+        !log.contains(CERT_PASSWORD),
         "the password never appears in logs"
     );
+    assert!(!worker.metrics().contains(CERT_PASSWORD), "nor in metrics");
     assert!(worker.terminate().await.success());
 }

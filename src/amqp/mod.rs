@@ -8,9 +8,9 @@ mod publisher;
 mod topology;
 mod wire;
 
-pub use consumer::{Consumer, ConsumerExit, Counters, Unsettled};
+pub use consumer::{Consumer, Counters, Unsettled};
 pub use dlq::{DeadLetterQueue, Held};
-pub use publisher::{JobPublisher, PublishError};
+pub use publisher::JobPublisher;
 pub use topology::{BROKER_DELIVERY_LIMIT, Topology, TopologyError, declare};
 
 use crate::config::Secret;

@@ -72,13 +72,13 @@ impl ProviderToken {
     /// Called after APNs answered `ExpiredProviderToken` to a request sent with
     /// `rejected`. Returns the header to retry with: the token another request
     /// already renewed, else a new one, unless a reactive renewal of this key
-    /// happened less than [`REACTIVE_INTERVAL`] ago (then `None`).
+    /// happened less than `REACTIVE_INTERVAL` (10 s) ago (then `None`).
     pub fn renew_after_rejection(&self, rejected: &str) -> Option<Arc<str>> {
         let mut current = self.lock();
-        if let Some(issued) = &*current {
-            if &*issued.header != rejected {
-                return Some(issued.header.clone());
-            }
+        if let Some(issued) = &*current
+            && &*issued.header != rejected
+        {
+            return Some(issued.header.clone());
         }
         let mut last = self.last_reactive.lock().unwrap_or_else(|e| e.into_inner());
         if last.is_some_and(|at| at.elapsed() < REACTIVE_INTERVAL) {

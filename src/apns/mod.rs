@@ -275,12 +275,12 @@ impl ApnsClient {
         let answer = self
             .send_one(|| self.request(job, token, Some(&bearer)))
             .await;
-        if let TokenOutcome::Credentials { renew: true, .. } = classify(&answer) {
-            if let Some(renewed) = provider.renew_after_rejection(&bearer) {
-                return self
-                    .send_one(|| self.request(job, token, Some(&renewed)))
-                    .await;
-            }
+        if let TokenOutcome::Credentials { renew: true, .. } = classify(&answer)
+            && let Some(renewed) = provider.renew_after_rejection(&bearer)
+        {
+            return self
+                .send_one(|| self.request(job, token, Some(&renewed)))
+                .await;
         }
         answer
     }

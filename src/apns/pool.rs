@@ -57,10 +57,6 @@ impl Pool {
         Pool { pool, size }
     }
 
-    pub fn size(&self) -> usize {
-        self.size
-    }
-
     /// Sends a request on the next connection. `build` makes the request again
     /// when a connection did not process it (GOAWAY, refused stream, a
     /// connection that could not be made), so that it goes to another one

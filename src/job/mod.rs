@@ -152,13 +152,13 @@ pub fn decode(body: &[u8], message_id: Option<&str>) -> Result<Job, JobError> {
     }
     let wire: Wire<'_> = serde_json::from_str(text).map_err(wire_error)?;
 
-    if let Some(v) = typed::<u64>("v", wire.v, "the integer 1")? {
-        if v != 1 {
-            return Err(JobError::field(
-                "v",
-                format!("is {v}; this worker reads version 1"),
-            ));
-        }
+    if let Some(v) = typed::<u64>("v", wire.v, "the integer 1")?
+        && v != 1
+    {
+        return Err(JobError::field(
+            "v",
+            format!("is {v}; this worker reads version 1"),
+        ));
     }
     let id = match typed::<String>("id", wire.id, "a string")? {
         Some(id) => JobId::parse(id)?,
@@ -270,11 +270,11 @@ fn wire_error(e: serde_json::Error) -> JobError {
     let text = e.to_string();
     // serde reports unknown fields as "unknown field `x`, expected one of ...";
     // the field name alone is what a publisher needs to fix a typo.
-    if let Some(rest) = text.strip_prefix("unknown field `") {
-        if let Some(end) = rest.find('`') {
-            // The name is the publisher's text: quoted and shortened, never echoed whole.
-            return JobError::UnknownField(crate::bounded::quote(&rest[..end]));
-        }
+    if let Some(rest) = text.strip_prefix("unknown field `")
+        && let Some(end) = rest.find('`')
+    {
+        // The name is the publisher's text: quoted and shortened, never echoed whole.
+        return JobError::UnknownField(crate::bounded::quote(&rest[..end]));
     }
     JobError::NotJson(crate::bounded::cut(&text, crate::bounded::DETAIL_BYTES / 2).to_owned())
 }

@@ -12,7 +12,7 @@ pub struct DeviceToken(String);
 impl DeviceToken {
     pub fn parse(field: &'static str, raw: &str) -> Result<Self, JobError> {
         let len = raw.len();
-        if !(16..=200).contains(&len) || len % 2 != 0 {
+        if !(16..=200).contains(&len) || !len.is_multiple_of(2) {
             return Err(JobError::field(
                 field,
                 format!(
@@ -302,10 +302,6 @@ impl ApnsId {
                 ),
             )),
         }
-    }
-
-    pub fn new_random() -> Self {
-        ApnsId(uuid::Uuid::new_v4())
     }
 
     /// Lower-case hyphenated form, as APNs echoes it.

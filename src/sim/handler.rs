@@ -347,7 +347,7 @@ fn authenticate(
         Some((known, _)) if known == bearer => {}
         previous => {
             verify_signature(bearer, &key.public_key).map_err(|e| match e {
-                VerifyError::Malformed | VerifyError::UnknownKey(_) | VerifyError::BadSignature => {
+                VerifyError::Malformed | VerifyError::BadSignature => {
                     reject(403, "InvalidProviderToken")
                 }
             })?;

@@ -31,6 +31,13 @@ pub enum Restart {
     /// Always.
     Permanent,
     /// Only if it ended abnormally (an error or a panic).
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "OTP's full surface, exercised by supervisor/tests.rs; the worker's tree needs only part of it"
+        )
+    )]
     Transient,
     /// Never.
     Temporary,
@@ -42,6 +49,10 @@ pub enum Shutdown {
     /// Ask it to stop, wait this long, then abort it.
     Graceful(Duration),
     /// Abort it at once.
+    #[allow(
+        dead_code,
+        reason = "OTP's surface; the worker stops every child gracefully"
+    )]
     Immediate,
 }
 
@@ -51,6 +62,13 @@ pub enum Strategy {
     /// Only the one that ended.
     OneForOne,
     /// All of them: the others are stopped (in reverse order) and all started again.
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "OTP's full surface, exercised by supervisor/tests.rs; the worker's tree needs only part of it"
+        )
+    )]
     OneForAll,
     /// The one that ended and every child started after it.
     RestForOne,
@@ -219,6 +237,13 @@ pub struct SupervisorHandle {
     commands: mpsc::Sender<Command>,
 }
 
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "dynamic children: OTP's surface, exercised by supervisor/tests.rs"
+    )
+)]
 impl SupervisorHandle {
     /// Starts a dynamic child, after the static ones, and waits for it to be ready.
     pub async fn start_child(&self, spec: ChildSpec) -> Result<(), ChildError> {
