@@ -72,11 +72,7 @@ async fn a_broken_settlement_never_sends_a_token_twice() {
     wait_for(
         Duration::from_secs(30),
         "a job returned to the queue",
-        || {
-            !worker
-                .log_lines("settlement failed; returning the job")
-                .is_empty()
-        },
+        || worker.metric("misiva_jobs_requeued_total", &[]) > 0.0,
     )
     .await;
     let first_requeue = outage.elapsed();
@@ -123,12 +119,8 @@ async fn a_broken_settlement_never_sends_a_token_twice() {
         })
         .collect();
     assert_eq!(tokens, gone);
-    let requeued = worker
-        .log_lines("settlement failed; returning the job")
-        .len();
-    let retried = worker
-        .log_lines("settlement publish failed; trying again")
-        .len();
+    let requeued = worker.metric("misiva_jobs_requeued_total", &[]) as usize;
+    let retried = worker.metric("misiva_settlement_retries_total", &[]) as usize;
     println!(
         "broken settlement: first requeue after {first_requeue:?}, {requeued} requeues, {retried} publish retries, {} feedback events",
         events.len()
@@ -137,7 +129,7 @@ async fn a_broken_settlement_never_sends_a_token_twice() {
     assert!(first_requeue >= Duration::from_secs(8), "{first_requeue:?}");
     assert!((1..=2 * 40).contains(&requeued), "{requeued} requeues");
     assert!(
-        worker.log_lines("restarting").is_empty(),
+        worker.metric("misiva_supervisor_restarts_total", &[]) == 0.0,
         "{}",
         worker.log_text()
     );
@@ -203,7 +195,7 @@ async fn a_message_that_kills_its_consumer_is_parked_as_poison() {
     assert!(detail.contains("4 times"), "{detail}");
     assert_eq!(sim.sim.requests_by_token().get(&poison_token), None);
     assert_eq!(accepted_per_token(&sim).len(), 20);
-    let crashes = worker.log_lines("child ended; restarting").len();
+    let crashes = worker.metric("misiva_supervisor_restarts_total", &[]) as usize;
     println!("poison: parked after {crashes} consumer crashes");
     // Delivered three times (each killing its consumer), parked on the fourth.
     assert_eq!(crashes, 3, "{}", worker.log_text());
@@ -268,7 +260,7 @@ async fn provider_tokens_expired_by_apns_are_renewed_at_once() {
         assert!(delay < Duration::from_secs(1), "renewal took {delay:?}");
     }
     assert!(
-        worker.log_lines("scheduled for retry").is_empty(),
+        worker.metric("misiva_jobs_retried_total", &[]) == 0.0,
         "a renewal should not need a retry tier:\n{}",
         worker.log_text()
     );

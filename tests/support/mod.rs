@@ -276,16 +276,9 @@ pub struct Worker {
     child: Child,
     pub log: PathBuf,
     pub queue: String,
-    /// Where its `/healthz` and `/readyz` answer.
-    pub admin_port: u16,
-}
-
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    /// Where its `/healthz`, `/readyz` and `/metrics` answer: the worker binds
+    /// port 0 and logs the port it got (no bind-then-drop race).
+    admin_port: std::sync::OnceLock<u16>,
 }
 
 /// Queue names unique to one test.
@@ -318,7 +311,6 @@ impl Worker {
             ),
         )
         .unwrap();
-        let admin_port = free_port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_misiva"));
         command
             .arg("run")
@@ -335,7 +327,7 @@ impl Worker {
             .env("MISIVA_APNS_TOPIC", TOPIC)
             .env("MISIVA_LOG_FORMAT", "text")
             .env("MISIVA_LOG", "info")
-            .env("MISIVA_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"));
+            .env("MISIVA_ADMIN_ADDR", "127.0.0.1:0");
         for (k, v) in extra_env {
             command.env(k, v);
         }
@@ -348,8 +340,24 @@ impl Worker {
             child,
             log,
             queue: queue.to_owned(),
-            admin_port,
+            admin_port: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The admin port the worker reported in its log, once it has.
+    pub fn admin_port(&self) -> Option<u16> {
+        if let Some(port) = self.admin_port.get() {
+            return Some(*port);
+        }
+        let log = self.log_text();
+        let line = log
+            .lines()
+            .find(|l| l.contains("admin endpoint listening"))?;
+        // `addr=127.0.0.1:PORT` in text, `"addr":"127.0.0.1:PORT"` in JSON.
+        let after = &line[line.find("127.0.0.1:")? + "127.0.0.1:".len()..];
+        let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+        let port = digits.parse().ok()?;
+        Some(*self.admin_port.get_or_init(|| port))
     }
 
     pub fn log_text(&self) -> String {
@@ -358,9 +366,8 @@ impl Worker {
 
     /// Waits until `/readyz` says 200 (connected, every consumer consuming).
     pub async fn ready(&mut self) {
-        let port = self.admin_port;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while readyz(port) != Some(200) {
+        while self.readyz() != Some(200) {
             assert!(self.running(), "worker exited:\n{}", self.log_text());
             assert!(
                 Instant::now() < deadline,
@@ -373,7 +380,7 @@ impl Worker {
 
     /// The status `/readyz` answers now, if it answers.
     pub fn readyz(&self) -> Option<u16> {
-        readyz(self.admin_port)
+        readyz(self.admin_port()?)
     }
 
     pub fn running(&mut self) -> bool {
@@ -454,7 +461,10 @@ pub fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
 impl Worker {
     /// The worker's `/metrics` text, or an empty string when it does not answer.
     pub fn metrics(&self) -> String {
-        match admin_get(self.admin_port, "/metrics") {
+        match self
+            .admin_port()
+            .and_then(|port| admin_get(port, "/metrics"))
+        {
             Some((200, body)) => body,
             _ => String::new(),
         }
@@ -542,10 +552,4 @@ pub async fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> boo
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// The number after `name=` in the worker's "worker stopped" line.
-pub fn stopped_counter(log: &str, name: &str) -> Option<u64> {
-    let line = log.lines().rev().find(|l| l.contains("worker stopped"))?;
-    field(line, name)
 }
