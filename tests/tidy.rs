@@ -219,3 +219,21 @@ fn the_declared_rust_version_is_what_builds() {
         "rust-version {declared:?} is newer than {rustc}"
     );
 }
+
+/// Files are read at the edges only: configuration, keys and certificates,
+/// the operator commands and the simulator.
+#[test]
+fn only_the_edges_read_files() {
+    let allowed = |p: &str| {
+        p.starts_with("sim/")
+            || ["config.rs", "jwt.rs", "apns/tls.rs", "ops.rs", "publish.rs"].contains(&p)
+    };
+    for (path, text) in files() {
+        if allowed(&path) {
+            continue;
+        }
+        for io in ["std::fs", "tokio::fs", "File::"] {
+            assert!(!text.contains(io), "{path} reads files ({io})");
+        }
+    }
+}
