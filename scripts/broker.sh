@@ -6,17 +6,37 @@
 # restart it at will. RabbitMQ comes from Debian's packages; it is installed
 # when missing (that needs root or sudo and access to the Debian mirror).
 #
-# Usage: scripts/broker.sh install|start|stop|restart|status|ctl ARGS...|url
+# With MISIVA_RABBITMQ=4.0 the node is RabbitMQ 4.0 (Debian 13's package),
+# run from a Debian 13 root that `debootstrap` builds once into
+# target/debian13 (about 40 s; the mirror is read from this machine's apt
+# sources, never written here). That needs root.
+#
+# Usage: scripts/broker.sh install|start|stop|restart|status|ctl ARGS...|url|version
 # Environment:
 #   MISIVA_BROKER_PORT  AMQP port of the node (default 5682)
-#   MISIVA_BROKER_DIR   data directory (default target/broker-<port>)
+#   MISIVA_BROKER_DIR   data directory (default target/broker-<port>; 3.10 only)
+#   MISIVA_RABBITMQ     3.10 (default: this machine's Debian 12 package) or 4.0
 set -euo pipefail
 
 port="${MISIVA_BROKER_PORT:-5682}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
-dir="${MISIVA_BROKER_DIR:-$root/target/broker-$port}"
+version="${MISIVA_RABBITMQ:-3.10}"
 node="misiva-$port@localhost"
 sbin=/usr/lib/rabbitmq/bin
+case "$version" in
+  3.10)
+    # Paths as the node sees them are the machine's own.
+    prefix=""
+    inroot=()
+    dir="${MISIVA_BROKER_DIR:-$root/target/broker-$port}"
+    ;;
+  4.0)
+    prefix="${MISIVA_DEBIAN13_ROOT:-$root/target/debian13}"
+    inroot=(chroot "$prefix")
+    dir="/var/lib/misiva-broker-$port"
+    ;;
+  *) echo "broker: MISIVA_RABBITMQ must be 3.10 or 4.0, not $version" >&2; exit 2 ;;
+esac
 
 # Every RabbitMQ script reads these, so the node is private in every call.
 export HOME="$dir/home"
@@ -33,7 +53,34 @@ export RABBITMQ_ADVANCED_CONFIG_FILE="$dir/advanced.config"
 export RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins"
 export RABBITMQ_USE_LONGNAME=false
 
+# The first Debian mirror of this machine's apt sources.
+mirror() {
+  local m
+  m="$(grep -hE '^(URIs:|deb )' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
+    | grep -v -- '-security' | sed -E 's/^URIs: *//; s/^deb (\[[^]]*\] )?//; s/ .*//' | head -n 1)"
+  echo "${m:-http://deb.debian.org/debian}"
+}
+
+install_debian13() {
+  if [ ! -x "$prefix$sbin/rabbitmq-server" ]; then
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then sudo=sudo; fi
+    if ! command -v debootstrap >/dev/null 2>&1; then
+      $sudo apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
+    fi
+    echo "broker: building a Debian 13 root with RabbitMQ 4.0 in $prefix (once)" >&2
+    rm -rf "$prefix.partial"
+    $sudo debootstrap --variant=minbase --include=rabbitmq-server trixie "$prefix.partial" "$(mirror)" >"$root/target/debootstrap.log" 2>&1 \
+      || { echo "broker: debootstrap failed; see target/debootstrap.log" >&2; return 1; }
+    mv "$prefix.partial" "$prefix"
+  fi
+  # Erlang reads /proc; the root shares this machine's network and epmd.
+  if ! mountpoint -q "$prefix/proc"; then mount -t proc proc "$prefix/proc"; fi
+}
+
 install() {
+  if [ "$version" = 4.0 ]; then install_debian13; return; fi
   if [ -x "$sbin/rabbitmq-server" ]; then return 0; fi
   echo "broker: installing rabbitmq-server from Debian's packages" >&2
   local sudo=""
@@ -43,17 +90,17 @@ install() {
   # Debian starts a system node on 5672 where an init system runs; ours is separate.
 }
 
-ctl() { "$sbin/rabbitmqctl" -q -n "$node" "$@"; }
+ctl() { "${inroot[@]}" "$sbin/rabbitmqctl" -q -n "$node" "$@"; }
 
 running() { ctl status >/dev/null 2>&1; }
 
 start() {
   install
-  mkdir -p "$HOME" "$RABBITMQ_MNESIA_BASE" "$RABBITMQ_LOG_BASE"
-  : >"$RABBITMQ_CONF_ENV_FILE"
-  echo "[]." >"$RABBITMQ_ENABLED_PLUGINS_FILE"
-  echo "[]." >"$RABBITMQ_ADVANCED_CONFIG_FILE"
-  cat >"$RABBITMQ_CONFIG_FILE" <<CONF
+  mkdir -p "$prefix$HOME" "$prefix$RABBITMQ_MNESIA_BASE" "$prefix$RABBITMQ_LOG_BASE"
+  : >"$prefix$RABBITMQ_CONF_ENV_FILE"
+  echo "[]." >"$prefix$RABBITMQ_ENABLED_PLUGINS_FILE"
+  echo "[]." >"$prefix$RABBITMQ_ADVANCED_CONFIG_FILE"
+  cat >"$prefix$RABBITMQ_CONFIG_FILE" <<CONF
 listeners.tcp.default = 127.0.0.1:$port
 loopback_users.guest = true
 disk_free_limit.absolute = 50MB
@@ -63,7 +110,7 @@ log.file.level = warning
 collect_statistics_interval = 500
 CONF
   if running; then echo "broker: $node already running on port $port" >&2; return 0; fi
-  nohup "$sbin/rabbitmq-server" >"$dir/server.out" 2>&1 &
+  nohup "${inroot[@]}" "$sbin/rabbitmq-server" >"$prefix$dir/server.out" 2>&1 &
   for _ in $(seq 1 120); do
     if running && ctl await_startup >/dev/null 2>&1; then
       echo "broker: $node up, amqp://guest:guest@127.0.0.1:$port/%2f" >&2
@@ -71,8 +118,8 @@ CONF
     fi
     sleep 0.5
   done
-  echo "broker: $node did not start within 60 s; see $dir/server.out and $RABBITMQ_LOG_BASE" >&2
-  tail -n 30 "$dir/server.out" >&2 || true
+  echo "broker: $node did not start within 60 s; see $prefix$dir/server.out and $prefix$RABBITMQ_LOG_BASE" >&2
+  tail -n 30 "$prefix$dir/server.out" >&2 || true
   return 1
 }
 
@@ -91,5 +138,6 @@ case "${1:-}" in
   status) if running; then echo running; else echo stopped; exit 1; fi ;;
   ctl) shift; ctl "$@" ;;
   url) echo "amqp://guest:guest@127.0.0.1:$port/%2f" ;;
-  *) echo "usage: $0 install|start|stop|restart|status|ctl ARGS...|url" >&2; exit 2 ;;
+  version) ctl version ;;
+  *) echo "usage: $0 install|start|stop|restart|status|ctl ARGS...|url|version" >&2; exit 2 ;;
 esac

@@ -104,6 +104,38 @@ async fn read(
     })
 }
 
+/// A dead letter read this many times is published again at the back of the
+/// queue before the read ends, so that RabbitMQ 4's delivery limit (20 on
+/// 4.0 to 4.2, where every read counts) never drops it.
+pub const REFRESH_AFTER: u64 = 10;
+
+/// Ends a read: refreshes the dead letters read too often (those this
+/// command did not remove), then returns the rest to the queue.
+async fn finish(mut queue: DeadLetterQueue, held: &[Held], letters: &[Letter], removed: &[usize]) {
+    let mut refreshed = 0;
+    for (i, letter) in letters.iter().enumerate() {
+        if letter.deliveries + 1 < REFRESH_AFTER || removed.contains(&i) {
+            continue;
+        }
+        match queue.refresh(&held[i]).await {
+            Ok(()) => refreshed += 1,
+            Err(e) => {
+                eprintln!(
+                    "misiva dlq: could not refresh a dead letter read {} times: {e}",
+                    letter.deliveries + 1
+                );
+                break;
+            }
+        }
+    }
+    if refreshed > 0 {
+        eprintln!(
+            "note: {refreshed} dead letters read {REFRESH_AFTER} times or more were moved to the back of the queue, so that RabbitMQ 4's delivery limit never drops them"
+        );
+    }
+    queue.release().await;
+}
+
 fn json_line(value: &impl serde::Serialize) {
     // Serializing our own plain structs cannot fail.
     println!("{}", serde_json::to_string(value).unwrap_or_default());
@@ -137,7 +169,7 @@ async fn run_dlq(config: &Config, command: DlqCommand) -> anyhow::Result<i32> {
             } else {
                 print!("{}", stats.render(name));
             }
-            r.queue.release().await;
+            finish(r.queue, &r.held, &r.letters, &[]).await;
             0
         }
         DlqCommand::List(_) => {
@@ -152,7 +184,7 @@ async fn run_dlq(config: &Config, command: DlqCommand) -> anyhow::Result<i32> {
                     r.letters.len()
                 );
             }
-            r.queue.release().await;
+            finish(r.queue, &r.held, &r.letters, &[]).await;
             0
         }
         DlqCommand::Show { id, .. } => {
@@ -163,7 +195,7 @@ async fn run_dlq(config: &Config, command: DlqCommand) -> anyhow::Result<i32> {
                     println!("{}", dlq::render_one(&r.letters[i]));
                 }
             }
-            r.queue.release().await;
+            finish(r.queue, &r.held, &r.letters, &[]).await;
             if r.picked.is_empty() {
                 eprintln!("misiva dlq: no dead letter of job {id:?} in {name}");
                 1
@@ -224,7 +256,7 @@ async fn replay(config: &Config, r: Read, args: &ReplayArgs) -> anyhow::Result<i
     if let Some(rate) = args.rate
         && !(rate > 0.0 && rate.is_finite())
     {
-        queue.release().await;
+        finish(queue, &held, &letters, &[]).await;
         return Err(Usage(format!("--rate must be a positive number, not {rate}")).into());
     }
     let pause = args.rate.map(|r| Duration::from_secs_f64(1.0 / r));
@@ -246,7 +278,12 @@ async fn replay(config: &Config, r: Read, args: &ReplayArgs) -> anyhow::Result<i
         report(&bar, &letters[i], json, args.dry_run);
     }
     bar.finish_and_clear();
-    queue.release().await;
+    let removed = if args.dry_run {
+        &[][..]
+    } else {
+        &picked[..done]
+    };
+    finish(queue, &held, &letters, removed).await;
     summary(
         json,
         &Summary {
@@ -305,7 +342,7 @@ async fn purge(name: &str, r: Read, args: &PurgeArgs) -> anyhow::Result<i32> {
                 && matches!(answer.trim(), "y" | "Y" | "yes")
         };
         if !agreed {
-            queue.release().await;
+            finish(queue, &held, &letters, &[]).await;
             if asked {
                 eprintln!("nothing deleted");
                 return Ok(1);
@@ -329,7 +366,12 @@ async fn purge(name: &str, r: Read, args: &PurgeArgs) -> anyhow::Result<i32> {
         report(&bar, &letters[i], json, args.dry_run);
     }
     bar.finish_and_clear();
-    queue.release().await;
+    let removed = if args.dry_run {
+        &[][..]
+    } else {
+        &picked[..done]
+    };
+    finish(queue, &held, &letters, removed).await;
     summary(
         json,
         &Summary {

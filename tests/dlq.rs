@@ -339,3 +339,70 @@ async fn topology_needs_only_the_broker() {
     let conn = broker().connect().await;
     assert_eq!(ready_now(&conn, &format!("{queue}.dead")).await, 0);
 }
+
+/// Every read counts one delivery; a dead letter read ten times is published
+/// again at the back (confirmed, then the old copy removed), so that RabbitMQ
+/// 4.0–4.2's delivery limit of 20 never drops it (measured on 4.0.5: without
+/// this, a dead letter read 21 times was gone). Nothing is lost, the letters
+/// keep their order and their headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_read_over_and_over_are_never_dropped() {
+    let queue = unique_queue("reads");
+    let dead = format!("{queue}.dead");
+    assert_eq!(misiva(&queue, &["topology"]).0, 0);
+    let conn = broker().connect().await;
+    let mut headers = lapin::types::FieldTable::default();
+    for (k, v) in [
+        ("x-misiva-reason", "invalid_job"),
+        ("x-misiva-detail", "the body is not JSON"),
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
+    ] {
+        headers.insert(
+            k.into(),
+            lapin::types::AMQPValue::LongString(v.as_bytes().into()),
+        );
+    }
+    let bodies: Vec<Vec<u8>> = (0..3)
+        .map(|n| format!("{{\"id\":\"r-{n}\"}}").into_bytes())
+        .collect();
+    support::publish_with(
+        &conn,
+        &dead,
+        &bodies,
+        lapin::BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(headers),
+    )
+    .await;
+    let mut refreshed = 0;
+    let mut last = Vec::new();
+    for _ in 0..25 {
+        let (code, out, err) = misiva(&queue, &["dlq", "list", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        if err.contains("moved to the back") {
+            refreshed += 1;
+        }
+        last = json_lines(&out);
+        assert_eq!(
+            ids(&last),
+            ["r-0", "r-1", "r-2"],
+            "nothing lost or reordered"
+        );
+    }
+    assert!(refreshed >= 2, "refreshed {refreshed} times in 25 reads");
+    for letter in &last {
+        assert!(letter["deliveries"].as_u64().unwrap() < 10, "{letter}");
+        assert_eq!(letter["reason"], "invalid_job");
+        assert_eq!(letter["detail"], "the body is not JSON");
+    }
+    let held = drain(&conn, &dead).await;
+    assert_eq!(held.len(), 3);
+    assert_eq!(
+        support::header(&held[0], "traceparent").as_deref(),
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        "the publisher's headers stay too"
+    );
+}

@@ -225,6 +225,43 @@ fn header_table(
     table
 }
 
+/// A dead letter published again to its own queue, as it is: body, carried
+/// properties and every application header (the `x-misiva-*` ones
+/// included), minus what the broker owns, so that its delivery count starts
+/// over (see `amqp::dlq`).
+pub(crate) fn refreshed(
+    original: &BasicProperties,
+    body: &[u8],
+    queue: &str,
+    frame_max: u32,
+) -> Outgoing {
+    let mut ours: Vec<(&str, AMQPValue)> = Vec::new();
+    if let Some(headers) = original.headers() {
+        for (key, value) in headers {
+            // Ours are small (a detail is at most 1,024 bytes); anything
+            // larger under our prefix was not written by the worker.
+            let small = entry_len(key.as_str(), value, 0).is_some_and(|len| len <= 1_200);
+            if key.as_str().starts_with("x-misiva-") && small {
+                ours.push((key.as_str(), value.clone()));
+            }
+        }
+    }
+    let mut properties = carried_properties(original);
+    if let Some(id) = original.message_id() {
+        properties = properties.with_message_id(id.clone());
+    }
+    Outgoing {
+        exchange: ShortString::default(),
+        routing_key: short(queue),
+        body: body.to_vec(),
+        properties: properties.with_headers(header_table(
+            original.headers().as_ref(),
+            ours,
+            frame_max,
+        )),
+    }
+}
+
 /// Counts the replays of a job (`misiva dlq replay`).
 pub(crate) const REPLAYED: &str = "x-misiva-replayed";
 
