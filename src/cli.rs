@@ -51,11 +51,12 @@ What reading does to the queue: one consumer takes the dead letters that are
 ready (the oldest first, at most --scan of them) without acknowledging them,
 then closes its channel, which puts back every one it did not remove, ahead of
 anything newer and in the same order. Nothing is lost, duplicated or
-reordered. Each read counts as one delivery in the message's x-delivery-count;
-on RabbitMQ 4.0 to 4.2 a quorum queue drops a message past its delivery limit
-(20 by default) unless a policy sets the dead-letter queue's delivery-limit to
--1 (see docs/operations.md). While a read is in progress, the messages it holds
-are invisible to other readers. Replay publishes each copy with a confirm
+reordered. Each read counts as one delivery in the message's x-delivery-count,
+and RabbitMQ 4.0 to 4.2 drop a quorum queue's message past 20 of them: a dead
+letter read ten times is therefore published again at the back of the queue
+(confirmed, then the old copy removed), which starts its count over; a note on
+stderr says how many moved (see docs/operations.md). While a read is in
+progress, the messages it holds are invisible to other readers. Replay publishes each copy with a confirm
 before removing its dead letter: interrupted, it duplicates at most the one in
 flight.";
 
