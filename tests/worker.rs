@@ -361,7 +361,12 @@ async fn topology_declares_idempotently_and_names_a_conflicting_argument() {
         );
     }
     let listed = broker().ctl(&["list_queues", "name", "type"]);
-    for name in [fresh.clone(), format!("{fresh}.dead")] {
+    for name in [
+        fresh.clone(),
+        format!("{fresh}.dead"),
+        format!("{fresh}.retry.1s"),
+        format!("{fresh}.retry.10m"),
+    ] {
         assert!(
             listed
                 .lines()
@@ -385,6 +390,42 @@ async fn topology_declares_idempotently_and_names_a_conflicting_argument() {
     ] {
         assert!(line.contains(wanted), "{wanted} missing: {line}");
     }
+
+    // A classic retry tier an earlier version declared keeps working, with
+    // a warning; the others are created as quorum queues beside it.
+    let older = unique_queue("oldtier");
+    let mut classic = lapin::types::FieldTable::default();
+    classic.insert(
+        "x-message-ttl".into(),
+        lapin::types::AMQPValue::LongLongInt(1000),
+    );
+    classic.insert(
+        "x-dead-letter-exchange".into(),
+        lapin::types::AMQPValue::LongString("".into()),
+    );
+    classic.insert(
+        "x-dead-letter-routing-key".into(),
+        lapin::types::AMQPValue::LongString(older.as_str().into()),
+    );
+    let tier_channel = conn.create_channel().await.unwrap();
+    tier_channel
+        .queue_declare(
+            format!("{older}.retry.1s").as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            classic,
+        )
+        .await
+        .unwrap();
+    let out = run_topology(&older);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("classic queue from an earlier version"),
+        "{stderr}"
+    );
 
     // A work queue an earlier version declared (quorum, no safety net) keeps
     // working, with a warning that says how to migrate.

@@ -127,20 +127,8 @@ pub async fn declare(broker: &Broker, topology: &Topology) -> Result<(), Topolog
             .map_err(|e| classify("queue", name, e))?;
     }
     declare_work_queue(broker, topology).await?;
-    // Retry tiers: classic queues (per-queue TTL expires from the head, which is
-    // exact when every message has the same TTL) that dead-letter back to the
-    // work queue through the default exchange.
     for (name, delay) in &topology.retry_queues {
-        let mut args = FieldTable::default();
-        args.insert(
-            short("x-message-ttl"),
-            AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
-        );
-        args.insert(short("x-dead-letter-exchange"), text(""));
-        args.insert(short("x-dead-letter-routing-key"), text(&topology.queue));
-        declare_queue(broker, name, args)
-            .await?
-            .map_err(|e| classify("queue", name, e))?;
+        declare_retry_tier(broker, topology, name, *delay).await?;
     }
     let channel = broker.channel().await?;
     channel
@@ -166,6 +154,71 @@ pub async fn declare(broker: &Broker, topology: &Topology) -> Result<(), Topolog
         .await
         .map_err(|e| classify("binding of queue", &topology.feedback_queue, e))?;
     let _ = channel.close(200, short("declared")).await;
+    Ok(())
+}
+
+/// A retry tier's arguments: every message waits the tier's delay (one TTL
+/// for the whole queue, so messages expire from the head in order), then is
+/// dead-lettered back to the work queue. `classic` is what versions before
+/// this one declared.
+fn retry_tier_arguments(
+    topology: &Topology,
+    delay: std::time::Duration,
+    classic: bool,
+) -> FieldTable {
+    let mut args = if classic {
+        FieldTable::default()
+    } else {
+        quorum()
+    };
+    args.insert(
+        short("x-message-ttl"),
+        AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
+    );
+    args.insert(short("x-dead-letter-exchange"), text(""));
+    args.insert(short("x-dead-letter-routing-key"), text(&topology.queue));
+    if !classic {
+        // Replicated, and dead-lettered at least once (RabbitMQ 3.10+): a
+        // node lost while a job waits in a tier loses nothing.
+        args.insert(short("x-dead-letter-strategy"), text("at-least-once"));
+        args.insert(short("x-overflow"), text("reject-publish"));
+    }
+    args
+}
+
+/// Declares one retry tier as a quorum queue. A classic tier an earlier
+/// version declared keeps working, with a warning: its dead-lettering back to
+/// the work queue is at most once and it lives on one node.
+async fn declare_retry_tier(
+    broker: &Broker,
+    topology: &Topology,
+    name: &str,
+    delay: std::time::Duration,
+) -> Result<(), TopologyError> {
+    let Err(error) =
+        declare_queue(broker, name, retry_tier_arguments(topology, delay, false)).await?
+    else {
+        return Ok(());
+    };
+    let text = error.to_string();
+    // RabbitMQ names the first argument it finds different, whichever of
+    // the new ones that is; the classic declaration below checks the rest.
+    let new_argument = matches!(
+        inequivalent_argument(&text),
+        Some("x-queue-type" | "x-overflow" | "x-dead-letter-strategy")
+    );
+    if !new_argument {
+        return Err(classify("queue", name, error));
+    }
+    declare_queue(broker, name, retry_tier_arguments(topology, delay, true))
+        .await?
+        .map_err(|e| classify("queue", name, e))?;
+    tracing::warn!(
+        queue = %name,
+        "this retry tier is a classic queue from an earlier version: it lives on one node and \
+         moves jobs back to the work queue at most once. Migrate it when it is empty \
+         (docs/operations.md, \"Migrating the retry tiers\")"
+    );
     Ok(())
 }
 
