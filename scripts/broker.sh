@@ -16,6 +16,7 @@
 #   MISIVA_BROKER_PORT  AMQP port of the node (default 5682)
 #   MISIVA_BROKER_DIR   data directory (default target/broker-<port>; 3.10 only)
 #   MISIVA_RABBITMQ     3.10 (default: this machine's Debian 12 package) or 4.0
+#   MISIVA_BROKER_COOKIE  the Erlang cookie, for nodes that form a cluster
 set -euo pipefail
 
 port="${MISIVA_BROKER_PORT:-5682}"
@@ -97,6 +98,12 @@ running() { ctl status >/dev/null 2>&1; }
 start() {
   install
   mkdir -p "$prefix$HOME" "$prefix$RABBITMQ_MNESIA_BASE" "$prefix$RABBITMQ_LOG_BASE"
+  # Nodes of one cluster share an Erlang cookie (scripts/cluster.sh sets it).
+  if [ -n "${MISIVA_BROKER_COOKIE:-}" ]; then
+    rm -f "$prefix$HOME/.erlang.cookie"
+    printf '%s' "$MISIVA_BROKER_COOKIE" >"$prefix$HOME/.erlang.cookie"
+    chmod 400 "$prefix$HOME/.erlang.cookie"
+  fi
   : >"$prefix$RABBITMQ_CONF_ENV_FILE"
   echo "[]." >"$prefix$RABBITMQ_ENABLED_PLUGINS_FILE"
   echo "[]." >"$prefix$RABBITMQ_ADVANCED_CONFIG_FILE"

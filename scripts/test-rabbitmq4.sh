@@ -11,7 +11,7 @@ export MISIVA_TEST_BROKER_PORT="${MISIVA_TEST_BROKER_PORT:-5698}"
 
 MISIVA_BROKER_PORT="$MISIVA_TEST_BROKER_PORT" scripts/broker.sh start
 stop_broker() {
-  for port in "$MISIVA_TEST_BROKER_PORT" 5697 5696; do
+  for port in "$MISIVA_TEST_BROKER_PORT" 5697 5696 5691 5692 5693; do
     MISIVA_BROKER_PORT="$port" scripts/broker.sh stop >/dev/null 2>&1 || true
   done
 }
@@ -19,4 +19,4 @@ trap stop_broker EXIT
 echo "test: RabbitMQ $(MISIVA_BROKER_PORT="$MISIVA_TEST_BROKER_PORT" scripts/broker.sh version)" >&2
 cargo test --locked --features fault-hooks \
   --test worker --test hostile --test failures --test retries --test supervision \
-  --test metrics --test dlq --test examples -- --nocapture
+  --test metrics --test dlq --test examples --test cluster -- --nocapture

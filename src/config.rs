@@ -328,12 +328,15 @@ impl Config {
         let amqp_url = var("MISIVA_AMQP_URL")
             .or(file.amqp_url)
             .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
-        if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
+        // One URL, or the nodes of a cluster separated by commas: every one
+        // must be an AMQP URL.
+        let valid = |url: &str| url.starts_with("amqp://") || url.starts_with("amqps://");
+        if !amqp_urls(&amqp_url).all(valid) || amqp_urls(&amqp_url).next().is_none() {
             // The URL may hold a password: name the variable, not the value.
             return Err(invalid(
                 "MISIVA_AMQP_URL",
                 "(hidden)",
-                "expected amqp://user:pass@host:port/vhost or amqps://...",
+                "expected amqp://user:pass@host:port/vhost or amqps://..., or several separated by commas",
             ));
         }
         let queue = var("MISIVA_QUEUE")
@@ -532,6 +535,12 @@ impl Config {
             restart_intensity,
         })
     }
+}
+
+/// The URLs in `MISIVA_AMQP_URL`: one, or a cluster's nodes separated by
+/// commas (the worker connects to the first that answers, in order).
+pub fn amqp_urls(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|u| !u.is_empty())
 }
 
 /// A DNS name (labels of letters, digits and inner hyphens, 253 bytes at
@@ -936,5 +945,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(missing.contains("not found"), "{missing}");
+    }
+
+    #[test]
+    fn a_cluster_is_a_list_of_urls() {
+        let both = "amqp://u:p@a:5672/%2f, amqps://u:p@b:5671/%2f";
+        assert_eq!(
+            amqp_urls(both).collect::<Vec<_>>(),
+            ["amqp://u:p@a:5672/%2f", "amqps://u:p@b:5671/%2f"]
+        );
+        let mut vars = env(&TOKEN_AUTH);
+        vars.insert("MISIVA_AMQP_URL".into(), both.into());
+        assert!(Config::from_env_map(&vars).is_ok());
+        for bad in ["amqp://a,http://b", ",", "amqp://a,secret-pw"] {
+            vars.insert("MISIVA_AMQP_URL".into(), bad.into());
+            let err = Config::from_env_map(&vars).unwrap_err().to_string();
+            assert!(
+                err.contains("MISIVA_AMQP_URL") && !err.contains("secret-pw"),
+                "{err}"
+            );
+        }
     }
 }

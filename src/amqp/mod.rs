@@ -36,15 +36,28 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
+    /// Connects to the first node of `url` that answers (one URL, or a
+    /// cluster's nodes separated by commas), in order: when a node dies, the
+    /// reconnection moves on to the next. The error is the last node's.
     pub async fn connect(url: &Secret<String>, name: &str) -> Result<Broker, AmqpError> {
-        let properties =
-            lapin::ConnectionProperties::default().with_connection_name(name.as_bytes().into());
-        let connection = lapin::Connection::connect(url.expose(), properties)
-            .await
-            .map_err(AmqpError::Connect)?;
-        Ok(Broker {
-            connection: std::sync::Arc::new(connection),
-        })
+        let mut last = None;
+        for node in crate::config::amqp_urls(url.expose()) {
+            let properties =
+                lapin::ConnectionProperties::default().with_connection_name(name.as_bytes().into());
+            match lapin::Connection::connect(node, properties).await {
+                Ok(connection) => {
+                    return Ok(Broker {
+                        connection: std::sync::Arc::new(connection),
+                    });
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(AmqpError::Connect(last.unwrap_or_else(|| {
+            lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
+                lapin::ConnectionState::Closed,
+            ))
+        })))
     }
 
     pub(crate) async fn channel(&self) -> Result<lapin::Channel, AmqpError> {

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# A private three-node RabbitMQ cluster on this machine: nodes on AMQP ports
+# BASE, BASE+1 and BASE+2 (each one a scripts/broker.sh node with its own data
+# directory), sharing one Erlang cookie, the second and third joined to the
+# first. Quorum queues declared on it are replicated on all three.
+#
+# Usage: scripts/cluster.sh start|stop|urls|leader QUEUE|stop-node PORT|start-node PORT
+# Environment: MISIVA_CLUSTER_PORT (BASE, default 5691), MISIVA_RABBITMQ (3.10 or 4.0)
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+base="${MISIVA_CLUSTER_PORT:-5691}"
+ports=("$base" "$((base + 1))" "$((base + 2))")
+export MISIVA_BROKER_COOKIE="misiva-cluster-cookie-$base"
+node() { MISIVA_BROKER_PORT="$1" "$root/scripts/broker.sh" "${@:2}"; }
+
+start() {
+  for port in "${ports[@]}"; do node "$port" start; done
+  for port in "${ports[@]:1}"; do
+    # Already a member: nothing to do (a restart keeps the membership).
+    if node "$port" ctl cluster_status 2>/dev/null | grep -q "misiva-${ports[0]}@"; then
+      continue
+    fi
+    node "$port" ctl stop_app >/dev/null 2>&1
+    node "$port" ctl reset >/dev/null 2>&1
+    node "$port" ctl join_cluster "misiva-${ports[0]}@localhost" >/dev/null 2>&1
+    node "$port" ctl start_app >/dev/null 2>&1
+  done
+  node "${ports[0]}" ctl await_online_nodes 3 >/dev/null 2>&1 || true
+  echo "cluster: 3 nodes on ports ${ports[*]}" >&2
+}
+
+stop() {
+  for port in "${ports[@]}"; do node "$port" stop || true; done
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  urls) printf 'amqp://guest:guest@127.0.0.1:%s/%%2f,' "${ports[@]}" | sed 's/,$//'; echo ;;
+  # The port of the node that leads QUEUE.
+  leader)
+    leader="$(node "${ports[0]}" ctl list_queues name leader | awk -v q="$2" '$1==q {print $2}')"
+    echo "${leader#misiva-}" | sed 's/@.*//' ;;
+  stop-node) node "$2" stop ;;
+  start-node) node "$2" start ;;
+  *) echo "usage: $0 start|stop|urls|leader QUEUE|stop-node PORT|start-node PORT" >&2; exit 2 ;;
+esac
