@@ -11,7 +11,7 @@
 # target/debian13 (about 40 s; the mirror is read from this machine's apt
 # sources, never written here). That needs root.
 #
-# Usage: scripts/broker.sh install|start|stop|restart|status|ctl ARGS...|url|version
+# Usage: scripts/broker.sh install|start|stop|restart|status|ctl ARGS...|url|version|wipe
 # Environment:
 #   MISIVA_BROKER_PORT  AMQP port of the node (default 5682)
 #   MISIVA_BROKER_DIR   data directory (default target/broker-<port>; 3.10 only)
@@ -117,7 +117,9 @@ log.file.level = warning
 collect_statistics_interval = 500
 CONF
   if running; then echo "broker: $node already running on port $port" >&2; return 0; fi
-  nohup "${inroot[@]}" "$sbin/rabbitmq-server" >"$prefix$dir/server.out" 2>&1 &
+  # Its own process group, so that stop() can end every process of it.
+  setsid nohup "${inroot[@]}" "$sbin/rabbitmq-server" >"$prefix$dir/server.out" 2>&1 &
+  echo $! >"$prefix$dir/launcher.pid"
   for _ in $(seq 1 120); do
     if running && ctl await_startup >/dev/null 2>&1; then
       echo "broker: $node up, amqp://guest:guest@127.0.0.1:$port/%2f" >&2
@@ -132,9 +134,19 @@ CONF
 
 stop() {
   if running; then ctl shutdown >/dev/null 2>&1 || ctl stop >/dev/null 2>&1 || true; fi
-  for _ in $(seq 1 60); do running || return 0; sleep 0.5; done
-  echo "broker: $node did not stop" >&2
-  return 1
+  for _ in $(seq 1 60); do running || break; sleep 0.5; done
+  if running; then echo "broker: $node did not stop" >&2; return 1; fi
+  # A node that never finished booting answers no rabbitmqctl but still holds
+  # its ports: end the process start() launched.
+  local pid
+  pid="$(cat "$prefix$dir/launcher.pid" 2>/dev/null || true)"
+  if [ -n "$pid" ] && kill -0 -- "-$pid" 2>/dev/null; then
+    kill -- "-$pid" 2>/dev/null || true
+    for _ in $(seq 1 20); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.25; done
+    kill -9 -- "-$pid" 2>/dev/null || true
+  fi
+  rm -f "$prefix$dir/launcher.pid"
+  return 0
 }
 
 case "${1:-}" in
@@ -146,5 +158,7 @@ case "${1:-}" in
   ctl) shift; ctl "$@" ;;
   url) echo "amqp://guest:guest@127.0.0.1:$port/%2f" ;;
   version) ctl version ;;
-  *) echo "usage: $0 install|start|stop|restart|status|ctl ARGS...|url|version" >&2; exit 2 ;;
+  # Stops the node and deletes its data: the next start is a fresh node.
+  wipe) stop; rm -rf "$prefix$dir" ;;
+  *) echo "usage: $0 install|start|stop|restart|status|ctl ARGS...|url|version|wipe" >&2; exit 2 ;;
 esac

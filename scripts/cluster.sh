@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A private three-node RabbitMQ cluster on this machine: nodes on AMQP ports
 # BASE, BASE+1 and BASE+2 (each one a scripts/broker.sh node with its own data
-# directory), sharing one Erlang cookie, the second and third joined to the
-# first. Quorum queues declared on it are replicated on all three.
+# directory, wiped at each start), sharing one Erlang cookie, the second and
+# third joined to the first. Quorum queues declared on it are replicated on
+# all three. `stop-node`/`start-node` stop and restart one member, keeping its data.
 #
 # Usage: scripts/cluster.sh start|stop|urls|leader QUEUE|stop-node PORT|start-node PORT
 # Environment: MISIVA_CLUSTER_PORT (BASE, default 5691), MISIVA_RABBITMQ (3.10 or 4.0)
@@ -14,6 +15,9 @@ export MISIVA_BROKER_COOKIE="misiva-cluster-cookie-$base"
 node() { MISIVA_BROKER_PORT="$1" "$root/scripts/broker.sh" "${@:2}"; }
 
 start() {
+  # A fresh cluster each time: a node that was not the last of its cluster to
+  # stop would wait at boot for the others, which start after it.
+  for port in "${ports[@]}"; do node "$port" wipe >/dev/null 2>&1 || true; done
   for port in "${ports[@]}"; do node "$port" start; done
   for port in "${ports[@]:1}"; do
     # Already a member: nothing to do (a restart keeps the membership).
