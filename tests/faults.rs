@@ -1,6 +1,7 @@
-//! The fault suite: a mixed workload flows through a private broker node, the
-//! simulator and the worker while faults hit at moments drawn from a printed
-//! seed; an accounting pass then shows where every job ended. A failing seed
+//! The fault suite: a mixed workload (two apps, single tokens, fan-outs, dead
+//! tokens, invalid jobs) flows through a private broker node, the simulator
+//! (which also rejects provider tokens as expired, once per run) and the worker while faults hit
+//! at moments drawn from a printed seed; an accounting pass then shows where every job ended. A failing seed
 //! replays the same schedule (`MISIVA_FAULT_SEED=…`).
 //!
 //! CI runs a modest size. A long soak:
@@ -37,9 +38,11 @@ enum Fault {
     Resets,
     Stalls,
     ApnsOutage,
+    /// APNs rejects every provider token as expired for two seconds.
+    TokenExpiry,
 }
 
-const FAULTS: [Fault; 10] = [
+const FAULTS: [Fault; 11] = [
     Fault::KillWorker,
     Fault::StopWorker,
     Fault::CloseConnection,
@@ -50,6 +53,7 @@ const FAULTS: [Fault; 10] = [
     Fault::Resets,
     Fault::Stalls,
     Fault::ApnsOutage,
+    Fault::TokenExpiry,
 ];
 
 fn env_number(name: &str, default: u64) -> u64 {
@@ -118,6 +122,11 @@ fn workload(jobs: u64, rng: &mut fastrand::Rng) -> Workload {
             let t = fresh(true);
             w.dead.insert(t.clone());
             json!({"id": id, "token": t, "alert": "gone"})
+        } else if kind < 30 {
+            // The second app: its own connections and provider token.
+            let t = fresh(false);
+            w.live.insert(t.clone());
+            json!({"id": id, "app": "news", "token": t, "alert": "breaking"})
         } else {
             let t = fresh(false);
             w.live.insert(t.clone());
@@ -146,8 +155,9 @@ async fn every_job_is_accounted_for_under_random_faults() {
     );
     let mut rng = fastrand::Rng::with_seed(seed);
     let w = workload(jobs, &mut rng);
-    let schedule: Vec<Fault> = (0..count)
-        .map(|_| FAULTS[rng.usize(..FAULTS.len())])
+    // Tokens expire once in every run, whatever else the seed draws.
+    let schedule: Vec<Fault> = std::iter::once(Fault::TokenExpiry)
+        .chain((1..count).map(|_| FAULTS[rng.usize(..FAULTS.len())]))
         .collect();
     println!("schedule: {schedule:?}");
 
@@ -162,7 +172,28 @@ async fn every_job_is_accounted_for_under_random_faults() {
     })
     .await;
     let queue = unique_queue("faults");
-    let mut worker = Worker::start_on(&node, &sim, &queue, &WORKER_ENV);
+    // Two apps: `default` from the environment, `news` from the file.
+    let config = sim.dir.path().join("faults.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "feedback_exchange = \"{queue}.feedback\"\nfeedback_queue = \"{queue}.feedback\"\n\
+             [apps.news]\nendpoint = \"{}\"\nca_file = {:?}\nkey_file = {:?}\nkey_id = \"{}\"\nteam_id = \"{}\"\ntopic = \"com.example.news\"\n",
+            sim.sim.endpoint(),
+            sim.ca_file.display().to_string(),
+            sim.key_file.display().to_string(),
+            support::KEY_ID,
+            support::TEAM_ID,
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let env: Vec<(&str, &str)> = WORKER_ENV
+        .iter()
+        .copied()
+        .chain([("MISIVA_CONFIG", config.as_str())])
+        .collect();
+    let mut worker = Worker::start_on(&node, &sim, &queue, &env);
     worker.ready().await;
     let conn = node.connect().await;
     publish(&conn, &queue, &w.bodies).await;
@@ -188,12 +219,12 @@ async fn every_job_is_accounted_for_under_random_faults() {
         match fault {
             Fault::KillWorker => {
                 worker.kill9();
-                worker = Worker::start_on(&node, &sim, &queue, &WORKER_ENV);
+                worker = Worker::start_on(&node, &sim, &queue, &env);
                 worker.ready().await;
             }
             Fault::StopWorker => {
                 assert!(worker.terminate().await.success(), "{}", worker.log_text());
-                worker = Worker::start_on(&node, &sim, &queue, &WORKER_ENV);
+                worker = Worker::start_on(&node, &sim, &queue, &env);
                 worker.ready().await;
             }
             Fault::CloseConnection => {
@@ -208,6 +239,11 @@ async fn every_job_is_accounted_for_under_random_faults() {
                 .await;
             }
             Fault::GoAway => sim.sim.goaway_all(),
+            Fault::TokenExpiry => {
+                sim.sim.set_token_max_age(Duration::ZERO);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                sim.sim.set_token_max_age(Duration::from_secs(3600));
+            }
             other => {
                 let faults = match other {
                     Fault::Errors503 => Faults {
@@ -302,6 +338,18 @@ async fn every_job_is_accounted_for_under_random_faults() {
     }
     let delivered = per_token.len() as u64;
     let duplicated: u64 = per_token.values().map(|n| n - 1).sum();
+    let expired = sim
+        .sim
+        .token_events()
+        .iter()
+        .filter(|e| e.kind == misiva::sim::TokenEventKind::Expired)
+        .count();
+    assert!(expired > 0, "no provider token expired during the run");
+    let news = accepted
+        .iter()
+        .filter(|a| a.topic == "com.example.news")
+        .count();
+    assert!(news > 0, "the second app delivered nothing");
     let unexpected: Vec<&String> = per_token.keys().filter(|t| !w.live.contains(*t)).collect();
     assert!(
         unexpected.is_empty(),
@@ -325,6 +373,9 @@ async fn every_job_is_accounted_for_under_random_faults() {
         dead_by_reason.entry(reason).or_default().insert(id);
     }
     let lost = w.live.len() as u64 - delivered;
+    println!(
+        "provider tokens answered ExpiredProviderToken {expired} times; the second app delivered {news}"
+    );
     println!(
         "| published jobs | live tokens | delivered | duplicated | dead tokens fed back | invalid jobs dead-lettered | lost |"
     );

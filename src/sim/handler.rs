@@ -336,7 +336,10 @@ fn authenticate(
         return Err(reject(403, "InvalidProviderToken"));
     }
     let mut verified = lock(&connection.verified);
-    if claims.iat.saturating_add(state.token_max_age.as_secs()) < now {
+    let max_age = state
+        .token_max_age
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if claims.iat.saturating_add(max_age) < now {
         // The provider must replace it now: its next token is not counted as
         // a too-frequent update.
         *verified = None;

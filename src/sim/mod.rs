@@ -161,7 +161,8 @@ pub(crate) struct State {
     goaway_all: watch::Sender<u64>,
     idle_timeout: Option<Duration>,
     certificate_auth: bool,
-    token_max_age: Duration,
+    /// Seconds a provider token lives; changeable while running.
+    token_max_age: AtomicU64,
     started: std::time::Instant,
     token_events: Mutex<Vec<TokenEvent>>,
 }
@@ -201,7 +202,7 @@ impl Simulator {
             goaway_all: watch::channel(0).0,
             idle_timeout: config.idle_timeout,
             certificate_auth: config.certificate_auth,
-            token_max_age: config.token_max_age,
+            token_max_age: AtomicU64::new(config.token_max_age.as_secs()),
             started: std::time::Instant::now(),
             token_events: Mutex::new(Vec::new()),
         });
@@ -298,6 +299,15 @@ impl Simulator {
     }
 
     /// Sends GOAWAY on every open connection (they finish what they started).
+    /// Changes how long provider tokens live from now on: 0 makes APNs answer
+    /// `ExpiredProviderToken` to every token older than a second, as when the
+    /// provider's clock or key is rejected.
+    pub fn set_token_max_age(&self, age: Duration) {
+        self.state
+            .token_max_age
+            .store(age.as_secs(), Ordering::Relaxed);
+    }
+
     pub fn goaway_all(&self) {
         self.state.goaway_all.send_modify(|n| *n += 1);
     }
