@@ -277,16 +277,14 @@ async fn replay(config: &Config, r: Read, args: &ReplayArgs) -> anyhow::Result<i
         done += 1;
         report(&bar, &letters[i], json, args.dry_run);
     }
-    bar.finish_and_clear();
-    let removed = if args.dry_run {
-        &[][..]
-    } else {
-        &picked[..done]
-    };
-    finish(queue, &held, &letters, removed).await;
-    summary(
+    wrap_up(
+        bar,
+        queue,
+        &held,
+        &letters,
+        &picked,
         json,
-        &Summary {
+        Summary {
             action: "replay",
             done,
             matched: picked.len(),
@@ -294,7 +292,8 @@ async fn replay(config: &Config, r: Read, args: &ReplayArgs) -> anyhow::Result<i
             queue: &config.queue,
             dry_run: args.dry_run,
         },
-    );
+    )
+    .await;
     match failure {
         Some(e) => Err(anyhow::Error::new(e).context(format!(
             "replay stopped after {done} of {}; the rest stay dead-lettered",
@@ -302,6 +301,27 @@ async fn replay(config: &Config, r: Read, args: &ReplayArgs) -> anyhow::Result<i
         ))),
         None => Ok(0),
     }
+}
+
+/// Ends a replay or a purge: clears the progress bar, ends the read (what was
+/// done is removed; the rest returns), and prints the summary.
+async fn wrap_up(
+    bar: indicatif::ProgressBar,
+    queue: DeadLetterQueue,
+    held: &[Held],
+    letters: &[Letter],
+    picked: &[usize],
+    json: bool,
+    s: Summary<'_>,
+) {
+    bar.finish_and_clear();
+    let removed = if s.dry_run {
+        &[][..]
+    } else {
+        &picked[..s.done]
+    };
+    finish(queue, held, letters, removed).await;
+    summary(json, &s);
 }
 
 fn summary(json: bool, s: &Summary<'_>) {
@@ -365,16 +385,14 @@ async fn purge(name: &str, r: Read, args: &PurgeArgs) -> anyhow::Result<i32> {
         done += 1;
         report(&bar, &letters[i], json, args.dry_run);
     }
-    bar.finish_and_clear();
-    let removed = if args.dry_run {
-        &[][..]
-    } else {
-        &picked[..done]
-    };
-    finish(queue, &held, &letters, removed).await;
-    summary(
+    wrap_up(
+        bar,
+        queue,
+        &held,
+        &letters,
+        &picked,
         json,
-        &Summary {
+        Summary {
             action: "purge",
             done,
             matched: picked.len(),
@@ -382,7 +400,8 @@ async fn purge(name: &str, r: Read, args: &PurgeArgs) -> anyhow::Result<i32> {
             queue: name,
             dry_run: args.dry_run,
         },
-    );
+    )
+    .await;
     match failure {
         Some(e) => Err(anyhow::Error::new(e).context(format!("purge stopped after {done}"))),
         None => Ok(0),
