@@ -11,7 +11,7 @@
 # target/debian13 (about 40 s; the mirror is read from this machine's apt
 # sources, never written here). That needs root.
 #
-# Usage: scripts/broker.sh install|start|stop|restart|status|ctl ARGS...|url|version|wipe
+# Usage: scripts/broker.sh install|start|stop|restart|status|ctl ARGS...|url|version|wipe|stop-tests
 # Environment:
 #   MISIVA_BROKER_PORT  AMQP port of the node (default 5682)
 #   MISIVA_BROKER_DIR   data directory (default target/broker-<port>; 3.10 only)
@@ -158,7 +158,13 @@ case "${1:-}" in
   ctl) shift; ctl "$@" ;;
   url) echo "amqp://guest:guest@127.0.0.1:$port/%2f" ;;
   version) ctl version ;;
+  # Every node the test suites start: the shared one (this port), the private
+  # ones of the supervision tests and the fault suite, and the cluster.
+  stop-tests)
+    for p in "$port" 5697 5696 5694 5691 5692 5693; do
+      MISIVA_BROKER_PORT="$p" "$0" stop >/dev/null 2>&1 || true
+    done ;;
   # Stops the node and deletes its data: the next start is a fresh node.
   wipe) stop; rm -rf "$prefix$dir" ;;
-  *) echo "usage: $0 install|start|stop|restart|status|ctl ARGS...|url|version|wipe" >&2; exit 2 ;;
+  *) echo "usage: $0 install|start|stop|restart|status|ctl ARGS...|url|version|wipe|stop-tests" >&2; exit 2 ;;
 esac

@@ -10,11 +10,7 @@ export MISIVA_RABBITMQ=4.0
 export MISIVA_TEST_BROKER_PORT="${MISIVA_TEST_BROKER_PORT:-5698}"
 
 MISIVA_BROKER_PORT="$MISIVA_TEST_BROKER_PORT" scripts/broker.sh start
-stop_broker() {
-  for port in "$MISIVA_TEST_BROKER_PORT" 5697 5696 5691 5692 5693; do
-    MISIVA_BROKER_PORT="$port" scripts/broker.sh stop >/dev/null 2>&1 || true
-  done
-}
+stop_broker() { MISIVA_BROKER_PORT="$MISIVA_TEST_BROKER_PORT" scripts/broker.sh stop-tests; }
 trap stop_broker EXIT
 echo "test: RabbitMQ $(MISIVA_BROKER_PORT="$MISIVA_TEST_BROKER_PORT" scripts/broker.sh version)" >&2
 cargo test --locked --features fault-hooks \

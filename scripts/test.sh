@@ -41,11 +41,7 @@ scripts/k8s-tools.sh
 
 MISIVA_BROKER_PORT="$MISIVA_TEST_BROKER_PORT" scripts/broker.sh start
 # The shared node, and the private ones the fault tests stop and restart.
-stop_broker() {
-  for port in "$MISIVA_TEST_BROKER_PORT" 5697 5696 5691 5692 5693; do
-    MISIVA_BROKER_PORT="$port" scripts/broker.sh stop >/dev/null 2>&1 || true
-  done
-}
+stop_broker() { MISIVA_BROKER_PORT="$MISIVA_TEST_BROKER_PORT" scripts/broker.sh stop-tests; }
 trap stop_broker EXIT
 
 cargo fmt --all -- --check

@@ -57,9 +57,7 @@ fn ids(letters: &[Value]) -> Vec<String> {
 }
 
 fn single(id: &str, token: &str) -> Vec<u8> {
-    json!({"id": id, "token": token, "alert": "hello"})
-        .to_string()
-        .into_bytes()
+    support::single_job(id, token, "hello")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,9 +30,7 @@ fn stamped() -> BasicProperties {
 }
 
 fn single(id: &str, token: &str) -> Vec<u8> {
-    json!({"id": id, "token": token, "alert": "hi"})
-        .to_string()
-        .into_bytes()
+    support::single_job(id, token, "hi")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

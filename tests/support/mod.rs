@@ -23,6 +23,13 @@ pub fn token(n: u64) -> String {
     format!("{:064x}", n + 1)
 }
 
+/// A single-token job with a plain alert, as most tests publish.
+pub fn single_job(id: &str, token: &str, alert: &str) -> Vec<u8> {
+    serde_json::json!({"id": id, "token": token, "alert": alert})
+        .to_string()
+        .into_bytes()
+}
+
 /// A token the simulator always answers with `status`/`reason` (see sim::PREFIXES).
 pub fn special_token(prefix: &str, n: u64) -> String {
     format!("{prefix}{:056x}", n)
