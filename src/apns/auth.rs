@@ -7,6 +7,7 @@
 //! Such reactive renewals are limited to one per key every 10 seconds.
 
 use crate::jwt::SigningKey;
+use http::HeaderValue;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
@@ -43,8 +44,10 @@ impl std::fmt::Debug for ProviderToken {
 
 #[derive(Clone)]
 struct Issued {
-    /// The full `authorization` header value, `bearer <jwt>`.
-    header: Arc<str>,
+    /// The full `authorization` header value, `bearer <jwt>`, built once: every
+    /// request clones it (a reference count), none copies or validates it again.
+    /// Marked sensitive, so that debug output never shows it.
+    header: HeaderValue,
     at: Instant,
 }
 
@@ -61,7 +64,7 @@ impl ProviderToken {
     }
 
     /// The `authorization` header value to send now.
-    pub fn header(&self) -> Arc<str> {
+    pub fn header(&self) -> HeaderValue {
         let mut current = self.lock();
         match &*current {
             Some(issued) if issued.at.elapsed() < RENEW_AFTER => issued.header.clone(),
@@ -73,10 +76,10 @@ impl ProviderToken {
     /// `rejected`. Returns the header to retry with: the token another request
     /// already renewed, else a new one, unless a reactive renewal of this key
     /// happened less than `REACTIVE_INTERVAL` (10 s) ago (then `None`).
-    pub fn renew_after_rejection(&self, rejected: &str) -> Option<Arc<str>> {
+    pub fn renew_after_rejection(&self, rejected: &HeaderValue) -> Option<HeaderValue> {
         let mut current = self.lock();
         if let Some(issued) = &*current
-            && &*issued.header != rejected
+            && issued.header != rejected
         {
             return Some(issued.header.clone());
         }
@@ -88,13 +91,17 @@ impl ProviderToken {
         Some(self.issue(&mut current, true))
     }
 
-    fn issue(&self, slot: &mut Option<Issued>, rejected: bool) -> Arc<str> {
+    fn issue(&self, slot: &mut Option<Issued>, rejected: bool) -> HeaderValue {
         let iat = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or_default();
         let jwt = self.key.sign(&self.key_id, &self.team_id, iat);
-        let header: Arc<str> = Arc::from(format!("bearer {jwt}"));
+        // A JWT is base64url and dots, always a valid header value; the
+        // fallback only keeps this total.
+        let mut header = HeaderValue::try_from(format!("bearer {jwt}"))
+            .unwrap_or_else(|_| HeaderValue::from_static("bearer"));
+        header.set_sensitive(true);
         crate::events::emit(crate::events::ProviderTokenRenewed {
             app: &self.app,
             key_id: &self.key_id,
@@ -158,8 +165,11 @@ mod tests {
     fn debug_output_never_shows_the_token() {
         let t = token();
         let header = t.header();
+        let jwt = &header.to_str().unwrap()[7..];
+        for printed in [format!("{t:?}"), format!("{header:?}")] {
+            assert!(!printed.contains(jwt), "{printed}");
+        }
         let printed = format!("{t:?}");
-        assert!(!printed.contains(&header[7..]), "{printed}");
         assert!(printed.contains("KEY"));
     }
 }

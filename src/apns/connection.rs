@@ -1,20 +1,27 @@
-//! One APNs connection actor: a task that owns one HTTP/2 connection over rustls
-//! and multiplexes every request it is handed onto it, reconnecting with
-//! exponential backoff and jitter when it dies.
+//! One APNs connection actor: a task that owns the making of one HTTP/2
+//! connection over rustls, reconnecting with exponential backoff and jitter
+//! when it dies or misbehaves. Requests do not pass through the actor: a
+//! caller takes the live connection (a [`Link`]) from the handle and runs its
+//! exchange in its own task, straight on `h2`. Only a caller that finds no
+//! usable link asks the actor for one (message + oneshot), which happens once
+//! per connection, not once per request.
 //!
-//! Shape: [`Connection`] is the handle (it owns the sender); the task ends when
-//! the last handle drops. Each request is answered on its own oneshot.
+//! Why `h2` and not hyper's client: hyper spawns two tasks per request (the
+//! body pipe and the response watcher) and hands every request through a
+//! channel to its connection task; with `h2` a request is a header block and
+//! one data frame queued on the connection, and the answer is awaited where it
+//! was asked for. The end-to-end benchmark's history in `docs/benchmarks.md`
+//! shows what that saved.
 
 use super::tls::TlsError;
 use crate::events;
 use crate::outcome::ApnsAnswer;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use h2::client::SendRequest;
+use prometheus_client::metrics::gauge::Gauge;
 use rustls::pki_types::ServerName;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -27,9 +34,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Ceiling of the reconnect backoff.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// Requests waiting for the actor. Small: the actor only hands requests to
-/// hyper, which queues them per stream; a full channel makes callers wait.
+/// Callers waiting for the actor to make a connection. A full channel makes
+/// further callers wait their turn.
 const COMMAND_CAPACITY: usize = 256;
+/// Streams a new connection may open before APNs' SETTINGS arrive (hyper's
+/// default, which the client used before).
+const INITIAL_MAX_SEND_STREAMS: usize = 100;
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
@@ -37,8 +47,8 @@ pub struct Target {
     pub host: String,
     pub port: u16,
     pub tls: Arc<rustls::ClientConfig>,
-    /// Idle connections send an HTTP/2 PING this often, so that a connection
-    /// a middlebox would drop stays open, and one it silently dropped is
+    /// Connections send an HTTP/2 PING this often, so that a connection a
+    /// middlebox would drop stays open, and one it silently dropped is
     /// noticed before a request is lost on it.
     pub keepalive: Duration,
     /// The app's metric label.
@@ -54,15 +64,20 @@ pub enum ConnectError {
     #[error("{0} did not negotiate HTTP/2 (ALPN h2)")]
     NoH2(String),
     #[error("HTTP/2 handshake with {0} failed: {1}")]
-    H2(String, hyper::Error),
+    H2(String, h2::Error),
     #[error("connecting to {0} took longer than {1:?}")]
     Timeout(String, Duration),
     #[error(transparent)]
     Setup(#[from] TlsError),
 }
 
+type Io = tokio_rustls::client::TlsStream<TcpStream>;
+
 impl Target {
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ConnectError> {
+    /// Connects, and spawns the task that drives the connection (reads and
+    /// writes its frames, pings it) until it ends or `health` says it stalled;
+    /// `health` is set to [`ENDED`] when it ends.
+    async fn connect(&self, health: Arc<Health>) -> Result<SendRequest<Bytes>, ConnectError> {
         let addr = format!("{}:{}", self.host, self.port);
         let tcp = TcpStream::connect(&addr)
             .await
@@ -82,12 +97,10 @@ impl Target {
         if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err(ConnectError::NoH2(addr));
         }
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(self.keepalive)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .handshake(TokioIo::new(tls))
+        let (sender, connection) = h2::client::Builder::new()
+            .enable_push(false)
+            .initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
+            .handshake::<Io, Bytes>(tls)
             .await
             .map_err(|e| ConnectError::H2(addr.clone(), e))?;
         events::emit(events::ConnectionOpened {
@@ -95,8 +108,10 @@ impl Target {
             addr: &addr,
         });
         let app = self.app.clone();
+        let keepalive = self.keepalive;
         tokio::spawn(async move {
-            let error = connection.await.err().map(|e| e.to_string());
+            let error = drive(connection, keepalive, &health.stalled).await;
+            health.state.store(ENDED, Ordering::Relaxed);
             events::emit(events::ConnectionClosed {
                 app: &app,
                 addr: &addr,
@@ -107,11 +122,183 @@ impl Target {
     }
 }
 
-enum Command {
-    Send {
-        request: http::Request<Full<Bytes>>,
+/// Reads and writes the connection's frames until it ends, and pings it every
+/// `keepalive`: a PING unanswered for [`KEEPALIVE_TIMEOUT`] ends it. One timer
+/// serves both waits, reset only when a ping is sent or answered, so that the
+/// frames of busy connections cost no timer work.
+///
+/// A request that got no answer in time (`stalled`) ends the connection at
+/// once: every other request in flight on it then ends too, as sent with an
+/// unknown fate, instead of each waiting out its own deadline; they go to a
+/// retry tier together, and the next requests get a new connection.
+async fn drive(
+    mut connection: h2::client::Connection<Io, Bytes>,
+    keepalive: Duration,
+    stalled: &tokio::sync::Notify,
+) -> Option<String> {
+    let Some(mut pings) = connection.ping_pong() else {
+        return connection.await.err().map(|e| e.to_string());
+    };
+    let timer = tokio::time::sleep(keepalive);
+    tokio::pin!(timer);
+    let stall = stalled.notified();
+    tokio::pin!(stall);
+    let mut awaiting_pong = false;
+    loop {
+        tokio::select! {
+            biased;
+            ended = &mut connection => return ended.err().map(|e| e.to_string()),
+            () = &mut stall => return Some("a request got no answer in time; connection closed".into()),
+            pong = std::future::poll_fn(|cx| pings.poll_pong(cx)), if awaiting_pong => {
+                if let Err(e) = pong {
+                    return Some(format!("keepalive ping failed: {e}"));
+                }
+                awaiting_pong = false;
+                timer.as_mut().reset(Instant::now() + keepalive);
+            }
+            () = &mut timer => {
+                if awaiting_pong {
+                    return Some(format!("keepalive ping unanswered for {KEEPALIVE_TIMEOUT:?}"));
+                }
+                if let Err(e) = pings.send_ping(h2::Ping::opaque()) {
+                    return Some(format!("keepalive ping failed: {e}"));
+                }
+                awaiting_pong = true;
+                timer.as_mut().reset(Instant::now() + KEEPALIVE_TIMEOUT);
+            }
+        }
+    }
+}
+
+/// The connection is usable.
+const HEALTHY: u8 = 0;
+/// A request on it got no answer in time: it is closed and replaced.
+const STALLED: u8 = 1;
+/// It ended, or refused new streams (GOAWAY).
+const ENDED: u8 = 2;
+
+/// One live HTTP/2 connection as callers use it: cloned per request.
+#[derive(Clone)]
+pub struct Link {
+    sender: SendRequest<Bytes>,
+    shared: Arc<LinkShared>,
+}
+
+/// How a connection is doing, shared by its link and the task that drives it.
+#[derive(Default)]
+struct Health {
+    /// [`HEALTHY`], [`STALLED`] or [`ENDED`]; set by callers and by the
+    /// connection's task, read by callers and by the actor.
+    state: AtomicU8,
+    /// Woken once, when a request on the connection gets no answer in time.
+    stalled: tokio::sync::Notify,
+}
+
+struct LinkShared {
+    health: Arc<Health>,
+    /// The app's gauge of streams in use.
+    streams: Gauge,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("health", &self.shared.health.state.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Link {
+    fn usable(&self) -> bool {
+        self.shared.health.state.load(Ordering::Relaxed) == HEALTHY
+    }
+
+    fn mark(&self, health: u8) {
+        // Never back to healthy, and ENDED wins over STALLED.
+        let before = self
+            .shared
+            .health
+            .state
+            .fetch_max(health, Ordering::Relaxed);
+        if health == STALLED && before == HEALTHY {
+            self.shared.health.stalled.notify_one();
+        }
+    }
+
+    /// Sends one request (the headers, then `body` as its only data frame)
+    /// and waits for APNs' answer, at most `deadline`.
+    pub async fn exchange(
+        &self,
+        request: http::Request<()>,
+        body: Bytes,
         deadline: Duration,
-        reply: oneshot::Sender<Exchange>,
+    ) -> Exchange {
+        self.shared.streams.inc();
+        let outcome = match timeout(deadline, self.round_trip(request, body)).await {
+            Err(_) => {
+                self.mark(STALLED);
+                Exchange::Answered(ApnsAnswer::Transport(format!(
+                    "no answer from APNs within {deadline:?}"
+                )))
+            }
+            Ok(Err(exchange)) => exchange,
+            Ok(Ok((code, body))) => Exchange::Answered(answer_from(code, &body)),
+        };
+        self.shared.streams.dec();
+        outcome
+    }
+
+    async fn round_trip(
+        &self,
+        request: http::Request<()>,
+        body: Bytes,
+    ) -> Result<(u16, Bytes), Exchange> {
+        let not_taken = |e: h2::Error| {
+            self.mark(ENDED);
+            Exchange::NotProcessed(format!("the APNs connection took no new request: {e}"))
+        };
+        // A fresh handle has no stream of its own waiting to open, so this
+        // only fails (or waits) when the connection itself cannot open streams.
+        let mut sender = self.sender.clone().ready().await.map_err(not_taken)?;
+        // An error here means no stream was made: nothing was sent.
+        let (response, mut stream) = sender.send_request(request, false).map_err(not_taken)?;
+        let failed = |e: h2::Error| {
+            if never_processed(&e) {
+                Exchange::NotProcessed(format!("APNs did not process the request: {e}"))
+            } else {
+                Exchange::Answered(ApnsAnswer::Transport(format!("APNs request failed: {e}")))
+            }
+        };
+        // The body is queued on the stream; the connection's task writes it
+        // as the peer's flow-control window allows.
+        stream.send_data(body, true).map_err(failed)?;
+        let response = response.await.map_err(failed)?;
+        let status = response.status().as_u16();
+        let mut answer = response.into_body();
+        // APNs' error bodies are a few dozen bytes; anything past the limit is
+        // not APNs, and is not kept in memory.
+        let mut read = Vec::new();
+        while let Some(chunk) = answer.data().await {
+            let chunk = chunk.map_err(|e| {
+                Exchange::Answered(ApnsAnswer::Transport(format!("APNs answer cut off: {e}")))
+            })?;
+            let _ = answer.flow_control().release_capacity(chunk.len());
+            if read.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(Exchange::Answered(ApnsAnswer::Transport(format!(
+                    "APNs answer cut off: longer than {MAX_ANSWER_BYTES} bytes"
+                ))));
+            }
+            read.extend_from_slice(&chunk);
+        }
+        Ok((status, Bytes::from(read)))
+    }
+}
+
+enum Command {
+    /// A caller found no usable link: make one (or hand over the one another
+    /// caller's request already brought).
+    Link {
+        reply: oneshot::Sender<Result<Link, String>>,
     },
 }
 
@@ -142,10 +329,12 @@ pub enum State {
 /// Handle to one connection actor.
 #[derive(Debug, Clone)]
 pub struct Connection {
-    /// Requests to the actor; bounded so that a stalled connection pushes back.
+    /// Requests for a new link; bounded so that callers queue while the actor connects.
     commands: mpsc::Sender<Command>,
     /// The actor's state, published by the actor.
     state: watch::Receiver<State>,
+    /// The live link, published by the actor.
+    link: watch::Receiver<Option<Link>>,
 }
 
 impl Connection {
@@ -153,8 +342,13 @@ impl Connection {
     pub fn start(target: Target) -> Connection {
         let (commands, rx) = mpsc::channel(COMMAND_CAPACITY);
         let (state_tx, state) = watch::channel(State::Connecting);
-        tokio::spawn(run(target, rx, state_tx));
-        Connection { commands, state }
+        let (link_tx, link) = watch::channel(None);
+        tokio::spawn(run(target, rx, state_tx, link_tx));
+        Connection {
+            commands,
+            state,
+            link,
+        }
     }
 
     pub fn state(&self) -> State {
@@ -164,55 +358,62 @@ impl Connection {
     /// Connects now, so that a wrong endpoint or CA shows at start.
     pub async fn probe(target: &Target) -> Result<(), ConnectError> {
         let addr = format!("{}:{}", target.host, target.port);
-        match timeout(CONNECT_TIMEOUT, target.connect()).await {
+        match timeout(CONNECT_TIMEOUT, target.connect(Arc::default())).await {
             Ok(result) => result.map(drop),
             Err(_) => Err(ConnectError::Timeout(addr, CONNECT_TIMEOUT)),
         }
     }
 
-    /// Hands one request to the actor and returns at once; the receiver yields
-    /// how it ended (at most `deadline` after it was written).
-    pub async fn submit(
-        &self,
-        request: http::Request<Full<Bytes>>,
-        deadline: Duration,
-    ) -> oneshot::Receiver<Exchange> {
+    /// The live connection, connecting first when there is none (or the last
+    /// one ended or stalled). `Err` when no connection can be made now: the
+    /// caller may try another.
+    pub async fn link(&self) -> Result<Link, String> {
+        if let Some(link) = self.link.borrow().as_ref().filter(|l| l.usable()) {
+            return Ok(link.clone());
+        }
         let (reply, answer) = oneshot::channel();
-        let command = Command::Send {
-            request,
-            deadline,
-            reply,
-        };
-        if let Err(mpsc::error::SendError(Command::Send { reply, .. })) =
-            self.commands.send(command).await
-        {
-            let _ = reply.send(Exchange::NotProcessed(
-                "the APNs connection actor has stopped".into(),
-            ));
+        if self.commands.send(Command::Link { reply }).await.is_err() {
+            return Err("the APNs connection actor has stopped".into());
         }
         answer
+            .await
+            .unwrap_or_else(|_| Err("the APNs connection actor has stopped".into()))
+    }
+
+    /// Sends one request and waits for how it ended, at most `deadline` once
+    /// a connection is there.
+    pub async fn exchange(
+        &self,
+        request: http::Request<()>,
+        body: Bytes,
+        deadline: Duration,
+    ) -> Exchange {
+        match self.link().await {
+            Ok(link) => link.exchange(request, body, deadline).await,
+            Err(why) => Exchange::NotProcessed(why),
+        }
     }
 
     /// Sends one request and waits for APNs' answer, at most `deadline`.
     pub async fn send(
         &self,
-        request: http::Request<Full<Bytes>>,
+        request: http::Request<()>,
+        body: Bytes,
         deadline: Duration,
     ) -> ApnsAnswer {
-        match self.submit(request, deadline).await.await {
-            Ok(Exchange::Answered(answer)) => answer,
-            Ok(Exchange::NotProcessed(why)) => ApnsAnswer::Transport(why),
-            Err(_) => ApnsAnswer::Transport("the APNs request was dropped".into()),
+        match self.exchange(request, body, deadline).await {
+            Exchange::Answered(answer) => answer,
+            Exchange::NotProcessed(why) => ApnsAnswer::Transport(why),
         }
     }
 }
 
-async fn run(target: Target, mut commands: mpsc::Receiver<Command>, state: watch::Sender<State>) {
-    let mut link: Option<SendRequest<Full<Bytes>>> = None;
-    // Which connection `link` is; a request that timed out marks its
-    // connection's generation here, and the actor replaces that connection.
-    let mut generation: u64 = 0;
-    let unhealthy = Arc::new(AtomicU64::new(u64::MAX));
+async fn run(
+    target: Target,
+    mut commands: mpsc::Receiver<Command>,
+    state: watch::Sender<State>,
+    link: watch::Sender<Option<Link>>,
+) {
     // Consecutive failed connects, the earliest next attempt, and why the last failed.
     let mut failures: u32 = 0;
     let mut retry_at: Option<Instant> = None;
@@ -236,79 +437,61 @@ async fn run(target: Target, mut commands: mpsc::Receiver<Command>, state: watch
     let streams = events::metrics()
         .streams_in_use
         .get_or_create_owned(&events::AppLabel { app: app.clone() });
-    while let Some(Command::Send {
-        request,
-        deadline,
-        reply,
-    }) = commands.recv().await
-    {
-        if link.is_some() && unhealthy.load(Ordering::Relaxed) == generation {
-            tracing::warn!(host = %target.host, "an APNs request got no answer in time; replacing the connection");
-            set_state(State::Draining);
-            // In-flight requests keep the old connection until they end.
-            link = None;
+    while let Some(Command::Link { reply }) = commands.recv().await {
+        // Callers that queued behind the one whose request brought a new
+        // connection get that one.
+        let current = link.borrow().clone();
+        if let Some(current) = current.as_ref().filter(|l| l.usable()) {
+            let _ = reply.send(Ok(current.clone()));
+            continue;
         }
-        if link.as_ref().is_none_or(SendRequest::is_closed) {
-            if link.take().is_some() {
-                set_state(State::Connecting);
+        if let Some(old) = current {
+            if old.shared.health.state.load(Ordering::Relaxed) == STALLED {
+                tracing::warn!(host = %target.host, "an APNs request got no answer in time; replacing the connection");
+                set_state(State::Draining);
             }
-            if retry_at.is_none_or(|at| Instant::now() >= at) {
-                match timeout(CONNECT_TIMEOUT, target.connect()).await {
-                    Ok(Ok(sender)) => {
-                        link = Some(sender);
-                        generation += 1;
-                        failures = 0;
-                        retry_at = None;
-                        set_state(State::Ready);
-                    }
-                    outcome => {
-                        last_error = match outcome {
-                            Ok(Err(e)) => e.to_string(),
-                            _ => format!("connect took longer than {CONNECT_TIMEOUT:?}"),
-                        };
-                        failures = failures.saturating_add(1);
-                        let wait = backoff(failures);
-                        events::emit(events::ConnectFailed {
-                            app: &app,
-                            error: &last_error,
-                            retry_in: wait,
-                        });
-                        retry_at = Some(Instant::now() + wait);
-                        set_state(State::Connecting);
-                    }
-                }
-            }
+            link.send_replace(None);
+            set_state(State::Connecting);
         }
-        match &link {
-            Some(sender) => {
-                let sender = sender.clone();
-                let unhealthy = unhealthy.clone();
-                let this = generation;
-                let streams = streams.clone();
-                tokio::spawn(async move {
-                    streams.inc();
-                    let outcome = exchange(sender, request, deadline).await;
-                    streams.dec();
-                    if outcome == Exchange::Answered(ApnsAnswer::Transport(timeout_text(deadline)))
-                    {
-                        unhealthy.store(this, Ordering::Relaxed);
-                    }
-                    let _ = reply.send(outcome);
+        if retry_at.is_some_and(|at| Instant::now() < at) {
+            let _ = reply.send(Err(format!("cannot connect to APNs: {last_error}")));
+            continue;
+        }
+        let health = Arc::new(Health::default());
+        match timeout(CONNECT_TIMEOUT, target.connect(health.clone())).await {
+            Ok(Ok(sender)) => {
+                let new = Link {
+                    sender,
+                    shared: Arc::new(LinkShared {
+                        health,
+                        streams: streams.clone(),
+                    }),
+                };
+                link.send_replace(Some(new.clone()));
+                failures = 0;
+                retry_at = None;
+                set_state(State::Ready);
+                let _ = reply.send(Ok(new));
+            }
+            outcome => {
+                last_error = match outcome {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("connect took longer than {CONNECT_TIMEOUT:?}"),
+                };
+                failures = failures.saturating_add(1);
+                let wait = backoff(failures);
+                events::emit(events::ConnectFailed {
+                    app: &app,
+                    error: &last_error,
+                    retry_in: wait,
                 });
-            }
-            None => {
-                // Nothing was sent: another connection may take it.
-                let _ = reply.send(Exchange::NotProcessed(format!(
-                    "cannot connect to APNs: {last_error}"
-                )));
+                retry_at = Some(Instant::now() + wait);
+                set_state(State::Connecting);
+                let _ = reply.send(Err(format!("cannot connect to APNs: {last_error}")));
             }
         }
     }
     set_state(State::Dead);
-}
-
-fn timeout_text(deadline: Duration) -> String {
-    format!("no answer from APNs within {deadline:?}")
 }
 
 /// Exponential backoff from 100 ms to [`MAX_BACKOFF`], with full jitter so that
@@ -320,80 +503,10 @@ fn backoff(failures: u32) -> Duration {
     ceiling.mul_f64(0.5 + fastrand::f64() * 0.5)
 }
 
-async fn exchange(
-    mut sender: SendRequest<Full<Bytes>>,
-    request: http::Request<Full<Bytes>>,
-    deadline: Duration,
-) -> Exchange {
-    let round_trip = async {
-        if sender.ready().await.is_err() {
-            return Err(Exchange::NotProcessed("the APNs connection closed".into()));
-        }
-        let response = match sender.try_send_request(request).await {
-            Ok(response) => response,
-            Err(mut e) => {
-                let unsent = e.take_message().is_some();
-                let error = e.into_error();
-                return Err(if unsent || never_processed(&error) {
-                    Exchange::NotProcessed(format!("APNs did not process the request: {error}"))
-                } else {
-                    Exchange::Answered(ApnsAnswer::Transport(format!(
-                        "APNs request failed: {}",
-                        describe(&error)
-                    )))
-                });
-            }
-        };
-        let status = response.status().as_u16();
-        // APNs' error bodies are a few dozen bytes; anything past the limit is
-        // not APNs, and is not kept in memory.
-        let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-            .collect()
-            .await
-            .map_err(|e| {
-                let detail = match e.downcast_ref::<hyper::Error>() {
-                    Some(e) => describe(e),
-                    None => e.to_string(),
-                };
-                Exchange::Answered(ApnsAnswer::Transport(format!(
-                    "APNs answer cut off: {detail}"
-                )))
-            })?
-            .to_bytes();
-        Ok((status, body))
-    };
-    match timeout(deadline, round_trip).await {
-        Err(_) => Exchange::Answered(ApnsAnswer::Transport(timeout_text(deadline))),
-        Ok(Err(exchange)) => exchange,
-        Ok(Ok((code, body))) => Exchange::Answered(answer_from(code, &body)),
-    }
-}
-
-/// The HTTP/2 error under a hyper error, if any.
-fn h2_error(error: &hyper::Error) -> Option<&h2::Error> {
-    let mut source = std::error::Error::source(error);
-    while let Some(e) = source {
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return Some(h2);
-        }
-        source = e.source();
-    }
-    None
-}
-
 /// A stream the server refused or dropped with GOAWAY before processing it.
 /// RFC 9113 §8.7: such requests are safe to retry.
-fn never_processed(error: &hyper::Error) -> bool {
-    h2_error(error).is_some_and(|e| {
-        (e.is_go_away() && e.is_remote()) || e.reason() == Some(h2::Reason::REFUSED_STREAM)
-    })
-}
-
-fn describe(error: &hyper::Error) -> String {
-    match h2_error(error) {
-        Some(h2) => format!("{error} ({h2})"),
-        None => error.to_string(),
-    }
+fn never_processed(error: &h2::Error) -> bool {
+    (error.is_go_away() && error.is_remote()) || error.reason() == Some(h2::Reason::REFUSED_STREAM)
 }
 
 /// Most bytes of an APNs answer body read.

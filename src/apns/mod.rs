@@ -20,8 +20,7 @@ use crate::job::{DeviceToken, Job, Topic};
 use crate::jwt::{KeyError, SigningKey};
 use crate::outcome::{ApnsAnswer, TokenOutcome, classify};
 use bytes::Bytes;
-use http::HeaderValue;
-use http_body_util::Full;
+use http::{HeaderName, HeaderValue};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +32,8 @@ pub enum SetupError {
     Key { app: String, source: KeyError },
     #[error("app {app:?}: {source}")]
     Tls { app: String, source: TlsError },
+    #[error("app {app:?}: {authority:?} is not a valid host and port")]
+    Endpoint { app: String, authority: String },
     #[error("app {app:?}: topic {topic:?} is not a valid apns-topic")]
     Topic { app: String, topic: String },
 }
@@ -100,8 +101,8 @@ struct ClientInner {
     /// Token auth: the app's provider token, shared by all its connections.
     /// `None` for certificate auth, where the TLS client certificate is the credential.
     token: Option<ProviderToken>,
-    /// `https://host:port`, the scheme and authority of every request URI.
-    base: String,
+    /// `host:port`, the authority of every request URI.
+    authority: http::uri::Authority,
     topic: Option<Topic>,
     request_timeout: Duration,
     target: Target,
@@ -111,7 +112,7 @@ struct ClientInner {
     metrics: AppMetrics,
     /// Bounds the app's requests in flight, whatever the number of jobs and
     /// their fan-out: about what its connections may carry at once
-    /// ([`STREAMS_PER_CONNECTION`] each). More would only queue inside hyper,
+    /// ([`STREAMS_PER_CONNECTION`] each). More would only queue inside `h2`,
     /// costing memory (~10 KB a request) and no throughput.
     in_flight: Arc<tokio::sync::Semaphore>,
 }
@@ -190,12 +191,18 @@ impl ApnsClient {
             keepalive: config.keepalive,
             app: metrics.app.clone(),
         };
-        let base = format!("https://{}", config.endpoint.authority());
+        let authority =
+            http::uri::Authority::try_from(config.endpoint.authority()).map_err(|_| {
+                SetupError::Endpoint {
+                    app: app.to_owned(),
+                    authority: config.endpoint.authority(),
+                }
+            })?;
         Ok(ApnsClient {
             inner: Arc::new(ClientInner {
                 pool: Pool::new(target.clone(), config.connections).await,
                 token,
-                base,
+                authority,
                 topic,
                 request_timeout: config.request_timeout,
                 target,
@@ -269,29 +276,33 @@ impl ApnsClient {
     async fn send_now(&self, job: &JobRequest, token: &DeviceToken) -> ApnsAnswer {
         let inner = &self.inner;
         let Some(provider) = &inner.token else {
-            return self.send_one(|| self.request(job, token, None)).await;
+            return self.send_one(job, || self.request(job, token, None)).await;
         };
         let bearer = provider.header();
         let answer = self
-            .send_one(|| self.request(job, token, Some(&bearer)))
+            .send_one(job, || self.request(job, token, Some(&bearer)))
             .await;
         if let TokenOutcome::Credentials { renew: true, .. } = classify(&answer)
             && let Some(renewed) = provider.renew_after_rejection(&bearer)
         {
             return self
-                .send_one(|| self.request(job, token, Some(&renewed)))
+                .send_one(job, || self.request(job, token, Some(&renewed)))
                 .await;
         }
         answer
     }
 
     /// One request through the pool, timed and counted.
-    async fn send_one(&self, build: impl Fn() -> http::Request<Full<Bytes>>) -> ApnsAnswer {
+    async fn send_one(
+        &self,
+        job: &JobRequest,
+        build: impl Fn() -> http::Request<()>,
+    ) -> ApnsAnswer {
         let inner = &self.inner;
         let started = std::time::Instant::now();
         let answer = inner
             .pool
-            .send(build, inner.request_timeout, &inner.metrics)
+            .send(build, &job.payload, inner.request_timeout, &inner.metrics)
             .await;
         events::emit(events::NotificationAnswered {
             app: &inner.metrics,
@@ -301,44 +312,77 @@ impl ApnsClient {
         answer
     }
 
+    /// The request's head; its body is the job's payload. Every part but the
+    /// path and the `apns-id` comes ready-made from the job (or the app), so
+    /// that a request costs a few reference counts, not a parse of each header.
     fn request(
         &self,
         job: &JobRequest,
         token: &DeviceToken,
-        bearer: Option<&str>,
-    ) -> http::Request<Full<Bytes>> {
-        let uri = format!("{}/3/device/{}", self.inner.base, token.as_str());
-        let mut builder = http::Request::post(uri)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header("apns-push-type", job.push_type.clone());
-        if let Some(Ok(value)) = bearer.map(HeaderValue::from_str) {
-            builder = builder.header(http::header::AUTHORIZATION, value);
+        bearer: Option<&HeaderValue>,
+    ) -> http::Request<()> {
+        let mut request = http::Request::new(());
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = self.uri(token);
+        let headers = request.headers_mut();
+        headers.reserve(8);
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(APNS_PUSH_TYPE, job.push_type.clone());
+        if let Some(bearer) = bearer {
+            headers.insert(http::header::AUTHORIZATION, bearer.clone());
         }
         let optional = [
-            ("apns-topic", &job.topic),
-            ("apns-priority", &job.priority),
-            ("apns-expiration", &job.expiration),
-            ("apns-collapse-id", &job.collapse_id),
+            (APNS_TOPIC, &job.topic),
+            (APNS_PRIORITY, &job.priority),
+            (APNS_EXPIRATION, &job.expiration),
+            (APNS_COLLAPSE_ID, &job.collapse_id),
         ];
         for (name, value) in optional {
             if let Some(value) = value {
-                builder = builder.header(name, value.clone());
+                headers.insert(name, value.clone());
             }
         }
-        builder = match &job.apns_id {
-            Some(id) => builder.header("apns-id", id.clone()),
-            None => builder.header(
-                "apns-id",
-                derived_apns_id(&job.job_id, token).hyphenated().to_string(),
-            ),
+        let apns_id = match &job.apns_id {
+            Some(id) => id.clone(),
+            None => {
+                let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+                let text = derived_apns_id(&job.job_id, token)
+                    .hyphenated()
+                    .encode_lower(&mut text);
+                // A hyphenated UUID is always a valid header value.
+                let mut value = HeaderValue::from_str(text)
+                    .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+                // Unique per request: HPACK must not insert it into the
+                // connection's table, where it would only evict useful entries.
+                value.set_sensitive(true);
+                value
+            }
         };
-        builder
-            .body(Full::new(job.payload.clone()))
-            // The URI is our base (validated at start) and a hex token, and every
-            // header is a valid value: building cannot fail.
-            .expect("an APNs request built from validated parts")
+        headers.insert(APNS_ID, apns_id);
+        request
+    }
+
+    /// `https://host:port/3/device/<token>`: the scheme and authority were
+    /// parsed once at start; the path is a hex token, always a valid path.
+    fn uri(&self, token: &DeviceToken) -> http::Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTPS);
+        parts.authority = Some(self.inner.authority.clone());
+        parts.path_and_query =
+            http::uri::PathAndQuery::try_from(format!("/3/device/{}", token.as_str())).ok();
+        http::Uri::from_parts(parts).unwrap_or_default()
     }
 }
+
+const APNS_PUSH_TYPE: HeaderName = HeaderName::from_static("apns-push-type");
+const APNS_TOPIC: HeaderName = HeaderName::from_static("apns-topic");
+const APNS_PRIORITY: HeaderName = HeaderName::from_static("apns-priority");
+const APNS_EXPIRATION: HeaderName = HeaderName::from_static("apns-expiration");
+const APNS_COLLAPSE_ID: HeaderName = HeaderName::from_static("apns-collapse-id");
+const APNS_ID: HeaderName = HeaderName::from_static("apns-id");
 
 /// The clients of every configured app, by app name.
 #[derive(Debug, Clone, Default)]

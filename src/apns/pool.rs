@@ -1,7 +1,7 @@
 //! The connection pool of one app: `deadpool` manages the connection actors
 //! (creation, a health check on every checkout, the size). A checkout lasts only
-//! while a request is handed to an actor, not for its round trip, so each
-//! connection carries as many streams at once as APNs allows, and FIFO
+//! while a request takes its connection's live link, not for its round trip,
+//! so each connection carries as many streams at once as APNs allows, and FIFO
 //! checkouts spread requests over the connections in turn.
 
 use super::connection::{Connection, Exchange, State, Target};
@@ -9,7 +9,6 @@ use crate::events::{self, AppMetrics};
 use crate::outcome::ApnsAnswer;
 use bytes::Bytes;
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
-use http_body_util::Full;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -63,7 +62,8 @@ impl Pool {
     /// without counting as a failure.
     pub async fn send(
         &self,
-        build: impl Fn() -> http::Request<Full<Bytes>>,
+        build: impl Fn() -> http::Request<()>,
+        body: &Bytes,
         deadline: Duration,
         metrics: &AppMetrics,
     ) -> ApnsAnswer {
@@ -72,20 +72,24 @@ impl Pool {
         // connection at once are normal (APNs rotates them), and a request
         // that met two of them was still never processed.
         for _ in 0..=self.size * 2 {
-            let receiver = match self.pool.get().await {
-                Ok(connection) => connection.submit(build(), deadline).await,
+            // The checkout ends here: the exchange runs on the link alone.
+            let link = match self.pool.get().await {
+                Ok(connection) => connection.link().await,
                 Err(e) => return ApnsAnswer::Transport(format!("APNs connection pool: {e}")),
             };
-            match receiver.await {
-                Ok(Exchange::Answered(answer)) => return answer,
-                Ok(Exchange::NotProcessed(why)) => {
+            let outcome = match link {
+                Ok(link) => link.exchange(build(), body.clone(), deadline).await,
+                Err(why) => Exchange::NotProcessed(why),
+            };
+            match outcome {
+                Exchange::Answered(answer) => return answer,
+                Exchange::NotProcessed(why) => {
                     events::emit(events::NotificationResent {
                         app: metrics,
                         why: &why,
                     });
                     last = why;
                 }
-                Err(_) => last = "the APNs connection actor dropped the request".into(),
             }
         }
         ApnsAnswer::Transport(last)
