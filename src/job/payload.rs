@@ -1,38 +1,54 @@
 //! Building the APNs payload of a job: the verbatim `payload` object, or the
-//! convenience fields (`alert`, `badge`, ...) built into `aps` with `a2`'s builder.
+//! convenience fields (`alert`, `badge`, ...) written into `aps`. The
+//! convenience payload is written straight to bytes; `a2`'s builder, which
+//! made it before through a `serde_json::Value`, is the reference the tests
+//! compare it with (`a2_reference` below).
 
 use super::{JobError, Wire, typed};
-use a2::request::notification::{DefaultNotificationBuilder, NotificationBuilder};
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 
 /// Largest message body the worker reads (CONTRACT §2).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The alert dictionary, with Apple's key names (snake_case spellings accepted too).
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct AlertObject {
+    #[serde(skip_serializing_if = "Option::is_none")]
     title: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     subtitle: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     body: Option<String>,
     #[serde(alias = "launch_image")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     launch_image: Option<String>,
     #[serde(alias = "title_loc_key")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     title_loc_key: Option<String>,
     #[serde(alias = "title_loc_args")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     title_loc_args: Option<Vec<String>>,
     #[serde(alias = "subtitle_loc_key")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     subtitle_loc_key: Option<String>,
     #[serde(alias = "subtitle_loc_args")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     subtitle_loc_args: Option<Vec<String>>,
     #[serde(alias = "loc_key")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     loc_key: Option<String>,
     #[serde(alias = "loc_args")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     loc_args: Option<Vec<String>>,
     #[serde(alias = "action_loc_key")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     action_loc_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     action: Option<String>,
 }
 
@@ -123,7 +139,9 @@ fn convenience_payload(wire: &Wire<'_>) -> Result<Bytes, JobError> {
     let content_available =
         typed::<bool>("content_available", wire.content_available, "a boolean")?;
     let mutable_content = typed::<bool>("mutable_content", wire.mutable_content, "a boolean")?;
-    let data = typed::<Map<String, Value>>("data", wire.data, "a JSON object")?;
+    // Keys in order and each once (the last wins, as in any JSON object
+    // reader); the values stay unparsed.
+    let data = typed::<BTreeMap<String, &RawValue>>("data", wire.data, "a JSON object")?;
     if data.as_ref().is_some_and(|d| d.contains_key("aps")) {
         return Err(JobError::field(
             "data",
@@ -131,118 +149,373 @@ fn convenience_payload(wire: &Wire<'_>) -> Result<Bytes, JobError> {
         ));
     }
 
-    // a2 models the classic alert, badge, sound, category and the two flags.
-    let mut builder = DefaultNotificationBuilder::new();
-    let object = match &alert {
-        Some(AlertField::Text(body)) => {
-            builder = builder.set_body(body);
-            None
-        }
-        Some(AlertField::Object(o)) => Some(o),
-        None => None,
+    let aps = Aps {
+        alert: alert.as_ref().and_then(AlertOut::of),
+        badge,
+        sound: match &sound {
+            Some(SoundField::Name(name)) => Some(SoundOut::Name(name)),
+            // A critical sound is a dictionary; a sound object that is not
+            // critical is just its name (its volume only applies to critical ones).
+            Some(SoundField::Object(s)) if s.critical.is_set() => Some(SoundOut::Critical {
+                critical: 1,
+                name: s.name.as_deref(),
+                volume: s.volume,
+            }),
+            Some(SoundField::Object(s)) => s.name.as_deref().map(SoundOut::Name),
+            None => None,
+        },
+        content_available: (content_available == Some(true)).then_some(1),
+        category: category.as_deref(),
+        mutable_content: (mutable_content == Some(true)).then_some(1),
+        thread_id: thread_id.as_deref(),
     };
-    if let Some(o) = object {
-        if let Some(v) = &o.title {
-            builder = builder.set_title(v);
-        }
-        if let Some(v) = &o.subtitle {
-            builder = builder.set_subtitle(v);
-        }
-        if let Some(v) = &o.body {
-            builder = builder.set_body(v);
-        }
-        if let Some(v) = &o.launch_image {
-            builder = builder.set_launch_image(v);
-        }
-        if let Some(v) = &o.title_loc_key {
-            builder = builder.set_title_loc_key(v);
-        }
-        if let Some(v) = &o.title_loc_args {
-            builder = builder.set_title_loc_args(v);
-        }
-        if let Some(v) = &o.loc_key {
-            builder = builder.set_loc_key(v);
-        }
-        if let Some(v) = &o.loc_args {
-            builder = builder.set_loc_args(v);
-        }
-        if let Some(v) = &o.action_loc_key {
-            builder = builder.set_action_loc_key(v);
-        }
+    let mut out = Vec::with_capacity(256 + wire.data.map_or(0, |d| d.get().len()));
+    out.extend_from_slice(b"{\"aps\":");
+    serde_json::to_writer(&mut out, &aps)
+        .map_err(|e| JobError::field("alert", format!("could not be serialized: {e}")))?;
+    // The custom keys go beside `aps`, each value as the publisher wrote it
+    // (numbers keep their spelling), without the whitespace between tokens.
+    for (key, value) in data.iter().flatten() {
+        out.push(b',');
+        serde_json::to_writer(&mut out, key)
+            .map_err(|e| JobError::field("data", format!("could not be serialized: {e}")))?;
+        out.push(b':');
+        minified(value.get(), &mut out);
     }
-    if let Some(badge) = badge {
-        builder = builder.set_badge(badge);
-    }
-    match &sound {
-        Some(SoundField::Name(name)) => builder = builder.set_sound(name),
-        Some(SoundField::Object(s)) => {
-            if let Some(name) = &s.name {
-                builder = builder.set_sound(name);
-            }
-            builder = builder.set_critical(s.critical.is_set(), s.volume);
-        }
-        None => {}
-    }
-    if let Some(category) = &category {
-        builder = builder.set_category(category);
-    }
-    if mutable_content == Some(true) {
-        builder = builder.set_mutable_content();
-    }
-    if content_available == Some(true) {
-        builder = builder.set_content_available();
-    }
+    out.push(b'}');
+    Ok(Bytes::from(out))
+}
 
-    let mut root = match serde_json::to_value(builder.build("", Default::default())) {
-        Ok(Value::Object(root)) => root,
-        _ => return Err(JobError::field("alert", "could not be serialized")),
-    };
-    let Some(Value::Object(aps)) = root.get_mut("aps") else {
-        return Err(JobError::field("alert", "could not be serialized"));
-    };
-    // a2 always writes `"mutable-content": 0`; the device treats absent as 0, so
-    // we drop it to send exactly what the publisher asked for.
-    if aps.get("mutable-content") == Some(&Value::from(0)) {
-        aps.remove("mutable-content");
-    }
-    // What a2 0.10 lacks: thread-id, the subtitle loc keys and the alert's `action`.
-    if let Some(thread_id) = thread_id {
-        aps.insert("thread-id".into(), Value::String(thread_id));
-    }
-    if let Some(o) = object {
-        let extra = [
-            (
-                "subtitle-loc-key",
-                o.subtitle_loc_key.clone().map(Value::from),
-            ),
-            (
-                "subtitle-loc-args",
-                o.subtitle_loc_args.clone().map(Value::from),
-            ),
-            ("action", o.action.clone().map(Value::from)),
-        ];
-        if extra.iter().any(|(_, v)| v.is_some()) {
-            let entry = aps
-                .entry("alert")
-                .or_insert_with(|| Value::Object(Map::new()));
-            // A body-only alert was written as a string; widen it to a dictionary.
-            if let Value::String(body) = entry {
-                let body = std::mem::take(body);
-                *entry = Value::Object(Map::from_iter([("body".to_owned(), Value::String(body))]));
-            }
-            if let Value::Object(dict) = entry {
-                for (key, value) in extra {
-                    if let Some(value) = value {
-                        dict.insert(key.to_owned(), value);
-                    }
+/// The `aps` dictionary the convenience fields make, with Apple's key names.
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct Aps<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alert: Option<AlertOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    badge: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sound: Option<SoundOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_available: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    category: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mutable_content: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thread_id: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum AlertOut<'a> {
+    /// An alert with only a body is written as a plain string.
+    Body(&'a str),
+    Dictionary(&'a AlertObject),
+}
+
+impl<'a> AlertOut<'a> {
+    fn of(alert: &'a AlertField) -> Option<AlertOut<'a>> {
+        match alert {
+            AlertField::Text(body) => Some(AlertOut::Body(body)),
+            AlertField::Object(o) => {
+                let only_body = o.title.is_none()
+                    && o.subtitle.is_none()
+                    && o.launch_image.is_none()
+                    && o.title_loc_key.is_none()
+                    && o.title_loc_args.is_none()
+                    && o.subtitle_loc_key.is_none()
+                    && o.subtitle_loc_args.is_none()
+                    && o.loc_key.is_none()
+                    && o.loc_args.is_none()
+                    && o.action_loc_key.is_none()
+                    && o.action.is_none();
+                match (&o.body, only_body) {
+                    (Some(body), true) => Some(AlertOut::Body(body)),
+                    (None, true) => None,
+                    (_, false) => Some(AlertOut::Dictionary(o)),
                 }
             }
         }
     }
-    if let Some(data) = data {
-        root.extend(data);
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum SoundOut<'a> {
+    Name(&'a str),
+    Critical {
+        critical: u8,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        volume: Option<f64>,
+    },
+}
+
+/// Appends `json` (valid JSON, as `serde_json` checked it) without the
+/// whitespace between its tokens; strings are copied as they are.
+fn minified(json: &str, out: &mut Vec<u8>) {
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in json.as_bytes() {
+        if in_string {
+            out.push(byte);
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+        } else if !matches!(byte, b' ' | b'\t' | b'\n' | b'\r') {
+            out.push(byte);
+            in_string = byte == b'"';
+        }
     }
-    serde_json::to_vec(&root)
-        .map(Bytes::from)
-        .map_err(|e| JobError::field("data", format!("could not be serialized: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use a2::request::notification::{DefaultNotificationBuilder, NotificationBuilder};
+    use proptest::prelude::*;
+
+    /// The convenience payload as `a2`'s builder makes it (what the worker
+    /// sent before it wrote the payload itself), plus the keys a2 0.10 lacks.
+    fn a2_reference(body: &str) -> Value {
+        let wire: Wire<'_> = serde_json::from_str(body).unwrap();
+        let alert = typed::<AlertField>("alert", wire.alert, "").unwrap();
+        let sound = typed::<SoundField>("sound", wire.sound, "").unwrap();
+        let badge = typed::<u32>("badge", wire.badge, "").unwrap();
+        let category = typed::<String>("category", wire.category, "").unwrap();
+        let thread_id = typed::<String>("thread_id", wire.thread_id, "").unwrap();
+        let content_available = typed::<bool>("c", wire.content_available, "").unwrap();
+        let mutable_content = typed::<bool>("m", wire.mutable_content, "").unwrap();
+        let data = typed::<Map<String, Value>>("data", wire.data, "").unwrap();
+        let mut builder = DefaultNotificationBuilder::new();
+        let object = match &alert {
+            Some(AlertField::Text(body)) => {
+                builder = builder.set_body(body);
+                None
+            }
+            Some(AlertField::Object(o)) => Some(o),
+            None => None,
+        };
+        if let Some(o) = object {
+            if let Some(v) = &o.title {
+                builder = builder.set_title(v);
+            }
+            if let Some(v) = &o.subtitle {
+                builder = builder.set_subtitle(v);
+            }
+            if let Some(v) = &o.body {
+                builder = builder.set_body(v);
+            }
+            if let Some(v) = &o.launch_image {
+                builder = builder.set_launch_image(v);
+            }
+            if let Some(v) = &o.title_loc_key {
+                builder = builder.set_title_loc_key(v);
+            }
+            if let Some(v) = &o.title_loc_args {
+                builder = builder.set_title_loc_args(v);
+            }
+            if let Some(v) = &o.loc_key {
+                builder = builder.set_loc_key(v);
+            }
+            if let Some(v) = &o.loc_args {
+                builder = builder.set_loc_args(v);
+            }
+            if let Some(v) = &o.action_loc_key {
+                builder = builder.set_action_loc_key(v);
+            }
+        }
+        if let Some(badge) = badge {
+            builder = builder.set_badge(badge);
+        }
+        match &sound {
+            Some(SoundField::Name(name)) => builder = builder.set_sound(name),
+            Some(SoundField::Object(s)) => {
+                if let Some(name) = &s.name {
+                    builder = builder.set_sound(name);
+                }
+                builder = builder.set_critical(s.critical.is_set(), s.volume);
+            }
+            None => {}
+        }
+        if let Some(category) = &category {
+            builder = builder.set_category(category);
+        }
+        if mutable_content == Some(true) {
+            builder = builder.set_mutable_content();
+        }
+        if content_available == Some(true) {
+            builder = builder.set_content_available();
+        }
+        let mut root = match serde_json::to_value(builder.build("", Default::default())) {
+            Ok(Value::Object(root)) => root,
+            other => panic!("{other:?}"),
+        };
+        let Some(Value::Object(aps)) = root.get_mut("aps") else {
+            panic!("no aps")
+        };
+        if aps.get("mutable-content") == Some(&Value::from(0)) {
+            aps.remove("mutable-content");
+        }
+        if let Some(thread_id) = thread_id {
+            aps.insert("thread-id".into(), Value::String(thread_id));
+        }
+        if let Some(o) = object {
+            let extra = [
+                (
+                    "subtitle-loc-key",
+                    o.subtitle_loc_key.clone().map(Value::from),
+                ),
+                (
+                    "subtitle-loc-args",
+                    o.subtitle_loc_args.clone().map(Value::from),
+                ),
+                ("action", o.action.clone().map(Value::from)),
+            ];
+            if extra.iter().any(|(_, v)| v.is_some()) {
+                let entry = aps
+                    .entry("alert")
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let Value::String(body) = entry {
+                    let body = std::mem::take(body);
+                    *entry =
+                        Value::Object(Map::from_iter([("body".to_owned(), Value::String(body))]));
+                }
+                if let Value::Object(dict) = entry {
+                    for (key, value) in extra.into_iter() {
+                        if let Some(value) = value {
+                            dict.insert(key.to_owned(), value);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(data) = data {
+            root.extend(data);
+        }
+        Value::Object(root)
+    }
+
+    fn written(body: &str) -> Value {
+        let wire: Wire<'_> = serde_json::from_str(body).unwrap();
+        let bytes = convenience_payload(&wire).unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn the_written_payload_is_a2s() {
+        let cases = [
+            r#"{"alert":"hi"}"#,
+            r#"{"alert":{"body":"only a body"}}"#,
+            r#"{"alert":{}}"#,
+            r#"{"alert":{"title":"t","body":"b"},"badge":3,"sound":"default"}"#,
+            r#"{"alert":{"title-loc-key":"K","title-loc-args":["a","b"],"loc-key":"L","loc-args":[]}}"#,
+            r#"{"alert":{"subtitle":"s","launch-image":"i.png","action-loc-key":"A"}}"#,
+            r#"{"alert":{"body":"b","subtitle-loc-key":"S"}}"#,
+            r#"{"alert":{"action":"open"}}"#,
+            r#"{"alert":{"subtitle_loc_args":["x"],"title":"t"}}"#,
+            r#"{"sound":{"critical":1,"name":"alarm.caf","volume":0.5}}"#,
+            r#"{"sound":{"critical":true}}"#,
+            r#"{"sound":{"critical":0,"name":"soft.caf","volume":0.5}}"#,
+            r#"{"sound":{"volume":1.0}}"#,
+            r#"{"content_available":true,"mutable_content":false}"#,
+            r#"{"content_available":false,"mutable_content":true,"category":"C","thread_id":"T"}"#,
+            r#"{"badge":0,"data":{"z":1,"a":{"n":1.50,"big":123456789012345678901234567890},"s":"é \"q\" \\ x"}}"#,
+            r#"{"data":{"k":1,"k":2}}"#,
+            r#"{"data":{}}"#,
+            r#"{}"#,
+        ];
+        for case in cases {
+            assert_eq!(written(case), a2_reference(case), "{case}");
+        }
+    }
+
+    #[test]
+    fn data_values_keep_their_spelling_without_whitespace() {
+        let body = r#"{"data": { "n" : 1.50 , "list" : [ 1 , "a b" , { "x" : null } ] , "big": 123456789012345678901234567890 }}"#;
+        let wire: Wire<'_> = serde_json::from_str(body).unwrap();
+        let bytes = convenience_payload(&wire).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"aps":{},"big":123456789012345678901234567890,"list":[1,"a b",{"x":null}],"n":1.50}"#
+        );
+    }
+
+    fn maybe(
+        key: &'static str,
+        value: impl Strategy<Value = String>,
+    ) -> impl Strategy<Value = Option<String>> {
+        proptest::option::of(value.prop_map(move |v| format!("\"{key}\":{v}")))
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9 é\"\\\\]{0,8}".prop_map(|s| serde_json::to_string(&s).unwrap())
+    }
+
+    fn texts() -> impl Strategy<Value = String> {
+        proptest::collection::vec("[a-z]{0,4}", 0..3)
+            .prop_map(|v| serde_json::to_string(&v).unwrap())
+    }
+
+    proptest! {
+        /// Any mix of the convenience fields: the same payload as a2's.
+        #[test]
+        fn any_convenience_fields_give_a2s_payload(
+            alert_keys in proptest::collection::vec(prop_oneof![
+                maybe("title", text()), maybe("subtitle", text()), maybe("body", text()),
+                maybe("launch-image", text()), maybe("title-loc-key", text()),
+                maybe("title-loc-args", texts()), maybe("subtitle-loc-key", text()),
+                maybe("subtitle-loc-args", texts()), maybe("loc-key", text()),
+                maybe("loc-args", texts()), maybe("action-loc-key", text()), maybe("action", text()),
+            ], 0..5),
+            alert_text in proptest::option::of(text()),
+            badge in proptest::option::of(0u32..100),
+            sound in proptest::option::of(prop_oneof![
+                text(),
+                (proptest::option::of(prop_oneof![Just("true"), Just("false"), Just("0"), Just("1")]),
+                 proptest::option::of(text()), proptest::option::of(0.0f64..1.0))
+                    .prop_map(|(c, n, v)| {
+                        let mut parts = Vec::new();
+                        if let Some(c) = c { parts.push(format!("\"critical\":{c}")); }
+                        if let Some(n) = n { parts.push(format!("\"name\":{n}")); }
+                        if let Some(v) = v { parts.push(format!("\"volume\":{v}")); }
+                        format!("{{{}}}", parts.join(","))
+                    }),
+            ]),
+            flags in (proptest::option::of(any::<bool>()), proptest::option::of(any::<bool>())),
+            category in proptest::option::of(text()),
+            thread_id in proptest::option::of(text()),
+            data in proptest::option::of(proptest::collection::btree_map("[a-z]{1,3}", text(), 0..4)),
+        ) {
+            let mut fields = Vec::new();
+            // Distinct alert keys only: a repeated key is not what is tested here.
+            let mut seen = std::collections::HashSet::new();
+            let keys: Vec<String> = alert_keys.into_iter().flatten()
+                .filter(|k| seen.insert(k.split(':').next().unwrap_or_default().to_owned()))
+                .collect();
+            match alert_text {
+                Some(text) if keys.is_empty() => fields.push(format!("\"alert\":{text}")),
+                _ if !keys.is_empty() => fields.push(format!("\"alert\":{{{}}}", keys.join(","))),
+                _ => {}
+            }
+            if let Some(b) = badge { fields.push(format!("\"badge\":{b}")); }
+            if let Some(s) = sound { fields.push(format!("\"sound\":{s}")); }
+            if let Some(c) = flags.0 { fields.push(format!("\"content_available\":{c}")); }
+            if let Some(m) = flags.1 { fields.push(format!("\"mutable_content\":{m}")); }
+            if let Some(c) = category { fields.push(format!("\"category\":{c}")); }
+            if let Some(t) = thread_id { fields.push(format!("\"thread_id\":{t}")); }
+            if let Some(d) = data {
+                let members: Vec<String> = d.iter().map(|(k, v)| format!("\"{k}\": {v}")).collect();
+                fields.push(format!("\"data\":{{{}}}", members.join(" , ")));
+            }
+            let body = format!("{{{}}}", fields.join(","));
+            prop_assert_eq!(written(&body), a2_reference(&body), "{}", body);
+        }
+    }
 }
