@@ -133,7 +133,7 @@ impl Dispatcher {
     async fn send(&self, job: job::Job, client: &crate::apns::ApnsClient, attempt: u32) -> Verdict {
         // Owned parts per request: the futures run inside a spawned task, where
         // borrowed closures hit the compiler's higher-ranked lifetime limits.
-        let request = Arc::new(JobRequest::new(&job, client.default_topic()));
+        let request = Arc::new(client.job_request(&job));
         // Past this instant no token of the job waits any longer: the ones
         // still waiting (an open breaker, a saturated app) go to a retry tier.
         let deadline = tokio::time::Instant::now() + self.max_hold;
@@ -144,7 +144,45 @@ impl Dispatcher {
             ));
             (token, classify(&answer))
         };
-        let outcomes: Vec<_> = futures_util::stream::iter(job.tokens.clone())
+        let outcomes: Vec<_> = if let [token] = job.tokens.as_slice() {
+            // Most jobs have one token: no stream, no buffer of futures.
+            let outcome = match tokio::time::timeout_at(deadline, client.reserve()).await {
+                Ok(slot) => match client.send_reserved(&request, token, slot, deadline).await {
+                    Some(answer) => (token.clone(), classify(&answer)),
+                    None => held(token.clone()),
+                },
+                Err(_) => held(token.clone()),
+            };
+            vec![outcome]
+        } else {
+            Self::fan_out(&job, client, &request, deadline, &held).await
+        };
+        let delivered = outcomes
+            .iter()
+            .filter(|(_, o)| *o == outcome::TokenOutcome::Delivered)
+            .count();
+        // The job's parts move into the verdict: no copies.
+        Verdict {
+            settlement: outcome::settle(outcomes, attempt, self.policy),
+            app: job.app.into_string(),
+            job_id: Some(job.id.into_string()),
+            topic: match job.topic {
+                Some(topic) => Some(topic.into_string()),
+                None => client.default_topic().map(ToString::to_string),
+            },
+            delivered,
+        }
+    }
+
+    /// Sends a many-token job's notifications, [`FANOUT_CONCURRENCY`] at a time.
+    async fn fan_out(
+        job: &job::Job,
+        client: &crate::apns::ApnsClient,
+        request: &Arc<JobRequest>,
+        deadline: tokio::time::Instant,
+        held: &impl Fn(job::DeviceToken) -> (job::DeviceToken, outcome::TokenOutcome),
+    ) -> Vec<(job::DeviceToken, outcome::TokenOutcome)> {
+        futures_util::stream::iter(job.tokens.clone())
             // Reserve the app-wide place first, so that a job only builds a
             // request's future once it may run (bounded memory in big fan-outs).
             .then(|token| {
@@ -169,21 +207,6 @@ impl Dispatcher {
             })
             .buffer_unordered(FANOUT_CONCURRENCY)
             .collect()
-            .await;
-        let delivered = outcomes
-            .iter()
-            .filter(|(_, o)| *o == outcome::TokenOutcome::Delivered)
-            .count();
-        Verdict {
-            settlement: outcome::settle(outcomes, attempt, self.policy),
-            app: job.app.to_string(),
-            job_id: Some(job.id.to_string()),
-            topic: job
-                .topic
-                .as_ref()
-                .or(client.default_topic())
-                .map(ToString::to_string),
-            delivered,
-        }
+            .await
     }
 }

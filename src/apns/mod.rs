@@ -60,31 +60,47 @@ const APNS_ID_NAMESPACE: uuid::Uuid =
 
 /// The `apns-id` of `job_id`'s notification to `token`.
 pub fn derived_apns_id(job_id: &str, token: &DeviceToken) -> uuid::Uuid {
-    let name = format!("{job_id}/{}", token.as_str());
-    uuid::Uuid::new_v5(&APNS_ID_NAMESPACE, name.as_bytes())
+    // `Uuid::new_v5` of "job id/token", hashed in parts so that no string is
+    // built per request (the test below holds the two equal).
+    let mut hash = sha1_smol::Sha1::new();
+    hash.update(APNS_ID_NAMESPACE.as_bytes());
+    hash.update(job_id.as_bytes());
+    hash.update(b"/");
+    hash.update(token.as_str().as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&hash.digest().bytes()[..16]);
+    uuid::Builder::from_sha1_bytes(bytes).into_uuid()
 }
 
 impl JobRequest {
     /// `default_topic` is the app's, used when the job names none.
     pub fn new(job: &Job, default_topic: Option<&Topic>) -> JobRequest {
-        // Every value below was validated by `job::decode` to be printable ASCII,
-        // so conversion to a header value cannot fail; `.ok()` keeps it total.
-        let value = |s: &str| HeaderValue::from_str(s).ok();
+        let topic = job
+            .topic
+            .as_ref()
+            .or(default_topic)
+            .and_then(|t| header(t.as_str()));
+        JobRequest::with_topic(job, topic)
+    }
+
+    fn with_topic(job: &Job, topic: Option<HeaderValue>) -> JobRequest {
         JobRequest {
-            topic: job
-                .topic
-                .as_ref()
-                .or(default_topic)
-                .and_then(|t| value(t.as_str())),
+            topic,
             push_type: HeaderValue::from_static(job.push_type.as_str()),
             priority: job.priority.map(|p| HeaderValue::from_static(p.as_str())),
             expiration: job.expiration.map(HeaderValue::from),
-            collapse_id: job.collapse_id.as_ref().and_then(|c| value(c.as_str())),
-            apns_id: job.apns_id.and_then(|id| value(&id.to_header())),
+            collapse_id: job.collapse_id.as_ref().and_then(|c| header(c.as_str())),
+            apns_id: job.apns_id.and_then(|id| header(&id.to_header())),
             job_id: job.id.to_string(),
             payload: job.payload.clone(),
         }
     }
+}
+
+/// Every value a job carries was validated by `job::decode` to be printable
+/// ASCII, so conversion to a header value cannot fail; `.ok()` keeps it total.
+fn header(value: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(value).ok()
 }
 
 /// The client of one app.
@@ -104,6 +120,8 @@ struct ClientInner {
     /// `host:port`, the authority of every request URI.
     authority: http::uri::Authority,
     topic: Option<Topic>,
+    /// The default topic as a header value, made once.
+    topic_header: Option<HeaderValue>,
     request_timeout: Duration,
     target: Target,
     /// Pauses this app's requests while APNs fails all of them.
@@ -203,6 +221,7 @@ impl ApnsClient {
                 pool: Pool::new(target.clone(), config.connections).await,
                 token,
                 authority,
+                topic_header: topic.as_ref().and_then(|t| header(t.as_str())),
                 topic,
                 request_timeout: config.request_timeout,
                 target,
@@ -217,6 +236,16 @@ impl ApnsClient {
 
     pub fn default_topic(&self) -> Option<&Topic> {
         self.inner.topic.as_ref()
+    }
+
+    /// The parts of `job`'s requests that are the same for each of its
+    /// tokens, with this app's default topic when the job names none.
+    pub fn job_request(&self, job: &Job) -> JobRequest {
+        let topic = match &job.topic {
+            Some(topic) => header(topic.as_str()),
+            None => self.inner.topic_header.clone(),
+        };
+        JobRequest::with_topic(job, topic)
     }
 
     /// Connects once to prove the endpoint and CA are right.
@@ -405,5 +434,23 @@ impl Apns {
 
     pub fn iter(&self) -> impl Iterator<Item = (&String, &ApnsClient)> {
         self.clients.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// The derived `apns-id` is exactly RFC 9562's UUID v5 of "job id/token".
+        #[test]
+        fn derived_ids_are_uuid_v5(job_id in "[ -~]{1,128}", token in "([0-9a-f]{2}){32,100}") {
+            let token = DeviceToken::parse("token", &token).unwrap();
+            let name = format!("{job_id}/{}", token.as_str());
+            proptest::prop_assert_eq!(
+                derived_apns_id(&job_id, &token),
+                uuid::Uuid::new_v5(&APNS_ID_NAMESPACE, name.as_bytes())
+            );
+        }
     }
 }
