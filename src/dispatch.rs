@@ -52,7 +52,8 @@ pub struct Verdict {
     pub settlement: Settlement,
     pub app: String,
     pub job_id: Option<String>,
-    pub topic: Option<String>,
+    /// Shared with the app's client when it is the app's default topic.
+    pub topic: Option<Arc<str>>,
     /// Notifications APNs accepted for this delivery.
     pub delivered: usize,
 }
@@ -117,7 +118,7 @@ impl Dispatcher {
                 ),
                 app: job.app.to_string(),
                 job_id: Some(job.id.to_string()),
-                topic: job.topic.as_ref().map(ToString::to_string),
+                topic: job.topic.as_ref().map(|t| Arc::from(t.as_str())),
                 delivered: 0,
             };
             return (verdict, span);
@@ -167,8 +168,8 @@ impl Dispatcher {
             app: job.app.into_string(),
             job_id: Some(job.id.into_string()),
             topic: match job.topic {
-                Some(topic) => Some(topic.into_string()),
-                None => client.default_topic().map(ToString::to_string),
+                Some(topic) => Some(Arc::from(topic.into_string())),
+                None => client.default_topic_name(),
             },
             delivered,
         }

@@ -426,7 +426,7 @@ impl Republish<'_> {
         serde_json::json!({
             "token": event.token.as_str(),
             "app": verdict.app,
-            "topic": verdict.topic,
+            "topic": verdict.topic.as_deref(),
             "reason": event.reason,
             "timestamp": timestamp,
             "job_id": verdict.job_id,

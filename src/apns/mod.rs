@@ -120,8 +120,9 @@ struct ClientInner {
     /// `host:port`, the authority of every request URI.
     authority: http::uri::Authority,
     topic: Option<Topic>,
-    /// The default topic as a header value, made once.
+    /// The default topic as a header value and as the verdicts' text, made once.
     topic_header: Option<HeaderValue>,
+    topic_name: Option<Arc<str>>,
     request_timeout: Duration,
     target: Target,
     /// Pauses this app's requests while APNs fails all of them.
@@ -222,6 +223,7 @@ impl ApnsClient {
                 token,
                 authority,
                 topic_header: topic.as_ref().and_then(|t| header(t.as_str())),
+                topic_name: topic.as_ref().map(|t| Arc::from(t.as_str())),
                 topic,
                 request_timeout: config.request_timeout,
                 target,
@@ -236,6 +238,11 @@ impl ApnsClient {
 
     pub fn default_topic(&self) -> Option<&Topic> {
         self.inner.topic.as_ref()
+    }
+
+    /// The default topic, shared.
+    pub fn default_topic_name(&self) -> Option<Arc<str>> {
+        self.inner.topic_name.clone()
     }
 
     /// The parts of `job`'s requests that are the same for each of its

@@ -123,17 +123,25 @@ fn verbatim(raw: &str) -> Result<Bytes, JobError> {
 }
 
 fn convenience_payload(wire: &Wire<'_>) -> Result<Bytes, JobError> {
-    let alert = typed::<AlertField>(
+    let alert = text_or(
         "alert",
         wire.alert,
         "a string or an alert object with Apple's keys (title, subtitle, body, loc-key, ...)",
-    )?;
+    )?
+    .map(|field| match field {
+        TextOr::Text(text) => AlertField::Text(text),
+        TextOr::Object(object) => AlertField::Object(object),
+    });
     let badge = typed::<u32>("badge", wire.badge, "a non-negative integer")?;
-    let sound = typed::<SoundField>(
+    let sound = text_or(
         "sound",
         wire.sound,
         "a sound name or an object {critical, name, volume}",
-    )?;
+    )?
+    .map(|field| match field {
+        TextOr::Text(name) => SoundField::Name(name),
+        TextOr::Object(object) => SoundField::Object(*object),
+    });
     let category = typed::<String>("category", wire.category, "a string")?;
     let thread_id = typed::<String>("thread_id", wire.thread_id, "a string")?;
     let content_available =
@@ -141,8 +149,11 @@ fn convenience_payload(wire: &Wire<'_>) -> Result<Bytes, JobError> {
     let mutable_content = typed::<bool>("mutable_content", wire.mutable_content, "a boolean")?;
     // Keys in order and each once (the last wins, as in any JSON object
     // reader); the values stay unparsed.
-    let data = typed::<BTreeMap<String, &RawValue>>("data", wire.data, "a JSON object")?;
-    if data.as_ref().is_some_and(|d| d.contains_key("aps")) {
+    let data = typed::<BTreeMap<Key<'_>, &RawValue>>("data", wire.data, "a JSON object")?;
+    if data
+        .as_ref()
+        .is_some_and(|d| d.keys().any(|k| k.0 == "aps"))
+    {
         return Err(JobError::field(
             "data",
             "may not hold `aps`; use `payload` for a hand-made aps",
@@ -177,13 +188,44 @@ fn convenience_payload(wire: &Wire<'_>) -> Result<Bytes, JobError> {
     // (numbers keep their spelling), without the whitespace between tokens.
     for (key, value) in data.iter().flatten() {
         out.push(b',');
-        serde_json::to_writer(&mut out, key)
+        serde_json::to_writer(&mut out, &key.0)
             .map_err(|e| JobError::field("data", format!("could not be serialized: {e}")))?;
         out.push(b':');
         minified(value.get(), &mut out);
     }
     out.push(b'}');
     Ok(Bytes::from(out))
+}
+
+/// A key of `data`, borrowed from the message body unless it has escapes.
+#[derive(Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+struct Key<'a>(#[serde(borrow)] std::borrow::Cow<'a, str>);
+
+/// A field that is either a string or an object.
+enum TextOr<T> {
+    Text(String),
+    Object(Box<T>),
+}
+
+/// Reads a string-or-object field by its first byte. Cheaper than serde's
+/// untagged enums, which buffer the value and build an error for every
+/// variant that does not match.
+fn text_or<'a, T: Deserialize<'a>>(
+    field: &'static str,
+    raw: Option<&'a RawValue>,
+    expected: &str,
+) -> Result<Option<TextOr<T>>, JobError> {
+    let Some(raw) = raw.filter(|raw| raw.get() != "null") else {
+        return Ok(None);
+    };
+    let parsed = if raw.get().starts_with('"') {
+        serde_json::from_str(raw.get()).map(TextOr::Text)
+    } else {
+        serde_json::from_str(raw.get()).map(TextOr::Object)
+    };
+    parsed
+        .map(Some)
+        .map_err(|_| JobError::field(field, format!("must be {expected}")))
 }
 
 /// The `aps` dictionary the convenience fields make, with Apple's key names.
@@ -428,11 +470,31 @@ mod tests {
             r#"{"content_available":false,"mutable_content":true,"category":"C","thread_id":"T"}"#,
             r#"{"badge":0,"data":{"z":1,"a":{"n":1.50,"big":123456789012345678901234567890},"s":"é \"q\" \\ x"}}"#,
             r#"{"data":{"k":1,"k":2}}"#,
+            r#"{"data":{"k\"e\u0079":1,"ключ":{"x":[1, 2]}}}"#,
             r#"{"data":{}}"#,
             r#"{}"#,
         ];
         for case in cases {
             assert_eq!(written(case), a2_reference(case), "{case}");
+        }
+    }
+
+    #[test]
+    fn alert_and_sound_of_the_wrong_shape_are_named() {
+        for (body, field) in [
+            (r#"{"alert":5}"#, "alert"),
+            (r#"{"alert":["x"]}"#, "alert"),
+            (r#"{"alert":{"tittle":"x"}}"#, "alert"),
+            (r#"{"sound":5}"#, "sound"),
+            (r#"{"sound":{"name":"a","loud":true}}"#, "sound"),
+            (r#"{"data":["aps"]}"#, "data"),
+            (r#"{"data":{"aps":{}}}"#, "data"),
+        ] {
+            let wire: Wire<'_> = serde_json::from_str(body).unwrap();
+            match convenience_payload(&wire) {
+                Err(JobError::Field { field: f, .. }) => assert_eq!(f, field, "{body}"),
+                other => panic!("{body}: {other:?}"),
+            }
         }
     }
 
