@@ -298,23 +298,25 @@ enum SoundOut<'a> {
 /// Appends `json` (valid JSON, as `serde_json` checked it) without the
 /// whitespace between its tokens; strings are copied as they are.
 fn minified(json: &str, out: &mut Vec<u8>) {
-    let mut in_string = false;
-    let mut escaped = false;
-    for &byte in json.as_bytes() {
-        if in_string {
-            out.push(byte);
-            if escaped {
-                escaped = false;
-            } else if byte == b'\\' {
-                escaped = true;
-            } else if byte == b'"' {
-                in_string = false;
+    // Runs between whitespace are copied whole: a value without whitespace
+    // is one copy.
+    let bytes = json.as_bytes();
+    let (mut run, mut at, mut in_string) = (0, 0, false);
+    while at < bytes.len() {
+        match (in_string, bytes[at]) {
+            // The escaped byte is skipped with its backslash.
+            (true, b'\\') => at += 1,
+            (true, b'"') => in_string = false,
+            (false, b'"') => in_string = true,
+            (false, b' ' | b'\t' | b'\n' | b'\r') => {
+                out.extend_from_slice(&bytes[run..at]);
+                run = at + 1;
             }
-        } else if !matches!(byte, b' ' | b'\t' | b'\n' | b'\r') {
-            out.push(byte);
-            in_string = byte == b'"';
+            _ => {}
         }
+        at += 1;
     }
+    out.extend_from_slice(&bytes[run.min(bytes.len())..]);
 }
 
 #[cfg(test)]
@@ -525,7 +527,31 @@ mod tests {
             .prop_map(|v| serde_json::to_string(&v).unwrap())
     }
 
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            "[ a-z\"\\\\\t\n/é]{0,6}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map("[ a-z\"]{0,3}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
     proptest! {
+        /// Minifying pretty-printed JSON gives its compact form.
+        #[test]
+        fn minified_is_compact(value in json_value()) {
+            let mut out = Vec::new();
+            minified(&serde_json::to_string_pretty(&value).unwrap(), &mut out);
+            prop_assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(&value).unwrap());
+        }
+
         /// Any mix of the convenience fields: the same payload as a2's.
         #[test]
         fn any_convenience_fields_give_a2s_payload(
