@@ -350,7 +350,13 @@ fn start_worker(
     consumers: usize,
 ) -> Worker {
     let log = dir.join(format!("{queue}.log"));
-    let child = Command::new(binary)
+    let mut command = Command::new(binary);
+    // `--runtime-threads N`: the worker's MISIVA_RUNTIME_THREADS (default: its CPUs).
+    let threads = arg("--runtime-threads", 0);
+    if threads > 0 {
+        command.env("MISIVA_RUNTIME_THREADS", threads.to_string());
+    }
+    let child = command
         .arg("run")
         .env("MISIVA_AMQP_URL", url())
         .env("MISIVA_QUEUE", queue)

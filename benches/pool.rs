@@ -46,6 +46,8 @@ async fn run(connections: usize, total: usize, concurrency: usize, dir: &std::pa
         .arg(&key)
         .args(["--key-id", "BENCH00001", "--team-id", "BENCHTEAM1"])
         .env("MISIVA_LOG", "info")
+        // Text lines: the stream counts are read from the last one.
+        .env("MISIVA_LOG_FORMAT", "text")
         .stderr(std::fs::File::create(&log).unwrap())
         .stdout(Stdio::null())
         .spawn()

@@ -59,3 +59,6 @@ cargo clippy --all-targets --locked --features fault-hooks -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
 # --nocapture shows the figures tests print (throughput of the 1,000-job test).
 cargo test --locked --features fault-hooks -- --nocapture
+# The worker again with a single-threaded runtime (MISIVA_RUNTIME_THREADS=1,
+# what a pod limited to one CPU gets): the end-to-end and fault suites.
+MISIVA_RUNTIME_THREADS=1 cargo test --locked --features fault-hooks --test worker --test faults -- --nocapture

@@ -61,6 +61,32 @@ fn invalid(name: &str, value: impl Into<String>, problem: impl Into<String>) -> 
     }
 }
 
+/// Threads of the async runtime: `MISIVA_RUNTIME_THREADS`, else the CPUs the
+/// process may use (which counts a container's CPU limit). With one, the
+/// worker runs a single-threaded runtime: no work stealing and no wake-ups
+/// across threads, the least CPU per notification (see
+/// `docs/benchmarks.md`); with more, one worker thread each.
+/// `raw` is the variable's value, if set.
+pub fn runtime_threads(raw: Option<std::ffi::OsString>) -> Result<usize, ConfigError> {
+    const NAME: &str = "MISIVA_RUNTIME_THREADS";
+    match raw.map(std::ffi::OsString::into_string) {
+        None => Ok(std::thread::available_parallelism().map_or(1, std::num::NonZero::get)),
+        Some(Err(_)) => Err(invalid(NAME, "?", "not UTF-8")),
+        Some(Ok(raw)) => raw
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1024).contains(n))
+            .ok_or_else(|| {
+                invalid(
+                    NAME,
+                    crate::bounded::cut(&raw, 64),
+                    "expected a number of threads from 1 to 1024",
+                )
+            }),
+    }
+}
+
 /// Where an app's notifications go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
@@ -732,6 +758,22 @@ fn app_config(name: &str, raw: FileApp) -> Result<AppConfig, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runtime_threads_are_one_to_1024_or_the_cpus() {
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        assert_eq!(runtime_threads(None).unwrap(), cpus);
+        for (raw, threads) in [("1", 1), (" 4 ", 4), ("1024", 1024)] {
+            assert_eq!(runtime_threads(Some(raw.into())).unwrap(), threads, "{raw}");
+        }
+        for raw in ["0", "1025", "", "two", "-1", "1.5"] {
+            let error = runtime_threads(Some(raw.into())).unwrap_err().to_string();
+            assert!(
+                error.contains("MISIVA_RUNTIME_THREADS") && error.contains("1 to 1024"),
+                "{raw}: {error}"
+            );
+        }
+    }
 
     #[test]
     fn toml_errors_never_echo_values() {

@@ -26,14 +26,45 @@ static ALLOCATOR: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::I
 
 fn main() -> ExitCode {
     reexec_with_io_stack();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_stack_size(RUNTIME_THREAD_STACK)
-        .build();
-    let code = match runtime {
-        Ok(runtime) => runtime.block_on(run()),
+    let threads = match misiva::config::runtime_threads(std::env::var_os("MISIVA_RUNTIME_THREADS"))
+    {
+        Ok(threads) => threads,
         Err(e) => {
-            eprintln!("misiva: cannot start the async runtime: {e}");
+            eprintln!("misiva: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // The runtime runs on a thread of our own, so that with one thread the
+    // tasks still get `RUNTIME_THREAD_STACK` (the main thread's stack is the
+    // system's default).
+    let started = std::thread::Builder::new()
+        .name("misiva-runtime".into())
+        .stack_size(RUNTIME_THREAD_STACK)
+        .spawn(move || {
+            let mut builder = if threads == 1 {
+                tokio::runtime::Builder::new_current_thread()
+            } else {
+                let mut builder = tokio::runtime::Builder::new_multi_thread();
+                builder.worker_threads(threads);
+                builder
+            };
+            match builder
+                .enable_all()
+                .thread_stack_size(RUNTIME_THREAD_STACK)
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(run()),
+                Err(e) => {
+                    eprintln!("misiva: cannot start the async runtime: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        });
+    let code = match started.map(std::thread::JoinHandle::join) {
+        Ok(Ok(code)) => code,
+        Ok(Err(_)) => ExitCode::from(101),
+        Err(e) => {
+            eprintln!("misiva: cannot start the runtime's thread: {e}");
             ExitCode::from(1)
         }
     };

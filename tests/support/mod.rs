@@ -335,6 +335,10 @@ impl Worker {
             .env("MISIVA_LOG_FORMAT", "text")
             .env("MISIVA_LOG", "info")
             .env("MISIVA_ADMIN_ADDR", "127.0.0.1:0");
+        // `scripts/test.sh` runs some suites again with a single-threaded worker.
+        if let Some(threads) = std::env::var_os("MISIVA_RUNTIME_THREADS") {
+            command.env("MISIVA_RUNTIME_THREADS", threads);
+        }
         for (k, v) in extra_env {
             command.env(k, v);
         }
