@@ -233,8 +233,10 @@ impl Link {
         body: Bytes,
         deadline: Duration,
     ) -> Exchange {
-        self.shared.streams.inc();
-        let outcome = match timeout(deadline, self.round_trip(request, body)).await {
+        // Counted down on drop: a caller may give up on the request (a
+        // stopping consumer aborts its deliveries) and the gauge must not drift.
+        let _in_use = StreamInUse::new(&self.shared.streams);
+        match timeout(deadline, self.round_trip(request, body)).await {
             Err(_) => {
                 self.mark(STALLED);
                 Exchange::Answered(ApnsAnswer::Transport(format!(
@@ -243,9 +245,7 @@ impl Link {
             }
             Ok(Err(exchange)) => exchange,
             Ok(Ok((code, body))) => Exchange::Answered(answer_from(code, &body)),
-        };
-        self.shared.streams.dec();
-        outcome
+        }
     }
 
     async fn round_trip(
@@ -291,6 +291,22 @@ impl Link {
             read.extend_from_slice(&chunk);
         }
         Ok((status, Bytes::from(read)))
+    }
+}
+
+/// One stream in use on the app's gauge, for as long as it lives.
+struct StreamInUse<'a>(&'a Gauge);
+
+impl<'a> StreamInUse<'a> {
+    fn new(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        StreamInUse(gauge)
+    }
+}
+
+impl Drop for StreamInUse<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
