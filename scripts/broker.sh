@@ -53,6 +53,9 @@ export RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf"
 export RABBITMQ_ADVANCED_CONFIG_FILE="$dir/advanced.config"
 export RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins"
 export RABBITMQ_USE_LONGNAME=false
+# A crashing node (or rabbitmqctl) writes its dump here, not into the caller's
+# working directory (the repository).
+export ERL_CRASH_DUMP="$dir/erl_crash.dump"
 
 # The first Debian mirror of this machine's apt sources.
 mirror() {

@@ -138,25 +138,24 @@ impl Dispatcher {
         // Past this instant no token of the job waits any longer: the ones
         // still waiting (an open breaker, a saturated app) go to a retry tier.
         let deadline = tokio::time::Instant::now() + self.max_hold;
-        let held = |token| {
-            let answer = crate::outcome::ApnsAnswer::Transport(format!(
-                "held {:?} waiting for APNs to accept requests; moved to a retry tier",
-                self.max_hold
-            ));
-            (token, classify(&answer))
-        };
         let outcomes: Vec<_> = if let [token] = job.tokens.as_slice() {
             // Most jobs have one token: no stream, no buffer of futures.
-            let outcome = match tokio::time::timeout_at(deadline, client.reserve()).await {
-                Ok(slot) => match client.send_reserved(&request, token, slot, deadline).await {
-                    Some(answer) => (token.clone(), classify(&answer)),
-                    None => held(token.clone()),
-                },
-                Err(_) => held(token.clone()),
-            };
-            vec![outcome]
+            let slot = tokio::time::timeout_at(deadline, client.reserve())
+                .await
+                .ok();
+            vec![
+                deliver(
+                    client,
+                    &request,
+                    token.clone(),
+                    slot,
+                    deadline,
+                    self.max_hold,
+                )
+                .await,
+            ]
         } else {
-            Self::fan_out(&job, client, &request, deadline, &held).await
+            Self::fan_out(&job, client, &request, deadline, self.max_hold).await
         };
         let delivered = outcomes
             .iter()
@@ -181,7 +180,7 @@ impl Dispatcher {
         client: &crate::apns::ApnsClient,
         request: &Arc<JobRequest>,
         deadline: tokio::time::Instant,
-        held: &impl Fn(job::DeviceToken) -> (job::DeviceToken, outcome::TokenOutcome),
+        max_hold: std::time::Duration,
     ) -> Vec<(job::DeviceToken, outcome::TokenOutcome)> {
         futures_util::stream::iter(job.tokens.clone())
             // Reserve the app-wide place first, so that a job only builds a
@@ -196,18 +195,34 @@ impl Dispatcher {
             .map(|(slot, token)| {
                 let request = request.clone();
                 let client = client.clone();
-                async move {
-                    let Some(slot) = slot else {
-                        return held(token);
-                    };
-                    match client.send_reserved(&request, &token, slot, deadline).await {
-                        Some(answer) => (token, classify(&answer)),
-                        None => held(token),
-                    }
-                }
+                async move { deliver(&client, &request, token, slot, deadline, max_hold).await }
             })
             .buffer_unordered(FANOUT_CONCURRENCY)
             .collect()
             .await
     }
+}
+
+/// One token's outcome, given its place among the app's requests in flight
+/// (`None`: it waited past `deadline` for one, like a request the app's
+/// breaker held that long: both go to a retry tier).
+async fn deliver(
+    client: &crate::apns::ApnsClient,
+    request: &JobRequest,
+    token: job::DeviceToken,
+    slot: Option<crate::apns::Slot>,
+    deadline: tokio::time::Instant,
+    max_hold: std::time::Duration,
+) -> (job::DeviceToken, outcome::TokenOutcome) {
+    let answer = match slot {
+        Some(slot) => client.send_reserved(request, &token, slot, deadline).await,
+        None => None,
+    };
+    let answer = answer.unwrap_or_else(|| {
+        crate::outcome::ApnsAnswer::Transport(format!(
+            "held {max_hold:?} waiting for APNs to accept requests; moved to a retry tier"
+        ))
+    });
+    let outcome = classify(&answer);
+    (token, outcome)
 }

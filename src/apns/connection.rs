@@ -396,28 +396,20 @@ impl Connection {
             .unwrap_or_else(|_| Err("the APNs connection actor has stopped".into()))
     }
 
-    /// Sends one request and waits for how it ended, at most `deadline` once
-    /// a connection is there.
-    pub async fn exchange(
-        &self,
-        request: http::Request<()>,
-        body: Bytes,
-        deadline: Duration,
-    ) -> Exchange {
-        match self.link().await {
-            Ok(link) => link.exchange(request, body, deadline).await,
-            Err(why) => Exchange::NotProcessed(why),
-        }
-    }
-
-    /// Sends one request and waits for APNs' answer, at most `deadline`.
+    /// Sends one request and waits for APNs' answer, at most `deadline` once
+    /// a connection is there. A request no connection took is reported as a
+    /// transport failure: there is no other connection to try here.
     pub async fn send(
         &self,
         request: http::Request<()>,
         body: Bytes,
         deadline: Duration,
     ) -> ApnsAnswer {
-        match self.exchange(request, body, deadline).await {
+        let outcome = match self.link().await {
+            Ok(link) => link.exchange(request, body, deadline).await,
+            Err(why) => Exchange::NotProcessed(why),
+        };
+        match outcome {
             Exchange::Answered(answer) => answer,
             Exchange::NotProcessed(why) => ApnsAnswer::Transport(why),
         }
