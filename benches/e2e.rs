@@ -23,7 +23,7 @@
 
 mod common;
 
-use common::{arg, context_switches, cpu_seconds, flag, peak_rss_mib, percentile};
+use common::{arg, context_switches, cpu_seconds, flag, peak_rss_mib, percentile, write_syscalls};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -434,6 +434,10 @@ async fn main() {
     let binary = build_worker("");
     let counting = (!flag("--no-allocs")).then(|| build_worker("-alloc-stats"));
 
+    // A fresh node each run: queues left by earlier runs (each quorum queue
+    // is a Raft server of its own, and a node had gathered 1,788 of them and
+    // 4.6 GB) made the broker's CPU per message vary threefold between runs.
+    broker("wipe");
     broker("start");
     let key = dir.path().join("key.p8");
     std::fs::write(&key, misiva::jwt::generate_p8()).unwrap();
@@ -484,6 +488,7 @@ async fn main() {
     let broker_cpu = cpu_seconds(&broker_pid()) - broker_before;
     let sim_cpu = cpu_seconds("self") - self_before;
     let worker_switches = context_switches(&worker.pid);
+    let worker_syscalls = write_syscalls(&worker.pid);
     let broker_switches = {
         let (v, i) = context_switches(&broker_pid());
         (
@@ -582,6 +587,10 @@ async fn main() {
     println!(
         "| context switches/notification: simulator and publisher | {} |",
         switches(sim_switches)
+    );
+    println!(
+        "| worker write system calls/notification (write, writev) | {:.2} |",
+        worker_syscalls as f64 / notifications as f64
     );
     match allocations {
         Some(a) => println!("| worker allocations/notification | {a:.1} |"),

@@ -45,6 +45,19 @@ pub fn context_switches(pid: &str) -> (u64, u64) {
     total
 }
 
+/// Write system calls of a process so far (`syscw` in `/proc/<pid>/io`):
+/// `write` and `writev` count whatever their size, so this shows how well a
+/// process batches its output. (Socket reads through `recv` are not counted
+/// there, so reads are not shown.)
+pub fn write_syscalls(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("syscw:"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
 /// Peak resident memory of a process in MiB (VmHWM).
 pub fn peak_rss_mib(pid: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
