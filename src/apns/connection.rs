@@ -71,7 +71,8 @@ pub enum ConnectError {
     Setup(#[from] TlsError),
 }
 
-type Io = tokio_rustls::client::TlsStream<TcpStream>;
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+type Io = super::cork::Corked<Tls>;
 
 impl Target {
     /// Connects, and spawns the task that drives the connection (reads and
@@ -97,10 +98,11 @@ impl Target {
         if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err(ConnectError::NoH2(addr));
         }
+        let (io, drain) = super::cork::cork(tls);
         let (sender, connection) = h2::client::Builder::new()
             .enable_push(false)
             .initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
-            .handshake::<Io, Bytes>(tls)
+            .handshake::<Io, Bytes>(io)
             .await
             .map_err(|e| ConnectError::H2(addr.clone(), e))?;
         events::emit(events::ConnectionOpened {
@@ -110,7 +112,7 @@ impl Target {
         let app = self.app.clone();
         let keepalive = self.keepalive;
         tokio::spawn(async move {
-            let error = drive(connection, keepalive, &health.stalled).await;
+            let error = drive(connection, drain, keepalive, &health.stalled).await;
             health.state.store(ENDED, Ordering::Relaxed);
             events::emit(events::ConnectionClosed {
                 app: &app,
@@ -133,41 +135,85 @@ impl Target {
 /// retry tier together, and the next requests get a new connection.
 async fn drive(
     mut connection: h2::client::Connection<Io, Bytes>,
+    drain: super::cork::Cork<Tls>,
     keepalive: Duration,
     stalled: &tokio::sync::Notify,
 ) -> Option<String> {
-    let Some(mut pings) = connection.ping_pong() else {
-        return connection.await.err().map(|e| e.to_string());
-    };
+    use std::future::Future;
+    use std::task::Poll;
+    // Always there on a new connection; without it the connection would just
+    // go unpinged.
+    let mut pings = connection.ping_pong();
     let timer = tokio::time::sleep(keepalive);
     tokio::pin!(timer);
     let stall = stalled.notified();
     tokio::pin!(stall);
     let mut awaiting_pong = false;
     loop {
-        tokio::select! {
-            biased;
-            ended = &mut connection => return ended.err().map(|e| e.to_string()),
-            () = &mut stall => return Some("a request got no answer in time; connection closed".into()),
-            pong = std::future::poll_fn(|cx| pings.poll_pong(cx)), if awaiting_pong => {
-                if let Err(e) = pong {
-                    return Some(format!("keepalive ping failed: {e}"));
+        // Everything is polled once, which registers this task's waker with
+        // each of them. `Ready(Some(error))`: the connection is over.
+        let step: Option<Option<String>> = std::future::poll_fn(|cx| {
+            let over = |error: String| Poll::Ready(Some(Some(error)));
+            if let Some(pings) = pings.as_mut() {
+                if awaiting_pong && let Poll::Ready(pong) = pings.poll_pong(cx) {
+                    if let Err(e) = pong {
+                        return over(format!("keepalive ping failed: {e}"));
+                    }
+                    awaiting_pong = false;
+                    timer.as_mut().reset(Instant::now() + keepalive);
                 }
-                awaiting_pong = false;
-                timer.as_mut().reset(Instant::now() + keepalive);
+                if timer.as_mut().poll(cx).is_ready() {
+                    if awaiting_pong {
+                        return over(format!(
+                            "keepalive ping unanswered for {KEEPALIVE_TIMEOUT:?}"
+                        ));
+                    }
+                    if let Err(e) = pings.send_ping(h2::Ping::opaque()) {
+                        return over(format!("keepalive ping failed: {e}"));
+                    }
+                    awaiting_pong = true;
+                    timer.as_mut().reset(Instant::now() + KEEPALIVE_TIMEOUT);
+                    // A new deadline is armed by polling it.
+                    let _ = timer.as_mut().poll(cx);
+                }
             }
-            () = &mut timer => {
-                if awaiting_pong {
-                    return Some(format!("keepalive ping unanswered for {KEEPALIVE_TIMEOUT:?}"));
-                }
-                if let Err(e) = pings.send_ping(h2::Ping::opaque()) {
-                    return Some(format!("keepalive ping failed: {e}"));
-                }
-                awaiting_pong = true;
-                timer.as_mut().reset(Instant::now() + KEEPALIVE_TIMEOUT);
+            // The connection reads what arrived and queues what is to be
+            // sent (a ping sent above included).
+            if let Poll::Ready(ended) = std::pin::Pin::new(&mut connection).poll(cx) {
+                return Poll::Ready(Some(ended.err().map(|e| e.to_string())));
             }
+            if stall.as_mut().poll(cx).is_ready() {
+                return over("a request got no answer in time; connection closed".into());
+            }
+            // What it queued goes out now, in one write.
+            if let Poll::Ready(Err(e)) = drain.poll_drain(cx) {
+                return over(format!("writing to APNs failed: {e}"));
+            }
+            Poll::Ready(None)
+        })
+        .await;
+        if let Some(ended) = step {
+            return ended;
         }
+        woken().await;
+        // Whatever woke the connection (a request queued on it, an answer
+        // arriving), the tasks that are ready to run go first: the requests
+        // they queue meanwhile go out in the same write.
+        tokio::task::yield_now().await;
     }
+}
+
+/// Pending on its first poll, ready on the next: the task was woken by
+/// whatever it registered its waker with before.
+fn woken() -> impl std::future::Future<Output = ()> {
+    let mut first = true;
+    std::future::poll_fn(move |_| {
+        if std::mem::take(&mut first) {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
 }
 
 /// The connection is usable.

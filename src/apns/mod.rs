@@ -5,6 +5,7 @@
 mod auth;
 mod breaker;
 mod connection;
+mod cork;
 mod pool;
 mod tls;
 
