@@ -1,6 +1,7 @@
 //! A consumer actor: one channel, one `basic.consume` with manual acks and a
-//! prefetch, one task per delivery in flight. Each delivery is handed to the
-//! [`Dispatcher`] and its settlement carried out here, in this order: feedback
+//! prefetch; the deliveries in flight run concurrently inside the consumer's
+//! own task. Each delivery is handed to the [`Dispatcher`] and its
+//! settlement carried out here, in this order: feedback
 //! and dead letters published and confirmed, then the delivery handed to the
 //! consumer's ack task, which acks in order and in batches (or nacks it back to
 //! the queue). Nothing is acked before its outcome is settled.
@@ -15,6 +16,7 @@ use crate::events;
 use crate::job;
 use crate::outcome;
 use crate::trace::TraceParent;
+use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use lapin::Acker;
 use lapin::message::Delivery;
@@ -27,7 +29,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
 use tracing::Instrument;
 
 /// Why a consumer stopped.
@@ -100,12 +101,16 @@ impl Consumer {
         tracing::info!(consumer = self.index, queue = %self.topology.queue, prefetch = self.prefetch, "consuming");
         on_ready();
 
-        // The tasks of the deliveries in flight; at most `prefetch` of them.
-        let mut in_flight = JoinSet::new();
         // Settled deliveries go to one ack task, which sends their acks in
         // order, batched (see `acks`).
         let (acks, settled) = mpsc::channel(usize::from(self.prefetch) + 1);
         let ack_task = tokio::spawn(ack_loop(settled, self.counters.clone(), self.index));
+        // The deliveries in flight, at most `prefetch` of them, run inside
+        // this task rather than one task each: no task to allocate, register
+        // and join per delivery, and they borrow the consumer's parts instead
+        // of cloning them. A panic outside a job's guard is caught per
+        // delivery and ends the consumer, as a crashed task would.
+        let mut in_flight = FuturesUnordered::new();
         let exit = loop {
             tokio::select! {
                 changed = stop.changed() => {
@@ -113,23 +118,23 @@ impl Consumer {
                         break ConsumerExit::Stopped(self.index);
                     }
                 }
-                Some(joined) = in_flight.join_next() => match joined {
+                Some(ended) = in_flight.next() => match ended {
                     // A job's own panic is caught and dead-lettered inside its
-                    // task; a panic here is the consumer's, outside any job:
+                    // guard; a panic here is the consumer's, outside any job:
                     // crash, so the channel closes, the broker requeues what is
                     // unsettled, and the supervisor starts a fresh consumer.
-                    Err(e) if e.is_panic() => {
-                        break ConsumerExit::Crashed { index: self.index, detail: panic_text(e) };
+                    Err(panic) => {
+                        let panic: Box<dyn std::any::Any + Send> = panic;
+                        let detail = panic_message(panic.as_ref());
+                        break ConsumerExit::Crashed { index: self.index, detail };
                     }
                     Ok(Err(detail)) => break ConsumerExit::Lost { index: self.index, detail },
-                    _ => {}
+                    Ok(Ok(())) => {}
                 },
                 next = deliveries.next() => match next {
                     Some(Ok(delivery)) => {
-                        let worker = self.clone();
-                        let publisher = publisher.clone();
-                        let acks = acks.clone();
-                        in_flight.spawn(async move { worker.process(delivery, &publisher, &acks).await });
+                        let process = self.process(delivery, &publisher, &acks);
+                        in_flight.push(std::panic::AssertUnwindSafe(process).catch_unwind());
                     }
                     Some(Err(e)) => break ConsumerExit::Lost { index: self.index, detail: e.to_string() },
                     None => break ConsumerExit::Lost { index: self.index, detail: "consumer cancelled".into() },
@@ -146,18 +151,17 @@ impl Consumer {
                 tracing::warn!(consumer = self.index, error = %e, "basic.cancel failed");
             }
         }
-        let drained = tokio::time::timeout(grace, async {
-            while in_flight.join_next().await.is_some() {}
-        })
-        .await;
+        let drained =
+            tokio::time::timeout(grace, async { while in_flight.next().await.is_some() {} }).await;
         if drained.is_err() {
             tracing::warn!(
                 consumer = self.index,
                 left = in_flight.len(),
                 "grace period over; unsettled deliveries return to the queue"
             );
-            in_flight.abort_all();
         }
+        // Whatever is left is dropped unsettled.
+        drop(in_flight);
         // Every task has ended: the ack task sends what is left, then ends.
         drop(acks);
         let _ = ack_task.await;
@@ -574,10 +578,6 @@ impl Unsettled {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&key)
     }
-}
-
-fn panic_text(error: tokio::task::JoinError) -> String {
-    panic_message(error.into_panic().as_ref())
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
