@@ -298,6 +298,14 @@ enum SoundOut<'a> {
 /// Appends `json` (valid JSON, as `serde_json` checked it) without the
 /// whitespace between its tokens; strings are copied as they are.
 fn minified(json: &str, out: &mut Vec<u8>) {
+    let json = json.trim_matches([' ', '\t', '\n', '\r']);
+    // A string, number or literal is one token: there is no whitespace to
+    // take out of it (inside a string it is content), so it is one copy, and
+    // most `data` values are such tokens.
+    if !json.starts_with(['{', '[']) {
+        out.extend_from_slice(json.as_bytes());
+        return;
+    }
     // Runs between whitespace are copied whole: a value without whitespace
     // is one copy.
     let bytes = json.as_bytes();
@@ -541,6 +549,25 @@ mod tests {
                     .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })
+    }
+
+    #[test]
+    fn minified_values_by_kind() {
+        let cases = [
+            // Tokens are copied whole, whitespace inside strings included.
+            (r#""a  b""#, r#""a  b""#),
+            ("1.50", "1.50"),
+            ("true", "true"),
+            // Whitespace around a value is never part of it.
+            (" \n\t\"x\" ", r#""x""#),
+            (" { \"k\" : [ 1 , \" s \" ] } ", r#"{"k":[1," s "]}"#),
+            ("[ ]", "[]"),
+        ];
+        for (json, want) in cases {
+            let mut out = Vec::new();
+            minified(json, &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), want, "{json:?}");
+        }
     }
 
     proptest! {
