@@ -224,7 +224,14 @@ async fn ceiling_run(
     let (queue, _declarer) = quorum_queue(conn, "bench.ceiling").await;
     publish(conn, &queue, (0..n).map(|i| job(i, 0))).await;
     let started = Instant::now();
-    let per = n / channels;
+    // The channels count their deliveries together: the broker shares the
+    // messages between them by free prefetch, not evenly, so no channel
+    // knows its own share in advance. (A fixed share each, as before, left a
+    // probe waiting forever now and then: one channel took more than its
+    // share and the other waited for messages that never came.)
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (all_in, _) = tokio::sync::watch::channel(false);
+    let all_in = std::sync::Arc::new(all_in);
     let mut tasks = Vec::new();
     for c in 0..channels {
         let channel = conn.create_channel().await.unwrap();
@@ -241,11 +248,9 @@ async fn ceiling_run(
             )
             .await
             .unwrap();
-        let take = if c == channels - 1 {
-            n - per * (channels - 1)
-        } else {
-            per
-        };
+        let seen = seen.clone();
+        let all_in = all_in.clone();
+        let mut everything_in = all_in.subscribe();
         tasks.push(tokio::spawn(async move {
             // One closure, so every ack future has the same type.
             let ack = |acker: lapin::Acker, multiple: bool| async move {
@@ -255,31 +260,49 @@ async fn ceiling_run(
             // Acks in flight, polled alongside the next delivery: none is
             // waited for before taking the next one.
             let mut pending = futures_util::stream::FuturesUnordered::new();
-            let mut done = 0;
-            while done < take {
+            // With `multiple` acks: this channel's deliveries not acked yet,
+            // and the acker of the latest of them.
+            let mut unacked = 0;
+            let mut latest = None;
+            loop {
                 tokio::select! {
                     Some(result) = pending.next(), if !pending.is_empty() => {
                         let acked: lapin::Result<bool> = result;
                         acked.unwrap();
                     }
+                    // It only ever turns true.
+                    _ = everything_in.changed() => break,
                     next = consumer.next() => {
                         let delivery = match next {
                             Some(Ok(delivery)) => delivery,
                             other => panic!("the ceiling consumer stopped: {other:?}"),
                         };
-                        done += 1;
                         match acks {
                             Acks::Pipelined => pending.push(ack(delivery.acker, false)),
-                            // In order: a `multiple` ack sent after a later one
-                            // names a tag the broker already forgot.
-                            Acks::Multiple(every) if done % every == 0 || done == take => {
-                                let acked: lapin::Result<bool> = ack(delivery.acker, true).await;
-                                acked.unwrap();
+                            Acks::Multiple(every) => {
+                                unacked += 1;
+                                if unacked == every {
+                                    // In order: a `multiple` ack sent after a
+                                    // later one names a tag the broker forgot.
+                                    let acked: lapin::Result<bool> = ack(delivery.acker, true).await;
+                                    acked.unwrap();
+                                    unacked = 0;
+                                    latest = None;
+                                } else {
+                                    latest = Some(delivery.acker);
+                                }
                             }
-                            Acks::Multiple(_) => {}
+                        }
+                        if seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 >= n {
+                            all_in.send_replace(true);
+                            break;
                         }
                     }
                 }
+            }
+            if let Some(acker) = latest {
+                let acked: lapin::Result<bool> = ack(acker, true).await;
+                acked.unwrap();
             }
             while let Some(result) = pending.next().await {
                 let acked: lapin::Result<bool> = result;
