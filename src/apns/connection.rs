@@ -151,7 +151,8 @@ async fn drive(
     let mut awaiting_pong = false;
     loop {
         // Everything is polled once, which registers this task's waker with
-        // each of them. `Ready(Some(error))`: the connection is over.
+        // each of them. `Some(why)`: the connection is over (`why` is `None`
+        // when it closed cleanly); `None`: wait for the next wake-up.
         let step: Option<Option<String>> = std::future::poll_fn(|cx| {
             let over = |error: String| Poll::Ready(Some(Some(error)));
             if let Some(pings) = pings.as_mut() {
