@@ -329,7 +329,12 @@ async fn ceiling(n: usize) -> (f64, String) {
                     .await
                     .unwrap();
                 let rate = ceiling_run(&conn, n, prefetch, channels, acks).await;
-                let _ = conn.close(200, "done".into()).await;
+                // The close is a courtesy, bounded: lapin's now and then
+                // never completes, which hung whole runs after a probe whose
+                // every message was consumed and acked.
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), conn.close(200, "done".into()))
+                        .await;
                 let settings = format!("{channels} channel(s), prefetch {prefetch}, acks {acks:?}");
                 println!("  ceiling probe: {rate:>8.0} messages/s  ({settings})");
                 if rate > best.0 {
