@@ -130,47 +130,60 @@ impl Dispatcher {
         (verdict, span)
     }
 
-    /// Sends every token of a decoded job and settles the outcomes.
-    async fn send(&self, job: job::Job, client: &crate::apns::ApnsClient, attempt: u32) -> Verdict {
-        // Owned parts per request: the futures run inside a spawned task, where
-        // borrowed closures hit the compiler's higher-ranked lifetime limits.
-        let request = Arc::new(client.job_request(&job));
-        // Past this instant no token of the job waits any longer: the ones
-        // still waiting (an open breaker, a saturated app) go to a retry tier.
-        let deadline = tokio::time::Instant::now() + self.max_hold;
-        let outcomes: Vec<_> = if let [token] = job.tokens.as_slice() {
-            // Most jobs have one token: no stream, no buffer of futures.
-            let slot = tokio::time::timeout_at(deadline, client.reserve())
-                .await
-                .ok();
-            vec![
-                deliver(
-                    client,
-                    &request,
-                    token.clone(),
-                    slot,
-                    deadline,
-                    self.max_hold,
-                )
-                .await,
-            ]
-        } else {
-            Self::fan_out(&job, client, &request, deadline, self.max_hold).await
-        };
-        let delivered = outcomes
-            .iter()
-            .filter(|(_, o)| *o == outcome::TokenOutcome::Delivered)
-            .count();
-        // The job's parts move into the verdict: no copies.
-        Verdict {
-            settlement: outcome::settle(outcomes, attempt, self.policy),
-            app: job.app.into_string(),
-            job_id: Some(job.id.into_string()),
-            topic: match job.topic {
-                Some(topic) => Some(Arc::from(topic.into_string())),
-                None => client.default_topic_name(),
-            },
-            delivered,
+    /// Sends every token of a decoded job and settles the outcomes. An
+    /// `async move` block rather than an `async fn`, so that the job is kept
+    /// once in the future, not twice (see `Consumer::process`).
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would keep its by-value argument twice in the future"
+    )]
+    fn send<'a>(
+        &'a self,
+        job: job::Job,
+        client: &'a crate::apns::ApnsClient,
+        attempt: u32,
+    ) -> impl Future<Output = Verdict> + 'a {
+        async move {
+            // Owned parts per request: the futures run inside a spawned task, where
+            // borrowed closures hit the compiler's higher-ranked lifetime limits.
+            let request = Arc::new(client.job_request(&job));
+            // Past this instant no token of the job waits any longer: the ones
+            // still waiting (an open breaker, a saturated app) go to a retry tier.
+            let deadline = tokio::time::Instant::now() + self.max_hold;
+            let outcomes: Vec<_> = if let [token] = job.tokens.as_slice() {
+                // Most jobs have one token: no stream, no buffer of futures.
+                let slot = tokio::time::timeout_at(deadline, client.reserve())
+                    .await
+                    .ok();
+                vec![
+                    deliver(
+                        client,
+                        &request,
+                        token.clone(),
+                        slot,
+                        deadline,
+                        self.max_hold,
+                    )
+                    .await,
+                ]
+            } else {
+                Self::fan_out(&job, client, &request, deadline, self.max_hold).await
+            };
+            let delivered = outcomes
+                .iter()
+                .filter(|(_, o)| *o == outcome::TokenOutcome::Delivered)
+                .count();
+            // The job's parts move into the verdict: no copies.
+            Verdict {
+                settlement: outcome::settle(outcomes, attempt, self.policy),
+                app: job.app.into_string(),
+                job_id: Some(job.id.into_string()),
+                topic: match job.topic {
+                    Some(topic) => Some(Arc::from(topic.into_string())),
+                    None => client.default_topic_name(),
+                },
+                delivered,
+            }
         }
     }
 

@@ -176,41 +176,52 @@ impl Consumer {
 
     /// Decides the delivery's settlement once, then carries it out. Returns an
     /// error only when the consumer must end (its settlement channel is gone).
-    async fn process(
-        &self,
+    ///
+    /// A plain function returning an `async move` block, not an `async fn`:
+    /// an `async fn` keeps its by-value arguments twice in its future (as
+    /// they were passed, and as the body's own binding), and this future is
+    /// allocated and moved once per delivery.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would keep its by-value argument twice in the future"
+    )]
+    fn process<'a>(
+        &'a self,
         delivery: Delivery,
-        publisher: &SettlementChannel,
-        acks: &mpsc::Sender<Done>,
-    ) -> Result<(), String> {
-        events::emit(events::JobReceived);
-        // One span per job, made by the dispatcher once the body is decoded
-        // (here for jobs it never sees); the publisher's trace context, when
-        // it sent one, ties every line of the job to the request behind it.
-        let trace = wire::trace_parent(delivery.properties.headers().as_ref());
-        let (verdict, span) = match self.remembered(&delivery) {
-            Some(verdict) => {
-                let span = job_span(
-                    verdict.job_id.as_deref(),
-                    Some(&verdict.app),
-                    None,
-                    trace.as_ref(),
-                );
-                (verdict, span)
-            }
-            None => self.decide(&delivery, trace.as_ref()).await,
-        };
-        let (result, how) = self
-            .settle(&delivery, verdict, publisher)
-            .instrument(span)
-            .await;
-        if let Some(how) = how {
-            // The ack task outlives every delivery task, so this only fails
-            // when the consumer is being torn down; the broker then requeues.
-            let _ = acks
-                .send((delivery.acker, delivery.delivery_tag, how))
+        publisher: &'a SettlementChannel,
+        acks: &'a mpsc::Sender<Done>,
+    ) -> impl Future<Output = Result<(), String>> + 'a {
+        async move {
+            events::emit(events::JobReceived);
+            // One span per job, made by the dispatcher once the body is decoded
+            // (here for jobs it never sees); the publisher's trace context, when
+            // it sent one, ties every line of the job to the request behind it.
+            let trace = wire::trace_parent(delivery.properties.headers().as_ref());
+            let (verdict, span) = match self.remembered(&delivery) {
+                Some(verdict) => {
+                    let span = job_span(
+                        verdict.job_id.as_deref(),
+                        Some(&verdict.app),
+                        None,
+                        trace.as_ref(),
+                    );
+                    (verdict, span)
+                }
+                None => self.decide(&delivery, trace.as_ref()).await,
+            };
+            let (result, how) = self
+                .settle(&delivery, verdict, publisher)
+                .instrument(span)
                 .await;
+            if let Some(how) = how {
+                // The ack task outlives every delivery task, so this only fails
+                // when the consumer is being torn down; the broker then requeues.
+                let _ = acks
+                    .send((delivery.acker, delivery.delivery_tag, how))
+                    .await;
+            }
+            result
         }
-        result
     }
 
     /// A verdict computed on an earlier delivery of this message, whose
@@ -311,7 +322,10 @@ impl Consumer {
         .messages(&verdict);
         let mut failures = 0u32;
         while !outgoing.is_empty() {
-            match publisher.publish_all(&outgoing).await {
+            // Boxed: only dead letters, feedback and retries publish, and
+            // this future is large; inline, it would be part of every
+            // delivery's future.
+            match Box::pin(publisher.publish_all(&outgoing)).await {
                 Ok(()) => break,
                 Err(SettleError::Reopen(e)) => {
                     self.unsettled.remember(memo_key(delivery), verdict);

@@ -273,17 +273,21 @@ impl Link {
     }
 
     /// Sends one request (the headers, then `body` as its only data frame)
-    /// and waits for APNs' answer, at most `deadline`.
+    /// and waits for APNs' answer, at most `deadline`. The request's head is
+    /// made by `build` once a stream may open, so that it never waits inside
+    /// the future: every request future lives in its delivery's future, and
+    /// a head held across an await would add its 224 bytes there at every
+    /// level of the call chain.
     pub async fn exchange(
         &self,
-        request: http::Request<()>,
+        build: impl FnOnce() -> http::Request<()>,
         body: Bytes,
         deadline: Duration,
     ) -> Exchange {
         // Counted down on drop: a caller may give up on the request (a
         // stopping consumer aborts its deliveries) and the gauge must not drift.
         let _in_use = StreamInUse::new(&self.shared.streams);
-        match timeout(deadline, self.round_trip(request, body)).await {
+        match timeout(deadline, self.round_trip(build, body)).await {
             Err(_) => {
                 self.mark(STALLED);
                 Exchange::Answered(ApnsAnswer::Transport(format!(
@@ -297,7 +301,7 @@ impl Link {
 
     async fn round_trip(
         &self,
-        request: http::Request<()>,
+        build: impl FnOnce() -> http::Request<()>,
         body: Bytes,
     ) -> Result<(u16, Bytes), Exchange> {
         let not_taken = |e: h2::Error| {
@@ -308,7 +312,7 @@ impl Link {
         // only fails (or waits) when the connection itself cannot open streams.
         let mut sender = self.sender.clone().ready().await.map_err(not_taken)?;
         // An error here means no stream was made: nothing was sent.
-        let (response, mut stream) = sender.send_request(request, false).map_err(not_taken)?;
+        let (response, mut stream) = sender.send_request(build(), false).map_err(not_taken)?;
         let failed = |e: h2::Error| {
             if never_processed(&e) {
                 Exchange::NotProcessed(format!("APNs did not process the request: {e}"))
@@ -453,7 +457,7 @@ impl Connection {
         deadline: Duration,
     ) -> ApnsAnswer {
         let outcome = match self.link().await {
-            Ok(link) => link.exchange(request, body, deadline).await,
+            Ok(link) => link.exchange(move || request, body, deadline).await,
             Err(why) => Exchange::NotProcessed(why),
         };
         match outcome {

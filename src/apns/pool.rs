@@ -78,7 +78,7 @@ impl Pool {
                 Err(e) => return ApnsAnswer::Transport(format!("APNs connection pool: {e}")),
             };
             let outcome = match link {
-                Ok(link) => link.exchange(build(), body.clone(), deadline).await,
+                Ok(link) => link.exchange(&build, body.clone(), deadline).await,
                 Err(why) => Exchange::NotProcessed(why),
             };
             match outcome {
