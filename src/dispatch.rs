@@ -133,10 +133,6 @@ impl Dispatcher {
     /// Sends every token of a decoded job and settles the outcomes. An
     /// `async move` block rather than an `async fn`, so that the job is kept
     /// once in the future, not twice (see `Consumer::process`).
-    #[allow(
-        clippy::manual_async_fn,
-        reason = "an async fn would keep its by-value argument twice in the future"
-    )]
     fn send<'a>(
         &'a self,
         job: job::Job,
@@ -219,23 +215,25 @@ impl Dispatcher {
 /// One token's outcome, given its place among the app's requests in flight
 /// (`None`: it waited past `deadline` for one, like a request the app's
 /// breaker held that long: both go to a retry tier).
-async fn deliver(
+fn deliver(
     client: &crate::apns::ApnsClient,
     request: &JobRequest,
     token: job::DeviceToken,
     slot: Option<crate::apns::Slot>,
     deadline: tokio::time::Instant,
     max_hold: std::time::Duration,
-) -> (job::DeviceToken, outcome::TokenOutcome) {
-    let answer = match slot {
-        Some(slot) => client.send_reserved(request, &token, slot, deadline).await,
-        None => None,
-    };
-    let answer = answer.unwrap_or_else(|| {
-        crate::outcome::ApnsAnswer::Transport(format!(
-            "held {max_hold:?} waiting for APNs to accept requests; moved to a retry tier"
-        ))
-    });
-    let outcome = classify(&answer);
-    (token, outcome)
+) -> impl Future<Output = (job::DeviceToken, outcome::TokenOutcome)> {
+    async move {
+        let answer = match slot {
+            Some(slot) => client.send_reserved(request, &token, slot, deadline).await,
+            None => None,
+        };
+        let answer = answer.unwrap_or_else(|| {
+            crate::outcome::ApnsAnswer::Transport(format!(
+                "held {max_hold:?} waiting for APNs to accept requests; moved to a retry tier"
+            ))
+        });
+        let outcome = classify(&answer);
+        (token, outcome)
+    }
 }

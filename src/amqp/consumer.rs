@@ -181,10 +181,6 @@ impl Consumer {
     /// an `async fn` keeps its by-value arguments twice in its future (as
     /// they were passed, and as the body's own binding), and this future is
     /// allocated and moved once per delivery.
-    #[allow(
-        clippy::manual_async_fn,
-        reason = "an async fn would keep its by-value argument twice in the future"
-    )]
     fn process<'a>(
         &'a self,
         delivery: Delivery,

@@ -278,70 +278,74 @@ impl Link {
     /// the future: every request future lives in its delivery's future, and
     /// a head held across an await would add its 224 bytes there at every
     /// level of the call chain.
-    pub async fn exchange(
+    pub fn exchange(
         &self,
         build: impl FnOnce() -> http::Request<()>,
         body: Bytes,
         deadline: Duration,
-    ) -> Exchange {
-        // Counted down on drop: a caller may give up on the request (a
-        // stopping consumer aborts its deliveries) and the gauge must not drift.
-        let _in_use = StreamInUse::new(&self.shared.streams);
-        match timeout(deadline, self.round_trip(build, body)).await {
-            Err(_) => {
-                self.mark(STALLED);
-                Exchange::Answered(ApnsAnswer::Transport(format!(
-                    "no answer from APNs within {deadline:?}"
-                )))
+    ) -> impl Future<Output = Exchange> {
+        async move {
+            // Counted down on drop: a caller may give up on the request (a
+            // stopping consumer aborts its deliveries) and the gauge must not drift.
+            let _in_use = StreamInUse::new(&self.shared.streams);
+            match timeout(deadline, self.round_trip(build, body)).await {
+                Err(_) => {
+                    self.mark(STALLED);
+                    Exchange::Answered(ApnsAnswer::Transport(format!(
+                        "no answer from APNs within {deadline:?}"
+                    )))
+                }
+                Ok(Err(exchange)) => exchange,
+                Ok(Ok((code, body))) => Exchange::Answered(answer_from(code, &body)),
             }
-            Ok(Err(exchange)) => exchange,
-            Ok(Ok((code, body))) => Exchange::Answered(answer_from(code, &body)),
         }
     }
 
-    async fn round_trip(
+    fn round_trip(
         &self,
         build: impl FnOnce() -> http::Request<()>,
         body: Bytes,
-    ) -> Result<(u16, Bytes), Exchange> {
-        let not_taken = |e: h2::Error| {
-            self.mark(ENDED);
-            Exchange::NotProcessed(format!("the APNs connection took no new request: {e}"))
-        };
-        // A fresh handle has no stream of its own waiting to open, so this
-        // only fails (or waits) when the connection itself cannot open streams.
-        let mut sender = self.sender.clone().ready().await.map_err(not_taken)?;
-        // An error here means no stream was made: nothing was sent.
-        let (response, mut stream) = sender.send_request(build(), false).map_err(not_taken)?;
-        let failed = |e: h2::Error| {
-            if never_processed(&e) {
-                Exchange::NotProcessed(format!("APNs did not process the request: {e}"))
-            } else {
-                Exchange::Answered(ApnsAnswer::Transport(format!("APNs request failed: {e}")))
+    ) -> impl Future<Output = Result<(u16, Bytes), Exchange>> {
+        async move {
+            let not_taken = |e: h2::Error| {
+                self.mark(ENDED);
+                Exchange::NotProcessed(format!("the APNs connection took no new request: {e}"))
+            };
+            // A fresh handle has no stream of its own waiting to open, so this
+            // only fails (or waits) when the connection itself cannot open streams.
+            let mut sender = self.sender.clone().ready().await.map_err(not_taken)?;
+            // An error here means no stream was made: nothing was sent.
+            let (response, mut stream) = sender.send_request(build(), false).map_err(not_taken)?;
+            let failed = |e: h2::Error| {
+                if never_processed(&e) {
+                    Exchange::NotProcessed(format!("APNs did not process the request: {e}"))
+                } else {
+                    Exchange::Answered(ApnsAnswer::Transport(format!("APNs request failed: {e}")))
+                }
+            };
+            // The body is queued on the stream; the connection's task writes it
+            // as the peer's flow-control window allows.
+            stream.send_data(body, true).map_err(failed)?;
+            let response = response.await.map_err(failed)?;
+            let status = response.status().as_u16();
+            let mut answer = response.into_body();
+            // APNs' error bodies are a few dozen bytes; anything past the limit is
+            // not APNs, and is not kept in memory.
+            let mut read = Vec::new();
+            while let Some(chunk) = answer.data().await {
+                let chunk = chunk.map_err(|e| {
+                    Exchange::Answered(ApnsAnswer::Transport(format!("APNs answer cut off: {e}")))
+                })?;
+                let _ = answer.flow_control().release_capacity(chunk.len());
+                if read.len() + chunk.len() > MAX_ANSWER_BYTES {
+                    return Err(Exchange::Answered(ApnsAnswer::Transport(format!(
+                        "APNs answer cut off: longer than {MAX_ANSWER_BYTES} bytes"
+                    ))));
+                }
+                read.extend_from_slice(&chunk);
             }
-        };
-        // The body is queued on the stream; the connection's task writes it
-        // as the peer's flow-control window allows.
-        stream.send_data(body, true).map_err(failed)?;
-        let response = response.await.map_err(failed)?;
-        let status = response.status().as_u16();
-        let mut answer = response.into_body();
-        // APNs' error bodies are a few dozen bytes; anything past the limit is
-        // not APNs, and is not kept in memory.
-        let mut read = Vec::new();
-        while let Some(chunk) = answer.data().await {
-            let chunk = chunk.map_err(|e| {
-                Exchange::Answered(ApnsAnswer::Transport(format!("APNs answer cut off: {e}")))
-            })?;
-            let _ = answer.flow_control().release_capacity(chunk.len());
-            if read.len() + chunk.len() > MAX_ANSWER_BYTES {
-                return Err(Exchange::Answered(ApnsAnswer::Transport(format!(
-                    "APNs answer cut off: longer than {MAX_ANSWER_BYTES} bytes"
-                ))));
-            }
-            read.extend_from_slice(&chunk);
+            Ok((status, Bytes::from(read)))
         }
-        Ok((status, Bytes::from(read)))
     }
 }
 

@@ -293,60 +293,67 @@ impl ApnsClient {
     /// Sends with a place already reserved; the place is freed when it returns.
     /// `None` when the app's breaker held the request past `deadline`: it was
     /// never sent. Only the wait is bounded; a request once sent is answered.
-    pub async fn send_reserved(
+    pub fn send_reserved(
         &self,
         job: &JobRequest,
         token: &DeviceToken,
         _slot: Slot,
         deadline: tokio::time::Instant,
-    ) -> Option<ApnsAnswer> {
-        let ticket = tokio::time::timeout_at(deadline, self.inner.breaker.ticket())
-            .await
-            .ok()?;
-        let answer = self.send_now(job, token).await;
-        ticket.record(crate::outcome::counts_against_app(&answer));
-        Some(answer)
+    ) -> impl Future<Output = Option<ApnsAnswer>> {
+        async move {
+            let ticket = tokio::time::timeout_at(deadline, self.inner.breaker.ticket())
+                .await
+                .ok()?;
+            let answer = self.send_now(job, token).await;
+            ticket.record(crate::outcome::counts_against_app(&answer));
+            Some(answer)
+        }
     }
 
     /// An `ExpiredProviderToken` answer renews the token and retries once, at
     /// once (CONTRACT §3).
-    async fn send_now(&self, job: &JobRequest, token: &DeviceToken) -> ApnsAnswer {
-        let inner = &self.inner;
-        let Some(provider) = &inner.token else {
-            return self.send_one(job, || self.request(job, token, None)).await;
-        };
-        let bearer = provider.header();
-        let answer = self
-            .send_one(job, || self.request(job, token, Some(&bearer)))
-            .await;
-        if let TokenOutcome::Credentials { renew: true, .. } = classify(&answer)
-            && let Some(renewed) = provider.renew_after_rejection(&bearer)
-        {
-            return self
-                .send_one(job, || self.request(job, token, Some(&renewed)))
+    fn send_now(&self, job: &JobRequest, token: &DeviceToken) -> impl Future<Output = ApnsAnswer> {
+        async move {
+            let inner = &self.inner;
+            let Some(provider) = &inner.token else {
+                return self.send_one(job, || self.request(job, token, None)).await;
+            };
+            let bearer = provider.header();
+            let answer = self
+                .send_one(job, || self.request(job, token, Some(&bearer)))
                 .await;
+            if let TokenOutcome::Credentials { renew: true, .. } = classify(&answer)
+                && let Some(renewed) = provider.renew_after_rejection(&bearer)
+            {
+                // Boxed: a rare path, which would otherwise add the renewed
+                // token and the first answer to every request's future.
+                return Box::pin(self.send_one(job, || self.request(job, token, Some(&renewed))))
+                    .await;
+            }
+            answer
         }
-        answer
     }
 
     /// One request through the pool, timed and counted.
-    async fn send_one(
+    fn send_one(
         &self,
         job: &JobRequest,
         build: impl Fn() -> http::Request<()>,
-    ) -> ApnsAnswer {
-        let inner = &self.inner;
-        let started = std::time::Instant::now();
-        let answer = inner
-            .pool
-            .send(build, &job.payload, inner.request_timeout, &inner.metrics)
-            .await;
-        events::emit(events::NotificationAnswered {
-            app: &inner.metrics,
-            answer: &answer,
-            elapsed: started.elapsed(),
-        });
-        answer
+    ) -> impl Future<Output = ApnsAnswer> {
+        async move {
+            let inner = &self.inner;
+            let started = std::time::Instant::now();
+            let answer = inner
+                .pool
+                .send(build, &job.payload, inner.request_timeout, &inner.metrics)
+                .await;
+            events::emit(events::NotificationAnswered {
+                app: &inner.metrics,
+                answer: &answer,
+                elapsed: started.elapsed(),
+            });
+            answer
+        }
     }
 
     /// The request's head; its body is the job's payload. Every part but the

@@ -4,7 +4,7 @@
 //! so each connection carries as many streams at once as APNs allows, and FIFO
 //! checkouts spread requests over the connections in turn.
 
-use super::connection::{Connection, Exchange, State, Target};
+use super::connection::{Connection, Exchange, Link, State, Target};
 use crate::events::{self, AppMetrics};
 use crate::outcome::ApnsAnswer;
 use bytes::Bytes;
@@ -60,38 +60,53 @@ impl Pool {
     /// when a connection did not process it (GOAWAY, refused stream, a
     /// connection that could not be made), so that it goes to another one
     /// without counting as a failure.
-    pub async fn send(
+    pub fn send(
         &self,
         build: impl Fn() -> http::Request<()>,
         body: &Bytes,
         deadline: Duration,
         metrics: &AppMetrics,
-    ) -> ApnsAnswer {
-        let mut last = String::new();
-        // Every connection twice, and one more: under load, GOAWAYs on every
-        // connection at once are normal (APNs rotates them), and a request
-        // that met two of them was still never processed.
-        for _ in 0..=self.size * 2 {
-            // The checkout ends here: the exchange runs on the link alone.
-            let link = match self.pool.get().await {
-                Ok(connection) => connection.link().await,
-                Err(e) => return ApnsAnswer::Transport(format!("APNs connection pool: {e}")),
-            };
-            let outcome = match link {
-                Ok(link) => link.exchange(&build, body.clone(), deadline).await,
-                Err(why) => Exchange::NotProcessed(why),
-            };
-            match outcome {
-                Exchange::Answered(answer) => return answer,
-                Exchange::NotProcessed(why) => {
-                    events::emit(events::NotificationResent {
-                        app: metrics,
-                        why: &why,
-                    });
-                    last = why;
+    ) -> impl Future<Output = ApnsAnswer> {
+        async move {
+            let mut last = String::new();
+            // Every connection twice, and one more: under load, GOAWAYs on every
+            // connection at once are normal (APNs rotates them), and a request
+            // that met two of them was still never processed.
+            for _ in 0..=self.size * 2 {
+                // Boxed: deadpool's checkout future is large, and inline it would
+                // be part of every request's future (and of every delivery's),
+                // which is moved at each level of the call chain and, in a
+                // fan-out, allocated once per token.
+                let link = match Box::pin(self.link()).await {
+                    Ok(link) => link,
+                    Err(e) => return ApnsAnswer::Transport(e),
+                };
+                let outcome = match link {
+                    Ok(link) => link.exchange(&build, body.clone(), deadline).await,
+                    Err(why) => Exchange::NotProcessed(why),
+                };
+                match outcome {
+                    Exchange::Answered(answer) => return answer,
+                    Exchange::NotProcessed(why) => {
+                        events::emit(events::NotificationResent {
+                            app: metrics,
+                            why: &why,
+                        });
+                        last = why;
+                    }
                 }
             }
+            ApnsAnswer::Transport(last)
         }
-        ApnsAnswer::Transport(last)
+    }
+
+    /// The next connection's live link (`Ok(Err(why))`: that connection
+    /// has none now, another may). `Err` when the pool itself fails. The
+    /// checkout ends here: the exchange runs on the link alone.
+    async fn link(&self) -> Result<Result<Link, String>, String> {
+        match self.pool.get().await {
+            Ok(connection) => Ok(connection.link().await),
+            Err(e) => Err(format!("APNs connection pool: {e}")),
+        }
     }
 }
