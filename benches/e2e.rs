@@ -265,12 +265,20 @@ async fn ceiling_run(
             let mut unacked = 0;
             let mut latest = None;
             loop {
+                // Everything may be in before this channel's consumer even
+                // started: on a busy connection the first channel can drain
+                // the whole queue while the second is still being set up,
+                // and `changed()` alone would then wait forever. Reading the
+                // value marks it seen, so a later change still wakes us.
+                if *everything_in.borrow_and_update() {
+                    break;
+                }
                 tokio::select! {
                     Some(result) = pending.next(), if !pending.is_empty() => {
                         let acked: lapin::Result<bool> = result;
                         acked.unwrap();
                     }
-                    // It only ever turns true.
+                    // It only ever turns true (see the check above).
                     _ = everything_in.changed() => break,
                     next = consumer.next() => {
                         let delivery = match next {

@@ -373,3 +373,56 @@ async fn certificate_auth_works_with_pem_and_pkcs12() {
     assert!(matches!(answer, ApnsAnswer::Transport(_)), "{answer:?}");
     assert_eq!(sim.sim.accepted_count(), 2);
 }
+
+/// An app's places for requests in flight are held until each answer comes:
+/// with every place taken by a request APNs has not answered yet, no other
+/// request may start. (A place freed early once let a fan-out build a future
+/// for every token at once: twice the memory, and more CPU per notification.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_place_in_flight_is_held_until_its_answer() {
+    use futures_util::FutureExt;
+    let sim = SimFixture::start(SimConfig {
+        faults: Faults {
+            latency: Duration::from_millis(600),
+            ..Faults::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let client = ApnsClient::new("default", &config(&sim, 1)).await.unwrap();
+    let job = request(&client, "places");
+    // Unconstrained: tokio's cooperative budget would make the semaphore
+    // answer "not now" after 128 places in one go, full or not.
+    let try_reserve = || tokio::task::unconstrained(client.reserve()).now_or_never();
+    let mut slots = Vec::new();
+    while let Some(slot) = try_reserve() {
+        slots.push(slot);
+    }
+    let places = slots.len();
+    assert!(places > 0, "the app has places for requests in flight");
+    let far = tokio::time::Instant::now() + Duration::from_secs(60);
+    let all = tokens(places as u64, 0);
+    let sends: futures_util::stream::FuturesUnordered<_> = slots
+        .into_iter()
+        .zip(&all)
+        .map(|(slot, token)| client.send_reserved(&job, token, slot, far))
+        .collect();
+    let full_while_in_flight = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        try_reserve().is_none()
+    };
+    let (answers, full) = tokio::join!(sends.collect::<Vec<_>>(), full_while_in_flight);
+    assert!(
+        full,
+        "a place was free while all {places} requests waited for APNs"
+    );
+    assert!(
+        answers.iter().all(|a| *a == Some(ok())),
+        "{:?}",
+        answers.first()
+    );
+    assert!(
+        try_reserve().is_some(),
+        "every place is free again once the answers came"
+    );
+}

@@ -297,10 +297,15 @@ impl ApnsClient {
         &self,
         job: &JobRequest,
         token: &DeviceToken,
-        _slot: Slot,
+        slot: Slot,
         deadline: tokio::time::Instant,
     ) -> impl Future<Output = Option<ApnsAnswer>> {
         async move {
+            // The place is held until the answer. An `async move` block only
+            // takes what it names, so it must be named here: unnamed, the
+            // place would be freed as soon as this function returned, and
+            // nothing would bound the app's requests in flight.
+            let _slot = slot;
             let ticket = tokio::time::timeout_at(deadline, self.inner.breaker.ticket())
                 .await
                 .ok()?;
