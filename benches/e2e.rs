@@ -19,11 +19,16 @@
 //!
 //! `cargo bench --bench e2e` (options after `--`: `-n 100000 --prefetch 500
 //! --consumers 2 --fanout 0 --steady-secs 10 --no-allocs`). `--fanout K` sends
-//! jobs of K tokens (N notifications in N/K jobs).
+//! jobs of K tokens (N notifications in N/K jobs). `--runtime-threads N` sets
+//! the worker's `MISIVA_RUNTIME_THREADS`; `--log FILTER` its `MISIVA_LOG`
+//! (default `warn`, so that figures compare with the history; the chart runs
+//! `info`, which adds each job's span).
 
 mod common;
 
-use common::{arg, context_switches, cpu_seconds, flag, peak_rss_mib, percentile, write_syscalls};
+use common::{
+    arg, context_switches, cpu_seconds, flag, peak_rss_mib, percentile, text_arg, write_syscalls,
+};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -405,7 +410,10 @@ fn start_worker(
         .env("MISIVA_APNS_TEAM_ID", "BENCHTEAM1")
         .env("MISIVA_APNS_TOPIC", "com.example.bench")
         .env("MISIVA_ADMIN_ADDR", "127.0.0.1:0")
-        .env("MISIVA_LOG", "warn")
+        .env(
+            "MISIVA_LOG",
+            text_arg("--log").unwrap_or_else(|| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -489,7 +497,8 @@ async fn main() {
         .unwrap();
 
     println!(
-        "end-to-end benchmark: {jobs} jobs, {notifications} notifications (fan-out {fanout}), prefetch {prefetch} × {consumers} consumers, ~1 KB jobs"
+        "end-to-end benchmark: {jobs} jobs, {notifications} notifications (fan-out {fanout}), prefetch {prefetch} × {consumers} consumers, ~1 KB jobs, worker log filter {}",
+        text_arg("--log").unwrap_or_else(|| "warn".into())
     );
     let (ceiling, ceiling_settings) = ceiling(jobs.clamp(1000, 20_000)).await;
     if flag("--ceiling-only") {

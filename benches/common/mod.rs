@@ -93,6 +93,15 @@ pub fn arg(flag: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// A command-line text after `flag`, if given.
+pub fn text_arg(flag: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
 pub fn flag(name: &str) -> bool {
     std::env::args().any(|a| a == name)
 }
