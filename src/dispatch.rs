@@ -133,12 +133,12 @@ impl Dispatcher {
     /// Sends every token of a decoded job and settles the outcomes. An
     /// `async move` block rather than an `async fn`, so that the job is kept
     /// once in the future, not twice (see `Consumer::process`).
-    fn send<'a>(
-        &'a self,
+    fn send(
+        &self,
         job: job::Job,
-        client: &'a crate::apns::ApnsClient,
+        client: &crate::apns::ApnsClient,
         attempt: u32,
-    ) -> impl Future<Output = Verdict> + 'a {
+    ) -> impl Future<Output = Verdict> {
         async move {
             // Owned parts per request: the futures run inside a spawned task, where
             // borrowed closures hit the compiler's higher-ranked lifetime limits.

@@ -124,6 +124,7 @@ impl Consumer {
                     // crash, so the channel closes, the broker requeues what is
                     // unsettled, and the supervisor starts a fresh consumer.
                     Err(panic) => {
+                        // Named, because `select!` hides the type from inference.
                         let panic: Box<dyn std::any::Any + Send> = panic;
                         let detail = panic_message(panic.as_ref());
                         break ConsumerExit::Crashed { index: self.index, detail };
@@ -181,12 +182,12 @@ impl Consumer {
     /// an `async fn` keeps its by-value arguments twice in its future (as
     /// they were passed, and as the body's own binding), and this future is
     /// allocated and moved once per delivery.
-    fn process<'a>(
-        &'a self,
+    fn process(
+        &self,
         delivery: Delivery,
-        publisher: &'a SettlementChannel,
-        acks: &'a mpsc::Sender<Done>,
-    ) -> impl Future<Output = Result<(), String>> + 'a {
+        publisher: &SettlementChannel,
+        acks: &mpsc::Sender<Done>,
+    ) -> impl Future<Output = Result<(), String>> {
         async move {
             events::emit(events::JobReceived);
             // One span per job, made by the dispatcher once the body is decoded
@@ -210,7 +211,7 @@ impl Consumer {
                 .instrument(span)
                 .await;
             if let Some(how) = how {
-                // The ack task outlives every delivery task, so this only fails
+                // The ack task outlives every delivery, so this only fails
                 // when the consumer is being torn down; the broker then requeues.
                 let _ = acks
                     .send((delivery.acker, delivery.delivery_tag, how))

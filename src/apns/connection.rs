@@ -139,7 +139,6 @@ async fn drive(
     keepalive: Duration,
     stalled: &tokio::sync::Notify,
 ) -> Option<String> {
-    use std::future::Future;
     use std::task::Poll;
     // Always there on a new connection; without it the connection would just
     // go unpinged.
