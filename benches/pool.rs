@@ -4,7 +4,10 @@
 //! carried, for 1, 2 and 4 connections. Each configuration runs three times;
 //! the table shows medians.
 //!
-//! `cargo bench --bench pool` (options after `--`: `-n 100000 -c 2000`).
+//! `cargo bench --bench pool` (options after `--`: `-n 100000 -c 2000`;
+//! `--runtime-threads 1` drives the client on one thread, as the worker does
+//! with the chart's default `MISIVA_RUNTIME_THREADS=1`; by default tokio's
+//! multi-threaded runtime with one thread per CPU, as in the history).
 
 mod common;
 
@@ -121,13 +124,31 @@ async fn run(connections: usize, total: usize, concurrency: usize, dir: &std::pa
     }
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // The worker's own rule (`src/main.rs`): one thread is a current-thread
+    // runtime, where the requests and their connections' tasks share the
+    // thread; more is the multi-threaded one.
+    let threads = arg("--runtime-threads", 0);
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if threads > 1 {
+            builder.worker_threads(threads);
+        }
+        builder
+    };
+    let runtime = builder.enable_all().build().unwrap();
+    runtime.block_on(bench(threads));
+}
+
+async fn bench(threads: usize) {
     let total = arg("-n", 100_000);
     let concurrency = arg("-c", 2000);
     let dir = tempfile::tempdir().unwrap();
     println!(
-        "pool benchmark: {total} notifications, {concurrency} in flight, simulator in its own process, 3 runs each (medians)"
+        "pool benchmark: {total} notifications, {concurrency} in flight, client runtime threads {}, simulator in its own process, 3 runs each (medians)",
+        if threads == 0 { "= CPUs".to_string() } else { threads.to_string() }
     );
     println!(
         "| connections | notifications/s | client CPU µs/notification | simulator CPU µs/notification | max concurrent streams per connection (last run) |"
