@@ -420,12 +420,18 @@ impl ApnsClient {
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(http::uri::Scheme::HTTPS);
         parts.authority = Some(self.inner.authority.clone());
-        parts.path_and_query =
-            http::uri::PathAndQuery::try_from(format!("/3/device/{}", token.as_str())).ok();
+        // Pushed, not `format!`ed: the formatting machinery was a quarter of
+        // building a request's head in the pool benchmark's profile.
+        let mut path = String::with_capacity(DEVICE_PATH.len() + token.as_str().len());
+        path.push_str(DEVICE_PATH);
+        path.push_str(token.as_str());
+        parts.path_and_query = http::uri::PathAndQuery::try_from(path).ok();
         http::Uri::from_parts(parts).unwrap_or_default()
     }
 }
 
+/// The path of a request, before the device token.
+const DEVICE_PATH: &str = "/3/device/";
 const APNS_PUSH_TYPE: HeaderName = HeaderName::from_static("apns-push-type");
 const APNS_TOPIC: HeaderName = HeaderName::from_static("apns-topic");
 const APNS_PRIORITY: HeaderName = HeaderName::from_static("apns-priority");
