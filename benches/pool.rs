@@ -148,7 +148,11 @@ async fn bench(threads: usize) {
     let dir = tempfile::tempdir().unwrap();
     println!(
         "pool benchmark: {total} notifications, {concurrency} in flight, client runtime threads {}, simulator in its own process, 3 runs each (medians)",
-        if threads == 0 { "= CPUs".to_string() } else { threads.to_string() }
+        if threads == 0 {
+            "= CPUs".to_string()
+        } else {
+            threads.to_string()
+        }
     );
     println!(
         "| connections | notifications/s | client CPU µs/notification | simulator CPU µs/notification | max concurrent streams per connection (last run) |"

@@ -90,14 +90,7 @@ impl Dispatcher {
                     .message_id
                     .map(|id| crate::bounded::cut(id, crate::bounded::SHORT_STRING_BYTES));
                 let span = job_span(id, None, None, inbound.trace);
-                let verdict = Verdict {
-                    settlement: outcome::reject_job(attempt, outcome::INVALID_JOB, e.to_string()),
-                    app: job::AppName::default().to_string(),
-                    job_id: inbound.message_id.map(str::to_owned),
-                    topic: None,
-                    delivered: 0,
-                };
-                return (verdict, span);
+                return (self.invalid(attempt, inbound.message_id, e), span);
             }
         };
         let span = job_span(
@@ -123,11 +116,85 @@ impl Dispatcher {
             };
             return (verdict, span);
         };
-        let verdict = self
-            .send(job, client, attempt)
-            .instrument(span.clone())
-            .await;
+        // Room for a many-token job is asked first (see `ApnsClient::admit`).
+        // Its wait counts toward `max_hold`, like a wait for a place or the breaker.
+        let deadline = tokio::time::Instant::now() + self.max_hold;
+        let (job, admission) = match client.try_admit(job.tokens.len()) {
+            Ok(admission) => (job, Ok(admission)),
+            Err(weight) => {
+                // A waiting job keeps only its body, which the broker's
+                // delivery holds anyway: the decoded tokens (several times the
+                // body's size) are made again once it has room.
+                drop(job);
+                let admission = tokio::time::timeout_at(deadline, client.admit(weight))
+                    .instrument(span.clone())
+                    .await;
+                match job::decode(inbound.body, inbound.message_id) {
+                    Ok(job) => (job, admission),
+                    // The same bytes decoded a moment ago: never taken, but
+                    // a verdict rather than a panic if it ever were.
+                    Err(e) => {
+                        let verdict = self.invalid(attempt, inbound.message_id, e);
+                        return (verdict, span);
+                    }
+                }
+            }
+        };
+        let verdict = match admission {
+            Ok(_room) => {
+                self.send(job, client, attempt, deadline)
+                    .instrument(span.clone())
+                    .await
+            }
+            Err(_) => self.held(job, client, attempt),
+        };
         (verdict, span)
+    }
+
+    fn invalid(&self, attempt: u32, message_id: Option<&str>, e: job::JobError) -> Verdict {
+        Verdict {
+            settlement: outcome::reject_job(attempt, outcome::INVALID_JOB, e.to_string()),
+            app: job::AppName::default().to_string(),
+            job_id: message_id.map(str::to_owned),
+            topic: None,
+            delivered: 0,
+        }
+    }
+
+    /// The verdict of a job that waited `max_hold` for room among its app's
+    /// jobs in progress: every token goes to a retry tier, as a token held
+    /// that long for a place or by the breaker does.
+    fn held(&self, job: job::Job, client: &crate::apns::ApnsClient, attempt: u32) -> Verdict {
+        let max_hold = self.max_hold;
+        let outcome = classify(&crate::outcome::ApnsAnswer::Transport(format!(
+            "held {max_hold:?} waiting for room among the app's jobs in progress; moved to a retry tier"
+        )));
+        let settlement = outcome::settle(
+            job.tokens.iter().map(|token| (token, outcome.clone())),
+            attempt,
+            self.policy,
+        );
+        self.verdict(job, client, settlement, 0)
+    }
+
+    /// The job's parts move into the verdict: no copies.
+    fn verdict(
+        &self,
+        job: job::Job,
+        client: &crate::apns::ApnsClient,
+        settlement: Settlement,
+        delivered: usize,
+    ) -> Verdict {
+        Verdict {
+            settlement,
+            app: job.app.into_string(),
+            job_id: Some(job.id.into_string()),
+            topic: match job.topic {
+                Some(topic) => Some(Arc::from(topic.into_string())),
+                None => client.default_topic_name(),
+            },
+            delivered,
+        }
     }
 
     /// Sends every token of a decoded job and settles the outcomes. An
@@ -138,77 +205,103 @@ impl Dispatcher {
         job: job::Job,
         client: &crate::apns::ApnsClient,
         attempt: u32,
+        deadline: tokio::time::Instant,
     ) -> impl Future<Output = Verdict> {
         async move {
-            // Owned parts per request: the futures run inside a spawned task, where
-            // borrowed closures hit the compiler's higher-ranked lifetime limits.
-            let request = Arc::new(client.job_request(&job));
-            // Past this instant no token of the job waits any longer: the ones
-            // still waiting (an open breaker, a saturated app) go to a retry tier.
-            let deadline = tokio::time::Instant::now() + self.max_hold;
-            let outcomes: Vec<_> = if let [token] = job.tokens.as_slice() {
+            let request = client.job_request(&job);
+            let mut tally = Tally::default();
+            if let [token] = job.tokens.as_slice() {
                 // Most jobs have one token: no stream, no buffer of futures.
                 let slot = tokio::time::timeout_at(deadline, client.reserve())
                     .await
                     .ok();
-                vec![
-                    deliver(
-                        client,
-                        &request,
-                        token.clone(),
-                        slot,
-                        deadline,
-                        self.max_hold,
-                    )
-                    .await,
-                ]
+                let outcome = deliver(client, &request, token, slot, deadline, self.max_hold).await;
+                tally.add(0, outcome);
             } else {
-                Self::fan_out(&job, client, &request, deadline, self.max_hold).await
-            };
-            let delivered = outcomes
-                .iter()
-                .filter(|(_, o)| *o == outcome::TokenOutcome::Delivered)
-                .count();
-            // The job's parts move into the verdict: no copies.
-            Verdict {
-                settlement: outcome::settle(outcomes, attempt, self.policy),
-                app: job.app.into_string(),
-                job_id: Some(job.id.into_string()),
-                topic: match job.topic {
-                    Some(topic) => Some(Arc::from(topic.into_string())),
-                    None => client.default_topic_name(),
-                },
-                delivered,
+                self.fan_out(&job, client, &request, deadline, &mut tally)
+                    .await;
             }
+            let delivered = tally.delivered;
+            let settlement = outcome::settle(tally.undelivered(&job.tokens), attempt, self.policy);
+            self.verdict(job, client, settlement, delivered)
         }
     }
 
-    /// Sends a many-token job's notifications, [`FANOUT_CONCURRENCY`] at a time.
+    /// Sends a many-token job's notifications, [`FANOUT_CONCURRENCY`] at a
+    /// time. The tokens stay in the job: none is copied unless its outcome
+    /// needs it in the settlement.
     async fn fan_out(
+        &self,
         job: &job::Job,
         client: &crate::apns::ApnsClient,
-        request: &Arc<JobRequest>,
+        request: &JobRequest,
         deadline: tokio::time::Instant,
-        max_hold: std::time::Duration,
-    ) -> Vec<(job::DeviceToken, outcome::TokenOutcome)> {
-        futures_util::stream::iter(job.tokens.clone())
+        tally: &mut Tally,
+    ) {
+        let max_hold = self.max_hold;
+        // The stream carries the tokens' indices, not references: closures
+        // taking references get higher-ranked lifetimes, which the `Send`
+        // check of the consumer's spawned task cannot prove (a compiler limit).
+        let sent = futures_util::stream::iter(0..job.tokens.len())
             // Reserve the app-wide place first, so that a job only builds a
             // request's future once it may run (bounded memory in big fan-outs).
-            .then(|token| {
+            .then(|index| {
+                // Owned, for the same compiler limit.
                 let client = client.clone();
                 async move {
                     let slot = tokio::time::timeout_at(deadline, client.reserve()).await;
-                    (slot.ok(), token)
+                    (slot.ok(), index)
                 }
             })
-            .map(|(slot, token)| {
-                let request = request.clone();
-                let client = client.clone();
-                async move { deliver(&client, &request, token, slot, deadline, max_hold).await }
+            .map(|(slot, index)| {
+                let sent = job
+                    .tokens
+                    .get(index)
+                    .map(|token| deliver(client, request, token, slot, deadline, max_hold));
+                // Always `Some`: the index comes from the job's own tokens.
+                async move {
+                    match sent {
+                        Some(sent) => (index, Some(sent.await)),
+                        None => (index, None),
+                    }
+                }
             })
-            .buffer_unordered(FANOUT_CONCURRENCY)
-            .collect()
-            .await
+            .buffer_unordered(FANOUT_CONCURRENCY);
+        let mut sent = std::pin::pin!(sent);
+        while let Some((index, outcome)) = sent.next().await {
+            if let Some(outcome) = outcome {
+                tally.add(index, outcome);
+            }
+        }
+    }
+}
+
+/// A job's outcomes as they come, by the token's index in the job: delivered
+/// tokens counted, the others kept for the settlement, so that a fan-out of a
+/// thousand delivered tokens keeps a number, not a thousand entries.
+#[derive(Debug, Default)]
+struct Tally {
+    delivered: usize,
+    undelivered: Vec<(usize, outcome::TokenOutcome)>,
+}
+
+impl Tally {
+    fn add(&mut self, index: usize, outcome: outcome::TokenOutcome) {
+        if outcome == outcome::TokenOutcome::Delivered {
+            self.delivered += 1;
+        } else {
+            self.undelivered.push((index, outcome));
+        }
+    }
+
+    /// The undelivered tokens with their outcomes, for [`outcome::settle`].
+    fn undelivered(
+        self,
+        tokens: &[job::DeviceToken],
+    ) -> impl Iterator<Item = (&job::DeviceToken, outcome::TokenOutcome)> {
+        self.undelivered
+            .into_iter()
+            .filter_map(|(index, outcome)| Some((tokens.get(index)?, outcome)))
     }
 }
 
@@ -218,14 +311,14 @@ impl Dispatcher {
 fn deliver(
     client: &crate::apns::ApnsClient,
     request: &JobRequest,
-    token: job::DeviceToken,
+    token: &job::DeviceToken,
     slot: Option<crate::apns::Slot>,
     deadline: tokio::time::Instant,
     max_hold: std::time::Duration,
-) -> impl Future<Output = (job::DeviceToken, outcome::TokenOutcome)> {
+) -> impl Future<Output = outcome::TokenOutcome> {
     async move {
         let answer = match slot {
-            Some(slot) => client.send_reserved(request, &token, slot, deadline).await,
+            Some(slot) => client.send_reserved(request, token, slot, deadline).await,
             None => None,
         };
         let answer = answer.unwrap_or_else(|| {
@@ -233,7 +326,6 @@ fn deliver(
                 "held {max_hold:?} waiting for APNs to accept requests; moved to a retry tier"
             ))
         });
-        let outcome = classify(&answer);
-        (token, outcome)
+        classify(&answer)
     }
 }

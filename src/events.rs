@@ -115,6 +115,7 @@ pub struct Metrics {
     pub notifications: Family<Answered, Counter>,
     pub notifications_resent: Family<AppLabel, Counter>,
     pub notifications_in_flight: Family<AppLabel, Gauge>,
+    pub jobs_waiting_for_room: Family<AppLabel, Gauge>,
     pub request_duration: Family<AppLabel, Histogram, fn() -> Histogram>,
     pub feedback_events: Family<AppReason, Counter>,
     pub connections: Family<AppState, Gauge>,
@@ -148,6 +149,7 @@ impl Metrics {
             notifications: Family::default(),
             notifications_resent: Family::default(),
             notifications_in_flight: Family::default(),
+            jobs_waiting_for_room: Family::default(),
             request_duration: Family::new_with_constructor(request_buckets),
             feedback_events: Family::default(),
             connections: Family::default(),
@@ -216,6 +218,11 @@ impl Metrics {
             "notifications_in_flight",
             "Notifications holding a place among the app's requests in flight",
             m.notifications_in_flight.clone(),
+        );
+        r.register(
+            "jobs_waiting_for_room",
+            "Many-token jobs decoded and waiting for room among the app's jobs in progress",
+            m.jobs_waiting_for_room.clone(),
         );
         r.register(
             "apns_request_duration_seconds",
@@ -483,6 +490,7 @@ pub struct AppMetrics {
     pub app: Arc<str>,
     pub request_duration: Histogram,
     pub in_flight: Gauge,
+    pub waiting_for_room: Gauge,
     pub streams: Gauge,
     pub resent: Counter,
 }
@@ -495,6 +503,7 @@ impl AppMetrics {
         AppMetrics {
             request_duration: m.request_duration.get_or_create_owned(&label),
             in_flight: m.notifications_in_flight.get_or_create_owned(&label),
+            waiting_for_room: m.jobs_waiting_for_room.get_or_create_owned(&label),
             streams: m.streams_in_use.get_or_create_owned(&label),
             resent: m.notifications_resent.get_or_create_owned(&label),
             app: label.app,

@@ -203,9 +203,11 @@ pub fn reject_job(attempt: u32, reason: &str, detail: String) -> Settlement {
 }
 
 /// Combines the outcome of every token of one job, on its `attempt`-th
-/// delivery, into its settlement.
-pub fn settle(
-    outcomes: Vec<(DeviceToken, TokenOutcome)>,
+/// delivery, into its settlement. Delivered tokens settle nothing, so callers
+/// may leave them out; the tokens are borrowed from the job and copied only
+/// into the settlement's feedback, dead letters and retry.
+pub fn settle<'a>(
+    outcomes: impl IntoIterator<Item = (&'a DeviceToken, TokenOutcome)>,
     attempt: u32,
     policy: RetryPolicy,
 ) -> Settlement {
@@ -215,6 +217,7 @@ pub fn settle(
     let mut unsettled = Vec::new();
     let mut last_error: Option<String> = None;
     for (token, outcome) in outcomes {
+        let token = token.clone();
         match outcome {
             TokenOutcome::Delivered => {}
             TokenOutcome::Feedback {
@@ -547,14 +550,14 @@ mod tests {
         let refused = classify(&status(403, "InvalidProviderToken"));
 
         assert_eq!(
-            settle(vec![(token(1), delivered.clone())], 1, policy),
+            settle(vec![(&token(1), delivered.clone())], 1, policy),
             Settlement {
                 attempt: 1,
                 ..Settlement::default()
             }
         );
         let s = settle(
-            vec![(token(1), delivered.clone()), (token(2), gone.clone())],
+            vec![(&token(1), delivered.clone()), (&token(2), gone.clone())],
             1,
             policy,
         );
@@ -571,13 +574,13 @@ mod tests {
         // Everything at once: feedback, two dead letters by reason, one retry.
         let s = settle(
             vec![
-                (token(1), bad_topic.clone()),
-                (token(2), busy.clone()),
-                (token(3), gone),
-                (token(4), too_big),
-                (token(5), bad_topic),
-                (token(6), refused),
-                (token(7), delivered),
+                (&token(1), bad_topic.clone()),
+                (&token(2), busy.clone()),
+                (&token(3), gone),
+                (&token(4), too_big),
+                (&token(5), bad_topic),
+                (&token(6), refused),
+                (&token(7), delivered),
             ],
             2,
             policy,
@@ -611,7 +614,8 @@ mod tests {
             tiers: 3,
             max_attempts: 5,
         };
-        let busy = || vec![(token(1), classify(&status(500, "InternalServerError")))];
+        let one = token(1);
+        let busy = || vec![(&one, classify(&status(500, "InternalServerError")))];
         let tiers: Vec<_> = (1..5)
             .map(|attempt| settle(busy(), attempt, policy).retry.unwrap().tier)
             .collect();

@@ -358,6 +358,74 @@ async fn ten_thousand_tokens_with_one_percent_dead() {
     assert!(worker.terminate().await.success());
 }
 
+/// A backlog of big fan-outs: with one connection, an app's room holds four
+/// jobs of 10,000 tokens; the others wait as bodies and start only when an
+/// earlier job has finished. Each token is delivered once. (Before, every
+/// delivery started at once and each took a place in turn, so all finished
+/// at the end, with all their tokens decoded in memory together.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_big_fan_outs_runs_a_few_jobs_at_a_time() {
+    const JOBS: u64 = 6;
+    const TOKENS: u64 = 10_000;
+    let sim = SimFixture::start(Default::default()).await;
+    let queue = unique_queue("room");
+    let mut worker = Worker::start(&sim, &queue, &FAST_RETRIES);
+    worker.ready().await;
+    let bodies: Vec<Vec<u8>> = (0..JOBS)
+        .map(|j| {
+            let tokens: Vec<String> = (0..TOKENS).map(|i| token(j * 1_000_000 + i)).collect();
+            json!({"id": format!("room-{j}"), "tokens": tokens, "alert": "big news"})
+                .to_string()
+                .into_bytes()
+        })
+        .collect();
+    let conn = broker().connect().await;
+    publish(&conn, &queue, &bodies).await;
+    wait_for(Duration::from_secs(60), "two jobs waiting for room", || {
+        worker.metric("misiva_jobs_waiting_for_room", &[("app", "default")]) == 2.0
+    })
+    .await;
+    // The broker's counts lag (they are sampled): APNs' count comes first.
+    wait_for(Duration::from_secs(180), "every token delivered", || {
+        sim.sim.accepted_count() >= JOBS * TOKENS
+    })
+    .await;
+    wait_for(Duration::from_secs(60), "every job settled", || {
+        broker().counts(&queue) == Some((0, 0))
+    })
+    .await;
+    let accepted = sim.sim.accepted();
+    assert_eq!(accepted.len() as u64, JOBS * TOKENS, "each delivered once");
+    let unique: HashSet<_> = accepted.iter().map(|a| a.token.clone()).collect();
+    assert_eq!(unique.len() as u64, JOBS * TOKENS);
+    // When each job's first and last notification reached APNs.
+    let mut spans: HashMap<u64, (u64, u64)> = HashMap::new();
+    for a in &accepted {
+        let n = u64::from_str_radix(&a.token, 16).unwrap() - 1;
+        let span = spans
+            .entry(n / 1_000_000)
+            .or_insert((a.received_at_us, a.received_at_us));
+        span.0 = span.0.min(a.received_at_us);
+        span.1 = span.1.max(a.received_at_us);
+    }
+    let first_finished = spans.values().map(|s| s.1).min().unwrap();
+    let mut starts: Vec<u64> = spans.values().map(|s| s.0).collect();
+    starts.sort_unstable();
+    for (i, start) in starts.iter().enumerate().skip(4) {
+        assert!(
+            *start >= first_finished,
+            "job {} by start began {} ms before any job had finished",
+            i + 1,
+            (first_finished - start) / 1000
+        );
+    }
+    assert_eq!(
+        worker.metric("misiva_jobs_waiting_for_room", &[("app", "default")]),
+        0.0
+    );
+    assert!(worker.terminate().await.success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_fan_out_loses_nothing() {
     // Slow answers so that the kill lands in the middle of the job.

@@ -135,6 +135,26 @@ struct ClientInner {
     /// ([`STREAMS_PER_CONNECTION`] each). More would only queue inside `h2`,
     /// costing memory (~10 KB a request) and no throughput.
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// Bounds the tokens of the app's many-token jobs in progress (see
+    /// [`ApnsClient::admit`]).
+    room: Arc<tokio::sync::Semaphore>,
+    /// The room's size, in tokens.
+    room_tokens: u32,
+}
+
+/// Room for one many-token job among its app's jobs in progress, held until
+/// the job's verdict (see [`ApnsClient::admit`]). Single-token jobs take none.
+#[derive(Debug)]
+pub struct Room {
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// Tokens of an app's many-token jobs in progress at once, for `places`
+/// requests in flight: enough jobs to keep every place busy (a job has at most
+/// [`crate::dispatch::FANOUT_CONCURRENCY`] requests in flight), and four of
+/// the largest jobs; about 150 bytes a token once decoded.
+pub fn room_tokens(places: usize) -> usize {
+    (16 * places).max(4 * crate::job::MAX_TOKENS)
 }
 
 /// A reserved place among an app's requests in flight (see [`ApnsClient::reserve`]).
@@ -147,6 +167,23 @@ pub struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.in_flight.dec();
+    }
+}
+
+/// One job waiting for room on the app's gauge, for as long as it waits
+/// (a stopping consumer may drop the wait).
+struct Waiting<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> Waiting<'a> {
+    fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Waiting(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -218,6 +255,7 @@ impl ApnsClient {
                     authority: config.endpoint.authority(),
                 }
             })?;
+        let room = room_tokens(config.connections * STREAMS_PER_CONNECTION);
         Ok(ApnsClient {
             inner: Arc::new(ClientInner {
                 pool: Pool::new(target.clone(), config.connections).await,
@@ -233,6 +271,8 @@ impl ApnsClient {
                 in_flight: Arc::new(tokio::sync::Semaphore::new(
                     config.connections * STREAMS_PER_CONNECTION,
                 )),
+                room: Arc::new(tokio::sync::Semaphore::new(room)),
+                room_tokens: u32::try_from(room).unwrap_or(u32::MAX),
             }),
         })
     }
@@ -269,6 +309,50 @@ impl ApnsClient {
         match self.send_reserved(job, token, slot, forever).await {
             Some(answer) => answer,
             None => ApnsAnswer::Transport("held past its deadline".into()),
+        }
+    }
+
+    /// Room for a job of `tokens` tokens among the app's jobs in progress, if
+    /// there is some now; else the weight to [`admit`](Self::admit) it with.
+    /// A job of one token needs none: its memory is bounded by the prefetch.
+    ///
+    /// Why: a consumer holds up to `prefetch` deliveries, and every delivery
+    /// was decoded and started at once. A backlog of 1,000-token jobs then had
+    /// a thousand jobs in progress (each taking a place in turn, all finishing
+    /// at the end), their decoded tokens about five times the bodies' size:
+    /// 360 MiB for the default prefetch, past the chart's memory limit, so a
+    /// replica was killed and its redeliveries killed the next one. Jobs
+    /// admitted by room finish in order, and the rest wait as bodies.
+    pub fn try_admit(&self, tokens: usize) -> Result<Room, u32> {
+        if tokens < 2 {
+            return Ok(Room { _permit: None });
+        }
+        let room = &self.inner.room;
+        // At most all the room: a job never waits for more than exists.
+        let weight = u32::try_from(tokens)
+            .unwrap_or(u32::MAX)
+            .min(self.inner.room_tokens);
+        match room.clone().try_acquire_many_owned(weight) {
+            Ok(permit) => Ok(Room {
+                _permit: Some(permit),
+            }),
+            Err(_) => Err(weight),
+        }
+    }
+
+    /// Waits for room of `weight` tokens (from [`try_admit`](Self::try_admit)),
+    /// in arrival order, counted on the app's `jobs_waiting_for_room` gauge.
+    pub async fn admit(&self, weight: u32) -> Room {
+        let _waiting = Waiting::new(&self.inner.metrics.waiting_for_room);
+        let permit = self
+            .inner
+            .room
+            .clone()
+            .acquire_many_owned(weight)
+            .await
+            .expect("the room semaphore is never closed");
+        Room {
+            _permit: Some(permit),
         }
     }
 
