@@ -9,7 +9,7 @@ pub mod app;
 mod bounded;
 pub mod cli;
 pub mod config;
-mod dispatch;
+pub mod dispatch;
 mod dlq;
 pub mod events;
 pub mod job;

@@ -426,3 +426,77 @@ async fn a_place_in_flight_is_held_until_its_answer() {
         "every place is free again once the answers came"
     );
 }
+
+/// A many-token job waits for room among its app's jobs in progress, in
+/// arrival order, at most `max_hold`: then every token goes to a retry tier,
+/// unsent. With room free again, the same job is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_waits_for_room_at_most_max_hold() {
+    use misiva::dispatch::{Dispatcher, Inbound};
+    let sim = SimFixture::start(Default::default()).await;
+    let mut env = HashMap::new();
+    env.insert(
+        "MISIVA_APNS_KEY_FILE".to_owned(),
+        sim.key_file.display().to_string(),
+    );
+    env.insert("MISIVA_APNS_KEY_ID".to_owned(), support::KEY_ID.to_owned());
+    env.insert(
+        "MISIVA_APNS_TEAM_ID".to_owned(),
+        support::TEAM_ID.to_owned(),
+    );
+    let mut worker = misiva::config::Config::from_env_map(&env).unwrap();
+    worker.apps.insert("default".into(), config(&sim, 1));
+    let apns = Apns::from_config(&worker).await.unwrap();
+    let client = apns.client("default").unwrap().clone();
+    let max_hold = Duration::from_millis(300);
+    let dispatcher = Dispatcher::new(apns, Default::default(), max_hold);
+
+    // Other jobs in progress take all the room, 10,000 tokens at a time.
+    let mut taken = Vec::new();
+    while let Ok(room) = client.try_admit(job::MAX_TOKENS) {
+        taken.push(room);
+        assert!(taken.len() <= 64, "an app's room is bounded");
+    }
+    assert!(!taken.is_empty(), "an app has room for jobs");
+    assert!(
+        client.try_admit(1).is_ok(),
+        "a single-token job needs no room"
+    );
+    let body = format!(
+        r#"{{"id":"waits","tokens":["{}","{}"],"alert":"x"}}"#,
+        token(1),
+        token(2)
+    );
+    let inbound = Inbound {
+        body: body.as_bytes(),
+        message_id: None,
+        previous_attempts: 0,
+        trace: None,
+    };
+    let started = std::time::Instant::now();
+    let (held, _span) = dispatcher.handle(inbound).await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= max_hold && waited < max_hold + Duration::from_secs(2),
+        "it waited for room, max_hold and no longer: {waited:?}"
+    );
+    assert_eq!(held.delivered, 0);
+    let retry = held.settlement.retry.expect("a retry of every token");
+    assert_eq!(retry.tokens.len(), 2);
+    assert!(retry.detail.contains("room"), "{}", retry.detail);
+    assert_eq!(sim.sim.accepted_count(), 0, "nothing was sent");
+
+    // Room freed while it waits: the job is admitted and delivered.
+    let mut waiting = std::pin::pin!(dispatcher.handle(inbound));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), waiting.as_mut())
+            .await
+            .is_err(),
+        "it waits while there is no room"
+    );
+    taken.pop();
+    let (sent, _span) = waiting.await;
+    assert_eq!(sent.delivered, 2);
+    assert_eq!(sent.settlement.retry, None);
+    assert_eq!(sim.sim.accepted_count(), 2);
+}
