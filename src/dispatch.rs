@@ -151,6 +151,7 @@ impl Dispatcher {
         (verdict, span)
     }
 
+    /// The verdict of a body that is not a valid job: dead-lettered as `invalid_job`.
     fn invalid(&self, attempt: u32, message_id: Option<&str>, e: job::JobError) -> Verdict {
         Verdict {
             settlement: outcome::reject_job(attempt, outcome::INVALID_JOB, e.to_string()),
