@@ -126,9 +126,13 @@ impl Dispatcher {
                 // delivery holds anyway: the decoded tokens (several times the
                 // body's size) are made again once it has room.
                 drop(job);
-                let admission = tokio::time::timeout_at(deadline, client.admit(weight))
-                    .instrument(span.clone())
-                    .await;
+                // Boxed: a rare path, which would otherwise add its timer and
+                // semaphore wait to every delivery's future.
+                let admission = Box::pin(
+                    tokio::time::timeout_at(deadline, client.admit(weight))
+                        .instrument(span.clone()),
+                )
+                .await;
                 match job::decode(inbound.body, inbound.message_id) {
                     Ok(job) => (job, admission),
                     // The same bytes decoded a moment ago: never taken, but
@@ -209,7 +213,9 @@ impl Dispatcher {
         deadline: tokio::time::Instant,
     ) -> impl Future<Output = Verdict> {
         async move {
-            let request = client.job_request(&job);
+            // Shared, not inline: the request's ready-made headers are a few
+            // hundred bytes, which would otherwise add to every delivery's future.
+            let request = Arc::new(client.job_request(&job));
             let mut tally = Tally::default();
             if let [token] = job.tokens.as_slice() {
                 // Most jobs have one token: no stream, no buffer of futures.
@@ -255,16 +261,18 @@ impl Dispatcher {
                 }
             })
             .map(|(slot, index)| {
-                let sent = job
-                    .tokens
-                    .get(index)
-                    .map(|token| deliver(client, request, token, slot, deadline, max_hold));
-                // Always `Some`: the index comes from the job's own tokens.
+                let token = job.tokens.get(index);
+                // The request's future is made inside the block, not passed
+                // in: a future a block takes and then awaits is kept twice in
+                // it. `token` is always `Some`: the index comes from the job.
                 async move {
-                    match sent {
-                        Some(sent) => (index, Some(sent.await)),
-                        None => (index, None),
-                    }
+                    let outcome = match token {
+                        Some(token) => {
+                            Some(deliver(client, request, token, slot, deadline, max_hold).await)
+                        }
+                        None => None,
+                    };
+                    (index, outcome)
                 }
             })
             .buffer_unordered(FANOUT_CONCURRENCY);

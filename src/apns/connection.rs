@@ -323,8 +323,15 @@ impl Link {
                 }
             };
             // The body is queued on the stream; the connection's task writes it
-            // as the peer's flow-control window allows.
-            stream.send_data(body, true).map_err(failed)?;
+            // as the peer's flow-control window allows. If it cannot be, the
+            // stream already ended (a GOAWAY or a reset arrived between the
+            // head and this call: h2 says "inactive stream"), the request never
+            // got its END_STREAM, and APNs cannot have processed it: it may be
+            // sent again. (Reported as a failure, it made `tests/pool.rs`'s
+            // GOAWAY test fail about once in twelve runs.)
+            stream.send_data(body, true).map_err(|e| {
+                Exchange::NotProcessed(format!("the request's body was never sent: {e}"))
+            })?;
             let response = response.await.map_err(failed)?;
             let status = response.status().as_u16();
             let mut answer = response.into_body();
