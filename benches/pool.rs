@@ -125,20 +125,12 @@ async fn run(connections: usize, total: usize, concurrency: usize, dir: &std::pa
 }
 
 fn main() {
-    // The worker's own rule (`src/main.rs`): one thread is a current-thread
-    // runtime, where the requests and their connections' tasks share the
-    // thread; more is the multi-threaded one.
+    // The worker's own rule (`config::runtime_builder`).
     let threads = arg("--runtime-threads", 0);
-    let mut builder = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        if threads > 1 {
-            builder.worker_threads(threads);
-        }
-        builder
-    };
-    let runtime = builder.enable_all().build().unwrap();
+    let runtime = misiva::config::runtime_builder(threads)
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(bench(threads));
 }
 

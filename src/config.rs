@@ -61,6 +61,21 @@ fn invalid(name: &str, value: impl Into<String>, problem: impl Into<String>) -> 
     }
 }
 
+/// The async runtime for `threads` threads: one is a current-thread runtime
+/// (the requests and their connections share the thread), more a
+/// multi-threaded one with that many workers, 0 tokio's default (one per CPU).
+/// The worker and the pool benchmark both build theirs here.
+pub fn runtime_builder(threads: usize) -> tokio::runtime::Builder {
+    if threads == 1 {
+        return tokio::runtime::Builder::new_current_thread();
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if threads > 1 {
+        builder.worker_threads(threads);
+    }
+    builder
+}
+
 /// Threads of the async runtime: `MISIVA_RUNTIME_THREADS`, else the CPUs the
 /// process may use (which counts a container's CPU limit). With one, the
 /// worker runs a single-threaded runtime: no work stealing and no wake-ups

@@ -41,14 +41,7 @@ fn main() -> ExitCode {
         .name("misiva-runtime".into())
         .stack_size(RUNTIME_THREAD_STACK)
         .spawn(move || {
-            let mut builder = if threads == 1 {
-                tokio::runtime::Builder::new_current_thread()
-            } else {
-                let mut builder = tokio::runtime::Builder::new_multi_thread();
-                builder.worker_threads(threads);
-                builder
-            };
-            match builder
+            match misiva::config::runtime_builder(threads)
                 .enable_all()
                 .thread_stack_size(RUNTIME_THREAD_STACK)
                 .build()

@@ -286,7 +286,7 @@ impl Link {
         async move {
             // Counted down on drop: a caller may give up on the request (a
             // stopping consumer aborts its deliveries) and the gauge must not drift.
-            let _in_use = StreamInUse::new(&self.shared.streams);
+            let _in_use = super::Counted::new(&self.shared.streams);
             match timeout(deadline, self.round_trip(build, body)).await {
                 Err(_) => {
                     self.mark(STALLED);
@@ -352,22 +352,6 @@ impl Link {
             }
             Ok((status, Bytes::from(read)))
         }
-    }
-}
-
-/// One stream in use on the app's gauge, for as long as it lives.
-struct StreamInUse<'a>(&'a Gauge);
-
-impl<'a> StreamInUse<'a> {
-    fn new(gauge: &'a Gauge) -> Self {
-        gauge.inc();
-        StreamInUse(gauge)
-    }
-}
-
-impl Drop for StreamInUse<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 

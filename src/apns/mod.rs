@@ -170,18 +170,19 @@ impl Drop for Slot {
     }
 }
 
-/// One job waiting for room on the app's gauge, for as long as it waits
-/// (a stopping consumer may drop the wait).
-struct Waiting<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+/// One unit on a gauge for as long as it lives: a stream in use, a job
+/// waiting for room. Counted down on drop, so that a caller giving up (a
+/// stopping consumer drops its deliveries) never leaves the gauge drifting.
+pub(super) struct Counted<'a>(&'a prometheus_client::metrics::gauge::Gauge);
 
-impl<'a> Waiting<'a> {
-    fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+impl<'a> Counted<'a> {
+    pub(super) fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
         gauge.inc();
-        Waiting(gauge)
+        Counted(gauge)
     }
 }
 
-impl Drop for Waiting<'_> {
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.dec();
     }
@@ -343,7 +344,7 @@ impl ApnsClient {
     /// Waits for room of `weight` tokens (from [`try_admit`](Self::try_admit)),
     /// in arrival order, counted on the app's `jobs_waiting_for_room` gauge.
     pub async fn admit(&self, weight: u32) -> Room {
-        let _waiting = Waiting::new(&self.inner.metrics.waiting_for_room);
+        let _waiting = Counted::new(&self.inner.metrics.waiting_for_room);
         let permit = self
             .inner
             .room
