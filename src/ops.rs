@@ -2,7 +2,7 @@
 //! broker, never APNs credentials. Output for people goes to stdout as
 //! tables; `--json` prints nothing but JSON lines; problems go to stderr.
 
-use crate::amqp::{Broker, DeadLetterQueue, Held, JobPublisher};
+use crate::amqp::{AmqpError, Broker, DeadLetterQueue, Held, JobPublisher, Released};
 use crate::cli::{DlqCommand, PurgeArgs, ReplayArgs, Selection, SendArgs};
 use crate::config::Config;
 use crate::dlq::{self, Filter, Letter, Stats};
@@ -110,8 +110,14 @@ async fn read(
 pub const REFRESH_AFTER: u64 = 10;
 
 /// Ends a read: refreshes the dead letters read too often (those this
-/// command did not remove), then returns the rest to the queue.
-async fn finish(mut queue: DeadLetterQueue, held: &[Held], letters: &[Letter], removed: &[usize]) {
+/// command did not remove), then returns the rest to the queue and checks
+/// that the removals took effect.
+async fn finish(
+    mut queue: DeadLetterQueue,
+    held: &[Held],
+    letters: &[Letter],
+    removed: &[usize],
+) -> Result<Released, AmqpError> {
     let mut refreshed = 0;
     for (i, letter) in letters.iter().enumerate() {
         if letter.deliveries + 1 < REFRESH_AFTER || removed.contains(&i) {
@@ -128,12 +134,32 @@ async fn finish(mut queue: DeadLetterQueue, held: &[Held], letters: &[Letter], r
             }
         }
     }
+    let released = queue.release().await;
     if refreshed > 0 {
         eprintln!(
             "note: {refreshed} dead letters read {REFRESH_AFTER} times or more were moved to the back of the queue, so that RabbitMQ 4's delivery limit never drops them"
         );
     }
-    queue.release().await;
+    released
+}
+
+/// Ends a read that removed nothing on the command's behalf (stats, list,
+/// show): only refreshed letters can be unconfirmed, and that is said.
+async fn finish_reading(queue: DeadLetterQueue, held: &[Held], letters: &[Letter]) -> i32 {
+    match finish(queue, held, letters, &[]).await {
+        Ok(r) if r.unconfirmed == 0 => 0,
+        Ok(r) => {
+            eprintln!(
+                "misiva dlq: {} of {} refreshed dead letters could not be confirmed removed; they may be in the queue twice",
+                r.unconfirmed, r.removed
+            );
+            1
+        }
+        Err(e) => {
+            eprintln!("misiva dlq: ending the read: {e}");
+            1
+        }
+    }
 }
 
 fn json_line(value: &impl serde::Serialize) {
@@ -169,8 +195,7 @@ async fn run_dlq(config: &Config, command: DlqCommand) -> anyhow::Result<i32> {
             } else {
                 print!("{}", stats.render(name));
             }
-            finish(r.queue, &r.held, &r.letters, &[]).await;
-            0
+            finish_reading(r.queue, &r.held, &r.letters).await
         }
         DlqCommand::List(_) => {
             let picked: Vec<Letter> = r.picked.iter().map(|&i| r.letters[i].clone()).collect();
@@ -184,8 +209,7 @@ async fn run_dlq(config: &Config, command: DlqCommand) -> anyhow::Result<i32> {
                     r.letters.len()
                 );
             }
-            finish(r.queue, &r.held, &r.letters, &[]).await;
-            0
+            finish_reading(r.queue, &r.held, &r.letters).await
         }
         DlqCommand::Show { id, .. } => {
             for &i in &r.picked {
@@ -195,12 +219,12 @@ async fn run_dlq(config: &Config, command: DlqCommand) -> anyhow::Result<i32> {
                     println!("{}", dlq::render_one(&r.letters[i]));
                 }
             }
-            finish(r.queue, &r.held, &r.letters, &[]).await;
+            let code = finish_reading(r.queue, &r.held, &r.letters).await;
             if r.picked.is_empty() {
                 eprintln!("misiva dlq: no dead letter of job {id:?} in {name}");
                 1
             } else {
-                0
+                code
             }
         }
         DlqCommand::Replay(args) => replay(config, r, &args).await?,
@@ -238,7 +262,11 @@ fn report(bar: &indicatif::ProgressBar, letter: &Letter, json: bool, dry_run: bo
 #[derive(serde::Serialize)]
 struct Summary<'a> {
     action: &'a str,
+    /// What the broker confirmed: letters removed from the dead-letter queue
+    /// (and, for a replay, published to the work queue).
     done: usize,
+    /// Removals acknowledged that the queue's depth does not confirm.
+    unconfirmed: usize,
     matched: usize,
     examined: usize,
     queue: &'a str,
@@ -256,7 +284,7 @@ async fn replay(config: &Config, r: Read, args: &ReplayArgs) -> anyhow::Result<i
     if let Some(rate) = args.rate
         && !(rate > 0.0 && rate.is_finite())
     {
-        finish(queue, &held, &letters, &[]).await;
+        finish_reading(queue, &held, &letters).await;
         return Err(Usage(format!("--rate must be a positive number, not {rate}")).into());
     }
     let pause = args.rate.map(|r| Duration::from_secs_f64(1.0 / r));
@@ -277,7 +305,7 @@ async fn replay(config: &Config, r: Read, args: &ReplayArgs) -> anyhow::Result<i
         done += 1;
         report(&bar, &letters[i], json, args.dry_run);
     }
-    wrap_up(
+    let code = wrap_up(
         bar,
         queue,
         &held,
@@ -287,6 +315,7 @@ async fn replay(config: &Config, r: Read, args: &ReplayArgs) -> anyhow::Result<i
         Summary {
             action: "replay",
             done,
+            unconfirmed: 0,
             matched: picked.len(),
             examined: letters.len(),
             queue: &config.queue,
@@ -299,12 +328,13 @@ async fn replay(config: &Config, r: Read, args: &ReplayArgs) -> anyhow::Result<i
             "replay stopped after {done} of {}; the rest stay dead-lettered",
             picked.len()
         ))),
-        None => Ok(0),
+        None => Ok(code),
     }
 }
 
 /// Ends a replay or a purge: clears the progress bar, ends the read (what was
-/// done is removed; the rest returns), and prints the summary.
+/// done is removed; the rest returns), and prints the summary of what the
+/// broker confirmed. The exit code: 1 when a removal was not confirmed.
 async fn wrap_up(
     bar: indicatif::ProgressBar,
     queue: DeadLetterQueue,
@@ -312,16 +342,30 @@ async fn wrap_up(
     letters: &[Letter],
     picked: &[usize],
     json: bool,
-    s: Summary<'_>,
-) {
+    mut s: Summary<'_>,
+) -> i32 {
     bar.finish_and_clear();
     let removed = if s.dry_run {
         &[][..]
     } else {
         &picked[..s.done]
     };
-    finish(queue, held, letters, removed).await;
+    match finish(queue, held, letters, removed).await {
+        Ok(released) => {
+            s.unconfirmed = usize::try_from(released.unconfirmed)
+                .unwrap_or(usize::MAX)
+                .min(s.done);
+        }
+        Err(e) => {
+            eprintln!("misiva dlq: ending the read: {e}");
+            s.unconfirmed = s.done;
+        }
+    }
+    // Refreshed letters share the count; a shortfall is charged to the
+    // command's own removals, so that nothing is claimed that may not be so.
+    s.done -= s.unconfirmed;
     summary(json, &s);
+    i32::from(s.unconfirmed > 0)
 }
 
 fn summary(json: bool, s: &Summary<'_>) {
@@ -339,11 +383,23 @@ fn summary(json: bool, s: &Summary<'_>) {
         "{} of {} matching dead letters {verb} {} ({} examined)",
         s.done, s.matched, s.queue, s.examined
     );
+    if s.unconfirmed > 0 {
+        let what = if s.action == "replay" {
+            "were published again, but the removal of their dead letters could not be confirmed: they may still be in the dead-letter queue, and a later replay would send them again"
+        } else {
+            "could not be confirmed deleted: the dead-letter queue holds that many more than it should, and they may still be in it"
+        };
+        eprintln!(
+            "misiva dlq: {} of {} {what}",
+            s.unconfirmed,
+            s.done + s.unconfirmed
+        );
+    }
 }
 
 async fn purge(name: &str, r: Read, args: &PurgeArgs) -> anyhow::Result<i32> {
     let Read {
-        queue,
+        mut queue,
         held,
         letters,
         picked,
@@ -362,7 +418,7 @@ async fn purge(name: &str, r: Read, args: &PurgeArgs) -> anyhow::Result<i32> {
                 && matches!(answer.trim(), "y" | "Y" | "yes")
         };
         if !agreed {
-            finish(queue, &held, &letters, &[]).await;
+            finish_reading(queue, &held, &letters).await;
             if asked {
                 eprintln!("nothing deleted");
                 return Ok(1);
@@ -385,7 +441,7 @@ async fn purge(name: &str, r: Read, args: &PurgeArgs) -> anyhow::Result<i32> {
         done += 1;
         report(&bar, &letters[i], json, args.dry_run);
     }
-    wrap_up(
+    let code = wrap_up(
         bar,
         queue,
         &held,
@@ -395,6 +451,7 @@ async fn purge(name: &str, r: Read, args: &PurgeArgs) -> anyhow::Result<i32> {
         Summary {
             action: "purge",
             done,
+            unconfirmed: 0,
             matched: picked.len(),
             examined: letters.len(),
             queue: name,
@@ -404,7 +461,7 @@ async fn purge(name: &str, r: Read, args: &PurgeArgs) -> anyhow::Result<i32> {
     .await;
     match failure {
         Some(e) => Err(anyhow::Error::new(e).context(format!("purge stopped after {done}"))),
-        None => Ok(0),
+        None => Ok(code),
     }
 }
 

@@ -404,3 +404,136 @@ async fn dead_letters_read_over_and_over_are_never_dropped() {
         "the publisher's headers stay too"
     );
 }
+
+/// Keeps every core busy until dropped, as a loaded node would be: the broker
+/// then applies acknowledgements late, which is when a command that exits
+/// right after sending them used to report removals that never happened.
+struct Busy {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Busy {
+    fn start() -> Busy {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = (0..cores)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut x = 1u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        x = std::hint::black_box(
+                            x.wrapping_mul(6364136223846793005).wrapping_add(1),
+                        );
+                    }
+                })
+            })
+            .collect();
+        Busy { stop, threads }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `n` dead letters straight into the dead-letter queue, every other one with
+/// reason `a` and the rest `b`, so that a filtered purge removes every other.
+async fn fill_dead(conn: &lapin::Connection, dead: &str, run: usize, n: usize) {
+    for (reason, parity) in [("a", 0), ("b", 1)] {
+        let bodies: Vec<Vec<u8>> = (0..n)
+            .filter(|i| i % 2 == parity)
+            .map(|i| single(&format!("r{run}-{i}"), &token(i as u64)))
+            .collect();
+        let mut headers = lapin::types::FieldTable::default();
+        headers.insert(
+            "x-misiva-reason".into(),
+            lapin::types::AMQPValue::LongString(reason.into()),
+        );
+        let properties = lapin::BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        support::publish_with(conn, dead, &bodies, properties).await;
+    }
+}
+
+fn summary_line(out: &str) -> Value {
+    json_lines(out)
+        .into_iter()
+        .last()
+        .unwrap_or_else(|| panic!("no summary in {out:?}"))
+}
+
+/// Purge and replay, 20 times each, against 100 to 1,000 dead letters while
+/// every core is busy: after each run the queue holds exactly what it held
+/// before minus what the command reported, and a replayed letter is never
+/// found in the dead-letter queue again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_and_replay_report_only_what_the_broker_did() {
+    let queue = unique_queue("dlq-load");
+    let dead = format!("{queue}.dead");
+    assert_eq!(misiva(&queue, &["topology"]).0, 0);
+    let conn = broker().connect().await;
+    let sizes = [100, 1000, 300, 700, 150, 500, 1000, 250, 850, 400];
+    let _busy = Busy::start();
+    for run in 0..20 {
+        let n = sizes[run % sizes.len()];
+        fill_dead(&conn, &dead, run, n).await;
+        let before = ready_now(&conn, &dead).await;
+        // Every other run purges only reason `a`: every other letter.
+        let mut args = vec!["dlq", "purge", "--yes", "--json"];
+        if run % 2 == 1 {
+            args.extend(["--reason", "a"]);
+        }
+        let (code, out, err) = misiva(&queue, &args);
+        let s = summary_line(&out);
+        let done = s["done"].as_u64().unwrap_or(u64::MAX);
+        let after = ready_now(&conn, &dead).await;
+        assert_eq!(
+            u64::from(after),
+            u64::from(before) - done,
+            "purge run {run}: {before} before, {done} reported deleted, {after} after (exit {code}; {err})"
+        );
+        assert_eq!(code, 0, "purge run {run}: {err}");
+        let expected = if run % 2 == 1 { n / 2 } else { n };
+        assert_eq!(done, expected as u64, "purge run {run}: {s}");
+        drain(&conn, &dead).await;
+    }
+    for run in 20..40 {
+        let n = sizes[run % sizes.len()];
+        fill_dead(&conn, &dead, run, n).await;
+        let before = ready_now(&conn, &dead).await;
+        let work_before = ready_now(&conn, &queue).await;
+        let (code, out, err) = misiva(&queue, &["dlq", "replay", "--json"]);
+        let s = summary_line(&out);
+        let done = s["done"].as_u64().unwrap_or(u64::MAX);
+        let after = ready_now(&conn, &dead).await;
+        assert_eq!(
+            u64::from(after),
+            u64::from(before) - done,
+            "replay run {run}: {before} before, {done} reported replayed, {after} after (exit {code}; {err})"
+        );
+        assert_eq!(code, 0, "replay run {run}: {err}");
+        assert_eq!(done, n as u64, "replay run {run}: {s}");
+        assert_eq!(
+            ready_now(&conn, &queue).await - work_before,
+            n as u32,
+            "replay run {run}: one copy per replayed letter in the work queue"
+        );
+        // Nothing replayed is left to be sent twice.
+        let (code, out, err) = misiva(&queue, &["dlq", "replay", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(
+            summary_line(&out)["done"],
+            0,
+            "replay run {run}: a second replay sent again"
+        );
+        drain(&conn, &queue).await;
+    }
+}

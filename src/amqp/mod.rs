@@ -9,7 +9,7 @@ mod topology;
 mod wire;
 
 pub use consumer::{Consumer, Counters, Unsettled};
-pub use dlq::{DeadLetterQueue, Held};
+pub use dlq::{DeadLetterQueue, Held, Released};
 pub use publisher::JobPublisher;
 pub use topology::{BROKER_DELIVERY_LIMIT, Topology, TopologyError, declare};
 
@@ -21,6 +21,19 @@ pub enum AmqpError {
     Connect(lapin::Error),
     #[error("RabbitMQ channel error: {0}")]
     Channel(lapin::Error),
+    /// lapin sent no ack: the delivery was settled already or its channel
+    /// is gone.
+    #[error("the acknowledgement could not be sent (the channel is gone)")]
+    NotAcked,
+    #[error(
+        "reading {letters} dead letters takes {} channels of {chunk} letters, and this connection has {channels} to spare: pass a smaller --scan",
+        letters.div_ceil(usize::from(*chunk))
+    )]
+    TooManyChannels {
+        letters: usize,
+        chunk: u16,
+        channels: usize,
+    },
 }
 
 /// A connection to the broker, with the name operators see in the management UI.
@@ -79,6 +92,11 @@ impl Broker {
     /// The frame size negotiated with the broker (0 = no limit).
     pub fn frame_max(&self) -> u32 {
         self.connection.configuration().frame_max()
+    }
+
+    /// The channels this connection may open (negotiated with the broker).
+    pub fn channel_max(&self) -> u16 {
+        self.connection.configuration().channel_max()
     }
 
     /// Whether the broker blocked this connection's publishing (`connection.blocked`:
