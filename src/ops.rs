@@ -369,6 +369,18 @@ async fn wrap_up(
 }
 
 fn summary(json: bool, s: &Summary<'_>) {
+    if s.unconfirmed > 0 {
+        let what = if s.action == "replay" {
+            "were published again, but the removal of their dead letters could not be confirmed: they may still be in the dead-letter queue, and a later replay would send them again"
+        } else {
+            "could not be confirmed deleted: the dead-letter queue holds that many more than it should, and they may still be in it"
+        };
+        eprintln!(
+            "misiva dlq: {} of {} {what}",
+            s.unconfirmed,
+            s.done + s.unconfirmed
+        );
+    }
     if json {
         json_line(s);
         return;
@@ -383,18 +395,6 @@ fn summary(json: bool, s: &Summary<'_>) {
         "{} of {} matching dead letters {verb} {} ({} examined)",
         s.done, s.matched, s.queue, s.examined
     );
-    if s.unconfirmed > 0 {
-        let what = if s.action == "replay" {
-            "were published again, but the removal of their dead letters could not be confirmed: they may still be in the dead-letter queue, and a later replay would send them again"
-        } else {
-            "could not be confirmed deleted: the dead-letter queue holds that many more than it should, and they may still be in it"
-        };
-        eprintln!(
-            "misiva dlq: {} of {} {what}",
-            s.unconfirmed,
-            s.done + s.unconfirmed
-        );
-    }
 }
 
 async fn purge(name: &str, r: Read, args: &PurgeArgs) -> anyhow::Result<i32> {

@@ -473,7 +473,8 @@ fn summary_line(out: &str) -> Value {
 /// Purge and replay, 20 times each, against 100 to 1,000 dead letters while
 /// every core is busy: after each run the queue holds exactly what it held
 /// before minus what the command reported, and a replayed letter is never
-/// found in the dead-letter queue again.
+/// found in the dead-letter queue again. Then `publish` and `send` under the
+/// same load: what they confirmed is in the work queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_and_replay_report_only_what_the_broker_did() {
     let queue = unique_queue("dlq-load");
@@ -503,7 +504,7 @@ async fn purge_and_replay_report_only_what_the_broker_did() {
         assert_eq!(code, 0, "purge run {run}: {err}");
         let expected = if run % 2 == 1 { n / 2 } else { n };
         assert_eq!(done, expected as u64, "purge run {run}: {s}");
-        drain(&conn, &dead).await;
+        purge_queue(&conn, &dead).await;
     }
     for run in 20..40 {
         let n = sizes[run % sizes.len()];
@@ -534,6 +535,37 @@ async fn purge_and_replay_report_only_what_the_broker_did() {
             0,
             "replay run {run}: a second replay sent again"
         );
-        drain(&conn, &queue).await;
+        purge_queue(&conn, &queue).await;
     }
+    // publish and send, under the same load: an exit 0 means every job is in
+    // the work queue.
+    let file = std::env::temp_dir().join(format!("{queue}.jobs"));
+    let jobs: String = (0..1000)
+        .map(|i| {
+            format!(
+                "{}\n",
+                String::from_utf8_lossy(&single(&format!("p{i}"), &token(i)))
+            )
+        })
+        .collect();
+    std::fs::write(&file, jobs).unwrap();
+    let (code, _, err) = misiva(&queue, &["publish", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(ready_now(&conn, &queue).await, 1000);
+    for i in 0..5 {
+        let (code, _, err) = misiva(&queue, &["send", "--token", &token(i), "--alert", "hi"]);
+        assert_eq!(code, 0, "{err}");
+    }
+    assert_eq!(ready_now(&conn, &queue).await, 1005);
+}
+
+/// Empties a queue between runs in one request.
+async fn purge_queue(conn: &lapin::Connection, queue: &str) {
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .queue_purge(queue.into(), Default::default())
+        .await
+        .unwrap();
+    let _ = channel.close(200, "done".into()).await;
 }
