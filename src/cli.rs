@@ -47,18 +47,21 @@ pub enum Command {
 /// What reading the dead-letter queue does to it; every `dlq` subcommand's
 /// help ends with it.
 pub const DLQ_READING: &str = "\
-What reading does to the queue: one consumer takes the dead letters that are
-ready (the oldest first, at most --scan of them) without acknowledging them,
-then closes its channel, which puts back every one it did not remove, ahead of
-anything newer and in the same order. Nothing is lost, duplicated or
-reordered. Each read counts as one delivery in the message's x-delivery-count,
-and RabbitMQ 4.0 to 4.2 drop a quorum queue's message past 20 of them: a dead
-letter read ten times is therefore published again at the back of the queue
-(confirmed, then the old copy removed), which starts its count over; a note on
-stderr says how many moved (see docs/operations.md). While a read is in
-progress, the messages it holds are invisible to other readers. Replay publishes each copy with a confirm
-before removing its dead letter: interrupted, it duplicates at most the one in
-flight.";
+What reading does to the queue: consumers take the dead letters that are
+ready (the oldest first, at most --scan of them, 16 to a channel) without
+acknowledging them, then close their channels, which puts back every one they
+did not remove, ahead of anything newer and in the same order. Nothing is
+lost, duplicated or reordered. Each read counts as one delivery in the
+message's x-delivery-count, and RabbitMQ 4.0 to 4.2 drop a quorum queue's
+message past 20 of them: a dead letter read ten times is therefore published
+again at the back of the queue (confirmed, then the old copy removed), which
+starts its count over; a note on stderr says how many moved (see
+docs/operations.md). While a read is in progress, the messages it holds are
+invisible to other readers. Replay publishes each copy with a confirm before
+removing its dead letter: interrupted, it duplicates at most the one in
+flight. The counts printed are what the broker did: once the read ends, the
+queue's depth must show every removal; what it does not show is reported as
+unconfirmed, and the command exits 1.";
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
