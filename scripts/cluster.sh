@@ -3,9 +3,12 @@
 # BASE, BASE+1 and BASE+2 (each one a scripts/broker.sh node with its own data
 # directory, wiped at each start), sharing one Erlang cookie, the second and
 # third joined to the first. Quorum queues declared on it are replicated on
-# all three. `stop-node`/`start-node` stop and restart one member, keeping its data.
+# all three. `stop-node`/`start-node` stop and restart one member, keeping its data;
+# `stop-app`/`start-app` stop and start only its RabbitMQ application (the
+# Erlang node stays up and its clients' connections are reset), as an upgrade
+# or `rabbitmqctl stop_app` does.
 #
-# Usage: scripts/cluster.sh start|stop|urls|leader QUEUE|stop-node PORT|start-node PORT
+# Usage: scripts/cluster.sh start|stop|urls|leader QUEUE|stop-node PORT|start-node PORT|stop-app PORT|start-app PORT
 # Environment: MISIVA_CLUSTER_PORT (BASE, default 5691), MISIVA_RABBITMQ (3.10 or 4.0)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -47,5 +50,7 @@ case "${1:-}" in
     echo "${leader#misiva-}" | sed 's/@.*//' ;;
   stop-node) node "$2" stop ;;
   start-node) node "$2" start ;;
-  *) echo "usage: $0 start|stop|urls|leader QUEUE|stop-node PORT|start-node PORT" >&2; exit 2 ;;
+  stop-app) node "$2" ctl stop_app >/dev/null ;;
+  start-app) node "$2" ctl start_app >/dev/null ;;
+  *) echo "usage: $0 start|stop|urls|leader QUEUE|stop-node PORT|start-node PORT|stop-app PORT|start-app PORT" >&2; exit 2 ;;
 esac

@@ -12,7 +12,7 @@ use crate::supervisor::{
     Supervisor, SupervisorSpec,
 };
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -126,6 +126,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         counters: Arc::new(amqp::Counters::default()),
         unsettled: Arc::new(amqp::Unsettled::default()),
         first_connection: Arc::new(std::sync::Mutex::new(Some(first))),
+        next_node: Arc::new(AtomicUsize::new(0)),
         current: watch::channel(None).0,
         readiness,
     };
@@ -192,6 +193,9 @@ struct Parts {
     /// The connection made (and used to declare) before the tree started; the
     /// connection child's first run takes it instead of connecting again.
     first_connection: Arc<std::sync::Mutex<Option<Broker>>>,
+    /// The node of `MISIVA_AMQP_URL` a reconnection tries first: the one after
+    /// the node whose connection was lost.
+    next_node: Arc<AtomicUsize>,
     /// The live connection, published by the connection child for the
     /// consumers; `None` while there is none.
     current: watch::Sender<Option<Broker>>,
@@ -280,9 +284,13 @@ async fn connection_child(parts: Parts, mut ctx: ChildContext) -> Result<(), Chi
         Some(broker) => broker,
         None => {
             again = true;
-            let broker = Broker::connect(&parts.config.amqp_url, &connection_name(&parts.config))
-                .await
-                .map_err(ChildError::failed)?;
+            let broker = Broker::connect_from(
+                &parts.config.amqp_url,
+                &connection_name(&parts.config),
+                parts.next_node.load(Ordering::Relaxed),
+            )
+            .await
+            .map_err(ChildError::failed)?;
             amqp::declare(&broker, &parts.topology)
                 .await
                 .map_err(ChildError::failed)?;
@@ -303,7 +311,10 @@ async fn connection_child(parts: Parts, mut ctx: ChildContext) -> Result<(), Chi
                 broker.close().await;
                 break Ok(());
             }
-            _ = broker.lost() => break Err(ChildError::failed("the RabbitMQ connection was lost")),
+            _ = broker.lost() => {
+                parts.next_node.store(broker.node() + 1, Ordering::Relaxed);
+                break Err(ChildError::failed("the RabbitMQ connection was lost"));
+            }
             _ = look.tick() => {
                 if broker.is_blocked() != blocked {
                     blocked = !blocked;

@@ -1,8 +1,11 @@
 //! A three-node RabbitMQ cluster (`scripts/cluster.sh`): the worker is given
 //! every node's URL, the work queue is a quorum queue replicated on all
 //! three, and while jobs flow the node that leads the work queue is stopped,
-//! then started again. Nothing is lost; duplicates only for what was in
-//! flight.
+//! then started again; or the node the worker is connected to is. Nothing is
+//! lost; duplicates only for what was in flight; deliveries pause for
+//! seconds, not for a shutdown limit. And a node that goes silent without
+//! closing anything (behind a proxy that black-holes it) is left within the
+//! heartbeat.
 
 mod support;
 
@@ -11,7 +14,10 @@ use serde_json::json;
 use std::collections::HashSet;
 use std::process::Command;
 use std::time::Duration;
-use support::{SimFixture, Worker, publish, ready_now, token, unique_queue, wait_for};
+use support::{
+    Proxy, SimFixture, Worker, broker, longest_gap, now_us, publish, ready_now, token,
+    unique_queue, wait_for,
+};
 
 /// First AMQP port of the cluster's three nodes.
 const BASE: u16 = 5691;
@@ -130,5 +136,197 @@ async fn the_work_queue_leader_stopped_under_load_loses_nothing() {
     .await;
     assert_eq!(ready_now(&conn, &queue).await, 0);
     assert_eq!(ready_now(&conn, &format!("{queue}.dead")).await, 0);
+    assert!(worker.terminate().await.success());
+}
+
+fn jobs(tokens: &[String], prefix: &str) -> Vec<Vec<u8>> {
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            json!({"id": format!("{prefix}-{i}"), "token": t, "alert": "x"})
+                .to_string()
+                .into_bytes()
+        })
+        .collect()
+}
+
+fn delivered_all(sim: &SimFixture, expected: &HashSet<String>) -> bool {
+    let accepted: HashSet<String> = sim.sim.accepted().into_iter().map(|a| a.token).collect();
+    accepted == *expected
+}
+
+/// How long the slow jobs of the next test hold their delivery before they
+/// are sent: longer than any pause the test allows.
+const SLOW_MS: &str = "12000";
+
+/// The node the worker is connected to stops while the work queue is led by
+/// another one, and two jobs are in flight that take 12 s to send (a fault
+/// hook holds them): the consumers stop without waiting for them or for the
+/// dead connection, the worker moves to the next node, and deliveries pause
+/// for less than 5 s. The two slow jobs finish in the background and their
+/// redeliveries are settled with their verdicts: each is sent once. Nothing is
+/// lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connected_node_stopped_under_load_pauses_deliveries_briefly() {
+    cluster(&["start"]);
+    let _cluster = Cluster;
+    let urls = cluster(&["urls"]);
+    let second = support::Broker::private(BASE + 1);
+    let queue = unique_queue("conn-node");
+    // The queue is declared through node 2, which therefore leads it.
+    let declared = Command::new(env!("CARGO_BIN_EXE_misiva"))
+        .arg("topology")
+        .env_clear()
+        .env("MISIVA_AMQP_URL", &second.url)
+        .env("MISIVA_QUEUE", &queue)
+        .output()
+        .unwrap();
+    assert!(declared.status.success(), "{declared:?}");
+    assert_eq!(cluster(&["leader", &queue]), (BASE + 1).to_string());
+
+    let sim = SimFixture::start(SimConfig {
+        faults: Faults {
+            latency: Duration::from_millis(20),
+            ..Faults::default()
+        },
+        record: true,
+        ..Default::default()
+    })
+    .await;
+    // Node 1 first in the list: the worker connects there.
+    let all = support::Broker {
+        port: BASE,
+        url: urls,
+    };
+    const IN_FLIGHT: u64 = 2 * 50;
+    let mut worker = Worker::start_on(
+        &all,
+        &sim,
+        &queue,
+        &[
+            ("MISIVA_PREFETCH", "50"),
+            ("MISIVA_FAULT_SLOW_ON", "slow-job"),
+            ("MISIVA_FAULT_SLOW_MS", SLOW_MS),
+        ],
+    );
+    worker.ready().await;
+    let conn = second.connect().await;
+    let tokens: Vec<String> = (0..2000).map(|n| token(70_000 + n)).collect();
+    publish(&conn, &queue, &jobs(&tokens, "n")).await;
+    wait_for(Duration::from_secs(60), "deliveries under way", || {
+        sim.sim.accepted_count() >= 500
+    })
+    .await;
+    // Two slow jobs, then more ordinary ones: once a hundred of those are
+    // in, the slow ones are held by the worker.
+    let slow: Vec<String> = (0..2).map(|n| token(80_000 + n)).collect();
+    let slow_jobs: Vec<Vec<u8>> = slow
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            json!({"id": format!("slow-{i}"), "token": t, "alert": "slow-job"})
+                .to_string()
+                .into_bytes()
+        })
+        .collect();
+    let more: Vec<String> = (0..4000).map(|n| token(72_000 + n)).collect();
+    publish(&conn, &queue, &slow_jobs).await;
+    let before = sim.sim.accepted_count();
+    publish(&conn, &queue, &jobs(&more, "m")).await;
+    wait_for(Duration::from_secs(60), "the slow jobs held", || {
+        sim.sim.accepted_count() >= before + 100
+    })
+    .await;
+    let at = now_us();
+    cluster(&["stop-app", &BASE.to_string()]);
+    let expected: HashSet<String> = tokens.iter().chain(&more).chain(&slow).cloned().collect();
+    wait_for(Duration::from_secs(180), "every job delivered", || {
+        delivered_all(&sim, &expected)
+    })
+    .await;
+    let accepted = sim.sim.accepted();
+    // The pause is measured on the ordinary jobs: the slow ones arrive 12 s
+    // after they were taken, on purpose, often after the rest.
+    let ordinary: Vec<_> = accepted
+        .iter()
+        .filter(|a| !slow.contains(&a.token))
+        .cloned()
+        .collect();
+    let gap = longest_gap(&ordinary, at);
+    let duplicates = accepted.len() as u64 - expected.len() as u64;
+    let slow_sent = accepted.iter().filter(|a| slow.contains(&a.token)).count();
+    println!(
+        "cluster: the worker's node stopped; longest pause in deliveries {gap:?}, {duplicates} duplicates, the slow jobs sent {slow_sent} times"
+    );
+    assert!(
+        gap < Duration::from_secs(5),
+        "deliveries paused for {gap:?}: {}",
+        worker.log_text()
+    );
+    assert_eq!(slow_sent, 2, "each slow job sent once");
+    assert!(duplicates <= IN_FLIGHT, "{duplicates} duplicates");
+    assert!(worker.metric("misiva_broker_reconnects_total", &[]) >= 1.0);
+    assert!(worker.running(), "{}", worker.log_text());
+    cluster(&["start-app", &BASE.to_string()]);
+    assert!(worker.terminate().await.success());
+}
+
+/// The worker's node goes silent: a proxy in front of it stops forwarding
+/// and closes nothing, so no reset or close ever arrives. The heartbeat
+/// (5 s, silence noticed after two intervals) ends the connection, and the
+/// worker connects to the next node in the list within the heartbeat's
+/// 10 s plus 5; every job is delivered, the ones the silent connection held
+/// once the broker's side of the heartbeat gives them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_node_is_left_within_the_heartbeat() {
+    let direct = broker();
+    let proxy = Proxy::start(direct.port).await;
+    let via = support::Broker {
+        port: proxy.port,
+        url: format!(
+            "amqp://guest:guest@127.0.0.1:{}/%2f,{}",
+            proxy.port, direct.url
+        ),
+    };
+    let sim = SimFixture::start(SimConfig {
+        faults: Faults {
+            latency: Duration::from_millis(100),
+            ..Faults::default()
+        },
+        record: true,
+        ..Default::default()
+    })
+    .await;
+    let queue = unique_queue("black-hole");
+    let mut worker = Worker::start_on(&via, &sim, &queue, &[("MISIVA_PREFETCH", "10")]);
+    worker.ready().await;
+    let conn = direct.connect().await;
+    let tokens: Vec<String> = (0..3000).map(|n| token(90_000 + n)).collect();
+    publish(&conn, &queue, &jobs(&tokens, "b")).await;
+    wait_for(Duration::from_secs(60), "deliveries under way", || {
+        sim.sim.accepted_count() >= 300
+    })
+    .await;
+    proxy.black_hole();
+    let silent = std::time::Instant::now();
+    wait_for(
+        Duration::from_secs(60),
+        "a connection to the next node",
+        || worker.metric("misiva_broker_reconnects_total", &[]) >= 1.0,
+    )
+    .await;
+    let took = silent.elapsed();
+    let expected: HashSet<String> = tokens.iter().cloned().collect();
+    wait_for(Duration::from_secs(120), "every job delivered", || {
+        delivered_all(&sim, &expected)
+    })
+    .await;
+    println!("black hole: connected to the next node {took:?} after the first went silent");
+    assert!(
+        took <= Duration::from_secs(15),
+        "the silent node was left after {took:?}"
+    );
+    assert!(worker.running(), "{}", worker.log_text());
     assert!(worker.terminate().await.success());
 }

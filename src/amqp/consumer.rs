@@ -80,95 +80,132 @@ impl Consumer {
         grace: Duration,
         on_ready: impl FnOnce(),
     ) -> Result<ConsumerExit, ConsumerExit> {
+        // Shared with every delivery in flight: on a lost connection they
+        // are handed to a task of their own and outlive this call.
+        let this = Arc::new(self);
         let channel = broker.channel().await?;
         channel
-            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .basic_qos(this.prefetch, BasicQosOptions::default())
             .await
             .map_err(AmqpError::Channel)?;
         // Feedback and dead letters go out on their own confirm channel, so the
         // confirms never interleave with the deliveries' acks.
         let publisher = Arc::new(SettlementChannel::open(broker).await?);
-        let tag = format!("misiva-{}-{}", std::process::id(), self.index);
+        let tag = format!("misiva-{}-{}", std::process::id(), this.index);
         let mut deliveries = channel
             .basic_consume(
-                short(&self.topology.queue),
+                short(&this.topology.queue),
                 short(&tag),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await
             .map_err(AmqpError::Channel)?;
-        tracing::info!(consumer = self.index, queue = %self.topology.queue, prefetch = self.prefetch, "consuming");
+        tracing::info!(consumer = this.index, queue = %this.topology.queue, prefetch = this.prefetch, "consuming");
         on_ready();
 
         // Settled deliveries go to one ack task, which sends their acks in
         // order, batched (see `acks`).
-        let (acks, settled) = mpsc::channel(usize::from(self.prefetch) + 1);
-        let ack_task = tokio::spawn(ack_loop(settled, self.counters.clone(), self.index));
+        let (acks, settled) = mpsc::channel(usize::from(this.prefetch) + 1);
+        let ack_task = tokio::spawn(ack_loop(settled, this.counters.clone(), this.index));
         // The deliveries in flight, at most `prefetch` of them, run inside
         // this task rather than one task each: no task to allocate, register
         // and join per delivery, and they borrow the consumer's parts instead
         // of cloning them. A panic outside a job's guard is caught per
         // delivery and ends the consumer, as a crashed task would.
         let mut in_flight = FuturesUnordered::new();
+        // The memo key of each delivery in flight, by tag: if the connection
+        // is lost, their redeliveries must know to wait for them.
+        let mut keys = std::collections::HashMap::with_capacity(usize::from(this.prefetch));
         let exit = loop {
             tokio::select! {
                 changed = stop.changed() => {
                     if changed.is_err() || *stop.borrow() {
-                        break ConsumerExit::Stopped(self.index);
+                        break ConsumerExit::Stopped(this.index);
                     }
                 }
-                Some(ended) = in_flight.next() => match ended {
-                    // A job's own panic is caught and dead-lettered inside its
-                    // guard; a panic here is the consumer's, outside any job:
-                    // crash, so the channel closes, the broker requeues what is
-                    // unsettled, and the supervisor starts a fresh consumer.
-                    Err(panic) => {
-                        // Named, because `select!` hides the type from inference.
-                        let panic: Box<dyn std::any::Any + Send> = panic;
-                        let detail = panic_message(panic.as_ref());
-                        break ConsumerExit::Crashed { index: self.index, detail };
+                Some((tag, ended)) = in_flight.next() => {
+                    keys.remove(&tag);
+                    match ended {
+                        // A job's own panic is caught and dead-lettered inside
+                        // its guard; a panic here is the consumer's, outside
+                        // any job: crash, so the channel closes, the broker
+                        // requeues what is unsettled, and the supervisor
+                        // starts a fresh consumer.
+                        Err(panic) => {
+                            // Named, because `select!` hides the type from inference.
+                            let panic: Box<dyn std::any::Any + Send> = panic;
+                            let detail = panic_message(panic.as_ref());
+                            break ConsumerExit::Crashed { index: this.index, detail };
+                        }
+                        Ok(Err(detail)) => break ConsumerExit::Lost { index: this.index, detail },
+                        Ok(Ok(())) => {}
                     }
-                    Ok(Err(detail)) => break ConsumerExit::Lost { index: self.index, detail },
-                    Ok(Ok(())) => {}
-                },
+                }
                 next = deliveries.next() => match next {
                     Some(Ok(delivery)) => {
-                        let process = self.process(delivery, &publisher, &acks);
-                        in_flight.push(std::panic::AssertUnwindSafe(process).catch_unwind());
+                        let tag = delivery.delivery_tag;
+                        keys.insert(tag, memo_key(&delivery));
+                        let process = this.clone().process(delivery, publisher.clone(), acks.clone());
+                        in_flight.push(std::panic::AssertUnwindSafe(process).catch_unwind().map(move |ended| (tag, ended)));
                     }
-                    Some(Err(e)) => break ConsumerExit::Lost { index: self.index, detail: e.to_string() },
-                    None => break ConsumerExit::Lost { index: self.index, detail: "consumer cancelled".into() },
+                    Some(Err(e)) => break ConsumerExit::Lost { index: this.index, detail: e.to_string() },
+                    None => break ConsumerExit::Lost { index: this.index, detail: "consumer cancelled".into() },
                 },
             }
         };
 
+        // From here on, nothing awaits a dead connection: every step that
+        // talks to the broker gives up as soon as the connection is known
+        // lost, because the broker has requeued what is unacked already.
         if let ConsumerExit::Stopped(_) = exit {
             // Stop new deliveries first, then let the ones in flight settle.
-            if let Err(e) = channel
-                .basic_cancel(short(&tag), BasicCancelOptions::default())
-                .await
-            {
-                tracing::warn!(consumer = self.index, error = %e, "basic.cancel failed");
+            let cancel = channel.basic_cancel(short(&tag), BasicCancelOptions::default());
+            if let Some(Err(e)) = broker.unless_lost(cancel).await {
+                tracing::warn!(consumer = this.index, error = %e, "basic.cancel failed");
             }
         }
-        let drained =
-            tokio::time::timeout(grace, async { while in_flight.next().await.is_some() {} }).await;
-        if drained.is_err() {
-            tracing::warn!(
-                consumer = self.index,
-                left = in_flight.len(),
-                "grace period over; unsettled deliveries return to the queue"
-            );
+        // With the connection gone, the deliveries in flight can settle
+        // nothing, and the reconnection waits for this consumer to stop. So
+        // they are handed to a task of their own, which lets them finish
+        // their APNs work (within the grace): their verdicts are remembered
+        // for the redelivery, which waits for them (see `Unsettled`), and
+        // no token is sent twice because the connection was lost.
+        if broker.is_connected() {
+            let drained =
+                tokio::time::timeout(grace, async { while in_flight.next().await.is_some() {} })
+                    .await;
+            if drained.is_err() {
+                tracing::warn!(
+                    consumer = this.index,
+                    left = in_flight.len(),
+                    "grace period over; unsettled deliveries return to the queue"
+                );
+            }
+            // Whatever is left is dropped unsettled.
+            drop(in_flight);
+        } else if !in_flight.is_empty() {
+            let mut finishing = this.unsettled.finishing(keys);
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(grace, async {
+                    while let Some((tag, _)) = in_flight.next().await {
+                        finishing.done(tag);
+                    }
+                })
+                .await;
+            });
         }
-        // Whatever is left is dropped unsettled.
-        drop(in_flight);
-        // Every task has ended: the ack task sends what is left, then ends.
+        // Every task has ended: the ack task sends what is left, then ends;
+        // on a lost connection its acks can go nowhere, and it is aborted.
         drop(acks);
-        let _ = ack_task.await;
-        publisher.close().await;
-        // Closing the channel returns every unacked delivery to the queue.
-        let _ = channel.close(200, short("bye")).await;
+        let abort = ack_task.abort_handle();
+        if broker.unless_lost(ack_task).await.is_none() {
+            abort.abort();
+        }
+        if broker.unless_lost(publisher.close()).await.is_some() {
+            // Closing the channel returns every unacked delivery to the queue.
+            let _ = broker.unless_lost(channel.close(200, short("bye"))).await;
+        }
         match exit {
             ConsumerExit::Stopped(_) => Ok(exit),
             lost => Err(lost),
@@ -183,18 +220,18 @@ impl Consumer {
     /// they were passed, and as the body's own binding), and this future is
     /// allocated and moved once per delivery.
     fn process(
-        &self,
+        self: Arc<Self>,
         delivery: Delivery,
-        publisher: &SettlementChannel,
-        acks: &mpsc::Sender<Done>,
-    ) -> impl Future<Output = Result<(), String>> {
+        publisher: Arc<SettlementChannel>,
+        acks: mpsc::Sender<Done>,
+    ) -> impl Future<Output = Result<(), String>> + Send + 'static {
         async move {
             events::emit(events::JobReceived);
             // One span per job, made by the dispatcher once the body is decoded
             // (here for jobs it never sees); the publisher's trace context, when
             // it sent one, ties every line of the job to the request behind it.
             let trace = wire::trace_parent(delivery.properties.headers().as_ref());
-            let (verdict, span) = match self.remembered(&delivery) {
+            let (verdict, span) = match self.remembered(&delivery).await {
                 Some(verdict) => {
                     let span = job_span(
                         verdict.job_id.as_deref(),
@@ -206,16 +243,23 @@ impl Consumer {
                 }
                 None => self.decide(&delivery, trace.as_ref()).await,
             };
-            let (result, how) = self
-                .settle(&delivery, verdict, publisher)
+            let (result, how, verdict) = self
+                .settle(&delivery, verdict, &publisher)
                 .instrument(span)
                 .await;
             if let Some(how) = how {
-                // The ack task outlives every delivery, so this only fails
-                // when the consumer is being torn down; the broker then requeues.
-                let _ = acks
+                // The ack task outlives every delivery of a running consumer,
+                // so this fails only when the consumer ended on a lost
+                // connection: the broker requeues the delivery, and its
+                // redelivery is settled with this verdict, not sent again.
+                let sent = acks
                     .send((delivery.acker, delivery.delivery_tag, how))
                     .await;
+                if let (Err(_), Some(verdict)) = (sent, verdict) {
+                    let message_id = delivery.properties.message_id().as_ref();
+                    let key = memo_key_of(&delivery.data, message_id.map(|m| m.as_str()));
+                    self.unsettled.remember(key, verdict);
+                }
             }
             result
         }
@@ -224,11 +268,13 @@ impl Consumer {
     /// A verdict computed on an earlier delivery of this message, whose
     /// settlement could not be published: the job is not sent to APNs again.
     /// Only redelivered messages are looked up, so the common path pays nothing.
-    fn remembered(&self, delivery: &Delivery) -> Option<Verdict> {
+    async fn remembered(&self, delivery: &Delivery) -> Option<Verdict> {
         if !delivery.redelivered {
             return None;
         }
-        self.unsettled.take(memo_key(delivery))
+        let key = memo_key(delivery);
+        self.unsettled.finished(key).await;
+        self.unsettled.take(key)
     }
 
     /// The verdict of a fresh delivery: poison when the broker delivered it too
@@ -308,7 +354,7 @@ impl Consumer {
         delivery: &Delivery,
         verdict: Verdict,
         publisher: &SettlementChannel,
-    ) -> (Result<(), String>, Option<Settled>) {
+    ) -> (Result<(), String>, Option<Settled>, Option<Verdict>) {
         let outgoing = wire::Republish {
             topology: &self.topology,
             original: &delivery.properties,
@@ -326,7 +372,18 @@ impl Consumer {
                 Ok(()) => break,
                 Err(SettleError::Reopen(e)) => {
                     self.unsettled.remember(memo_key(delivery), verdict);
-                    return (Err(e.to_string()), None);
+                    return (Err(e.to_string()), None, None);
+                }
+                // A lost connection settles nothing: the delivery is back in
+                // the queue on the broker's side, and trying again would only
+                // hold up the consumer's stop.
+                Err(SettleError::Publish(e)) if !publisher.is_connected() => {
+                    self.unsettled.remember(memo_key(delivery), verdict);
+                    return (
+                        Err(format!("the RabbitMQ connection was lost: {e}")),
+                        None,
+                        None,
+                    );
                 }
                 Err(SettleError::Publish(e)) => {
                     failures += 1;
@@ -338,7 +395,7 @@ impl Consumer {
                             error: &e.to_string(),
                         });
                         self.unsettled.remember(memo_key(delivery), verdict);
-                        return (Ok(()), Some(Settled::Nack));
+                        return (Ok(()), Some(Settled::Nack), None);
                     }
                     let pause = settle_backoff(failures);
                     events::emit(events::SettlementRetried {
@@ -394,7 +451,7 @@ impl Consumer {
             app: &verdict.app,
             age: job_age(delivery.properties.timestamp()),
         });
-        (Ok(()), Some(Settled::Ack))
+        (Ok(()), Some(Settled::Ack), Some(verdict))
     }
 }
 
@@ -552,15 +609,15 @@ fn rejected(attempt: u32, reason: &str, detail: String, message_id: Option<&str>
 
 /// Identifies a message across its redeliveries: its body and message id.
 fn memo_key(delivery: &Delivery) -> u64 {
+    let message_id = delivery.properties.message_id().as_ref();
+    memo_key_of(&delivery.data, message_id.map(|m| m.as_str()))
+}
+
+fn memo_key_of(body: &[u8], message_id: Option<&str>) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    delivery.data.hash(&mut hasher);
-    delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .map(|m| m.as_str())
-        .hash(&mut hasher);
+    body.hash(&mut hasher);
+    message_id.hash(&mut hasher);
     hasher.finish()
 }
 
@@ -568,13 +625,58 @@ fn memo_key(delivery: &Delivery) -> u64 {
 /// comes back, shared by every consumer of the process. Bounded: past
 /// [`Unsettled::CAPACITY`] a verdict is not kept, and that job is sent again
 /// on redelivery (at least once, as ever).
-#[derive(Debug, Default)]
+///
+/// It also knows the deliveries of lost connections still finishing their
+/// APNs work: the redelivery of such a message waits for its first delivery
+/// to finish and looks for the verdict then, so that a job is not sent a
+/// second time beside its first sending. Other redeliveries do not wait.
+#[derive(Debug)]
 pub struct Unsettled {
     verdicts: std::sync::Mutex<std::collections::HashMap<u64, Verdict>>,
+    /// Memo keys of deliveries finishing, with how many of each.
+    finishing: std::sync::Mutex<std::collections::HashMap<u64, usize>>,
+    /// Bumped whenever one of them finishes, to wake the redeliveries.
+    finished: watch::Sender<u64>,
+}
+
+impl Default for Unsettled {
+    fn default() -> Self {
+        Unsettled {
+            verdicts: std::sync::Mutex::default(),
+            finishing: std::sync::Mutex::default(),
+            finished: watch::channel(0).0,
+        }
+    }
+}
+
+/// The deliveries of one lost connection still finishing, by tag; whatever
+/// is left when it is dropped counts as finished.
+struct Finishing {
+    unsettled: Arc<Unsettled>,
+    keys: std::collections::HashMap<u64, u64>,
+}
+
+impl Finishing {
+    fn done(&mut self, tag: u64) {
+        if let Some(key) = self.keys.remove(&tag) {
+            self.unsettled.end(std::iter::once(key));
+        }
+    }
+}
+
+impl Drop for Finishing {
+    fn drop(&mut self) {
+        self.unsettled.end(self.keys.drain().map(|(_, key)| key));
+    }
 }
 
 impl Unsettled {
     const CAPACITY: usize = 10_000;
+
+    /// The longest a redelivered message waits for its first delivery to
+    /// finish (that one has the shutdown grace; this bound is for a bug,
+    /// never the expected wait).
+    const FINISH_WAIT: Duration = Duration::from_secs(3600);
 
     fn remember(&self, key: u64, verdict: Verdict) {
         let mut map = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
@@ -588,6 +690,56 @@ impl Unsettled {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&key)
+    }
+
+    /// Counts the deliveries of `keys` (tag to memo key) as finishing.
+    fn finishing(self: &Arc<Self>, keys: std::collections::HashMap<u64, u64>) -> Finishing {
+        let mut map = self.finishing.lock().unwrap_or_else(|e| e.into_inner());
+        for key in keys.values() {
+            *map.entry(*key).or_default() += 1;
+        }
+        drop(map);
+        Finishing {
+            unsettled: self.clone(),
+            keys,
+        }
+    }
+
+    fn end(&self, keys: impl Iterator<Item = u64>) {
+        let mut map = self.finishing.lock().unwrap_or_else(|e| e.into_inner());
+        for key in keys {
+            if let Some(n) = map.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&key);
+                }
+            }
+        }
+        drop(map);
+        self.finished.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn is_finishing(&self, key: u64) -> bool {
+        self.finishing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&key)
+    }
+
+    /// Resolves once no delivery of `key` is finishing.
+    async fn finished(&self, key: u64) {
+        let wait = async {
+            loop {
+                // Subscribed before the look, so that an end in between
+                // still wakes this.
+                let mut changes = self.finished.subscribe();
+                if !self.is_finishing(key) {
+                    return;
+                }
+                let _ = changes.changed().await;
+            }
+        };
+        let _ = tokio::time::timeout(Self::FINISH_WAIT, wait).await;
     }
 }
 
@@ -628,10 +780,15 @@ mod fault_hooks {
     }
 
     /// A slow delivery: every delivery whose body contains
-    /// `MISIVA_FAULT_SLOW_ON` waits 3 s before it is dispatched.
+    /// `MISIVA_FAULT_SLOW_ON` waits `MISIVA_FAULT_SLOW_MS` (3,000 unless
+    /// set) before it is dispatched.
     pub(super) async fn maybe_slow(body: &[u8]) {
         if marked("MISIVA_FAULT_SLOW_ON", body) {
-            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+            let ms = match wanted("MISIVA_FAULT_SLOW_MS") {
+                0 => 3000,
+                ms => ms,
+            };
+            tokio::time::sleep(std::time::Duration::from_millis(u64::from(ms))).await;
         }
     }
 

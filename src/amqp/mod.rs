@@ -36,34 +36,87 @@ pub enum AmqpError {
     },
 }
 
+/// The heartbeat Misiva asks the broker for, in seconds, when a node's URL
+/// names none (`?heartbeat=N` in a URL wins). lapin declares a connection
+/// dead when nothing arrived for two intervals, so a node that drops packets
+/// without resetting the connection is noticed within 10 s.
+pub const HEARTBEAT_SECS: u16 = 5;
+
+/// How long one node may take to accept a connection before the next one is
+/// tried: a black-holed node never answers, and its TCP connect alone would
+/// wait minutes.
+const CONNECT_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How often [`Broker::lost`] looks at the connection's status.
+const LOST_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A connection to the broker, with the name operators see in the management UI.
 #[derive(Clone)]
 pub struct Broker {
     connection: std::sync::Arc<lapin::Connection>,
+    /// Which node of the URL list it is connected to (from 0).
+    node: usize,
 }
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Broker").finish_non_exhaustive()
+        f.debug_struct("Broker")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
     }
+}
+
+/// `url` with the default heartbeat added when it names none.
+fn with_heartbeat(url: &str) -> std::borrow::Cow<'_, str> {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    if query.split('&').any(|p| p.starts_with("heartbeat=")) {
+        return url.into();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}heartbeat={HEARTBEAT_SECS}").into()
 }
 
 impl Broker {
     /// Connects to the first node of `url` that answers (one URL, or a
-    /// cluster's nodes separated by commas), in order: when a node dies, the
-    /// reconnection moves on to the next. The error is the last node's.
+    /// cluster's nodes separated by commas), in order. The error is the last
+    /// node's.
     pub async fn connect(url: &Secret<String>, name: &str) -> Result<Broker, AmqpError> {
+        Self::connect_from(url, name, 0).await
+    }
+
+    /// Connects to the nodes of `url` in turn, beginning with node `first`
+    /// and going round: after losing node k, the worker begins with k + 1,
+    /// so that a dead or black-holed node is not the first one tried again.
+    /// Each node has [`CONNECT_LIMIT`] to answer.
+    pub async fn connect_from(
+        url: &Secret<String>,
+        name: &str,
+        first: usize,
+    ) -> Result<Broker, AmqpError> {
+        let nodes: Vec<&str> = crate::config::amqp_urls(url.expose()).collect();
         let mut last = None;
-        for node in crate::config::amqp_urls(url.expose()) {
+        for step in 0..nodes.len() {
+            let node = (first + step) % nodes.len();
             let properties =
                 lapin::ConnectionProperties::default().with_connection_name(name.as_bytes().into());
-            match lapin::Connection::connect(node, properties).await {
-                Ok(connection) => {
+            let address = with_heartbeat(nodes[node]);
+            let attempt = lapin::Connection::connect(&address, properties);
+            match tokio::time::timeout(CONNECT_LIMIT, attempt).await {
+                Ok(Ok(connection)) => {
                     return Ok(Broker {
                         connection: std::sync::Arc::new(connection),
+                        node,
                     });
                 }
-                Err(e) => last = Some(e),
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => {
+                    last = Some(lapin::Error::from(lapin::ErrorKind::IOError(
+                        std::sync::Arc::new(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("node {} did not answer within {CONNECT_LIMIT:?}", node + 1),
+                        )),
+                    )));
+                }
             }
         }
         Err(AmqpError::Connect(last.unwrap_or_else(|| {
@@ -71,6 +124,11 @@ impl Broker {
                 lapin::ConnectionState::Closed,
             ))
         })))
+    }
+
+    /// Which node of the URL list this connection is on (from 0).
+    pub fn node(&self) -> usize {
+        self.node
     }
 
     pub(crate) async fn channel(&self) -> Result<lapin::Channel, AmqpError> {
@@ -81,11 +139,25 @@ impl Broker {
     }
 
     /// Resolves when the connection is no longer usable (the broker closed it,
-    /// the network dropped, the broker stopped). Polls the status: lapin reports
-    /// every such end there.
+    /// the network dropped, the broker stopped, the heartbeat went silent).
+    /// Polls the status: lapin reports every such end there.
     pub async fn lost(&self) {
         while self.connection.status().connected() {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            tokio::time::sleep(LOST_POLL).await;
+        }
+    }
+
+    /// Runs `work` unless the connection is lost first: what awaits the
+    /// broker on a stop path goes through here, so that a dead connection is
+    /// never waited on (what is unacked is back in the queue on the broker's
+    /// side already). `None` when the connection was lost.
+    pub async fn unless_lost<T>(&self, work: impl Future<Output = T>) -> Option<T> {
+        if !self.is_connected() {
+            return None;
+        }
+        tokio::select! {
+            done = work => Some(done),
+            () = self.lost() => None,
         }
     }
 
@@ -111,7 +183,8 @@ impl Broker {
 
     /// Closes the connection; channels should be closed first (see `app`).
     pub async fn close(&self) {
-        if let Err(e) = self.connection.close(200, wire::short("bye")).await {
+        let closing = self.connection.close(200, wire::short("bye"));
+        if let Some(Err(e)) = self.unless_lost(closing).await {
             tracing::debug!(error = %e, "closing the RabbitMQ connection");
         }
     }

@@ -111,6 +111,11 @@ impl SettlementChannel {
         })
     }
 
+    /// Whether its connection is still up.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.broker.is_connected()
+    }
+
     /// The frame size its connection negotiated (0 = no limit): a
     /// republish's header table must fit in one frame.
     pub(crate) fn frame_max(&self) -> u32 {

@@ -564,3 +564,101 @@ pub async fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> boo
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+// ---------- a TCP proxy that can go silent ----------
+
+/// Forwards TCP connections from a local port to `127.0.0.1:upstream` until
+/// told to black-hole: from then on it forwards nothing in either direction
+/// and accepts new connections without answering, but closes nothing, as a
+/// node behind a dropped route or a dead switch would.
+pub struct Proxy {
+    pub port: u16,
+    silent: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: u16) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let silent = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = silent.clone();
+        let task = tokio::spawn(async move {
+            // Every socket is kept until the proxy is dropped: none is closed.
+            let mut held = Vec::new();
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                if flag.load(Ordering::SeqCst) {
+                    held.push(client);
+                    continue;
+                }
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(forward(cr, sw, flag.clone()));
+                tokio::spawn(forward(sr, cw, flag.clone()));
+            }
+        });
+        Proxy { port, silent, task }
+    }
+
+    /// From now on nothing passes, and nothing is closed.
+    pub fn black_hole(&self) {
+        self.silent.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    silent: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if silent.load(std::sync::atomic::Ordering::SeqCst) {
+            // Hold both halves open and forward nothing, for good.
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The longest pause between two notifications the simulator accepted at or
+/// after `from_us` (microseconds since the Unix epoch).
+pub fn longest_gap(accepted: &[misiva::sim::Accepted], from_us: u64) -> Duration {
+    let mut times: Vec<u64> = accepted.iter().map(|a| a.received_at_us).collect();
+    times.sort_unstable();
+    let mut longest = 0;
+    let mut previous = from_us;
+    for t in times.into_iter().filter(|&t| t >= from_us) {
+        longest = longest.max(t - previous);
+        previous = t;
+    }
+    Duration::from_micros(longest)
+}
+
+/// Now, in microseconds since the Unix epoch (the simulator's clock).
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
