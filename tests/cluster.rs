@@ -36,6 +36,9 @@ fn cluster(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// The tests that start the cluster take turns: there is one cluster.
+static ONE_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Stops the cluster when the test ends, whatever happened.
 struct Cluster;
 
@@ -50,6 +53,7 @@ impl Drop for Cluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_work_queue_leader_stopped_under_load_loses_nothing() {
+    let _turn = ONE_CLUSTER.lock().await;
     cluster(&["start"]);
     let _cluster = Cluster;
     let urls = cluster(&["urls"]);
@@ -169,6 +173,7 @@ const SLOW_MS: &str = "12000";
 /// lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connected_node_stopped_under_load_pauses_deliveries_briefly() {
+    let _turn = ONE_CLUSTER.lock().await;
     cluster(&["start"]);
     let _cluster = Cluster;
     let urls = cluster(&["urls"]);
@@ -327,6 +332,91 @@ async fn a_black_holed_node_is_left_within_the_heartbeat() {
         took <= Duration::from_secs(15),
         "the silent node was left after {took:?}"
     );
+    assert!(worker.running(), "{}", worker.log_text());
+    assert!(worker.terminate().await.success());
+}
+
+/// A rolling restart, as an upgrade does it: each of the three nodes has its
+/// RabbitMQ stopped and started again in turn, while a backlog drains. The
+/// worker starts on node 1 and the queue is led by node 2, so the first step
+/// takes the worker's node; the second, the queue's leader and the worker's
+/// node at once (the worker moved to node 2); the third, the worker's node
+/// again (it moved to node 3) while the leadership moved on. Nothing is lost,
+/// and deliveries never pause for 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_the_cluster_never_pauses_deliveries_for_long() {
+    let _turn = ONE_CLUSTER.lock().await;
+    cluster(&["start"]);
+    let _cluster = Cluster;
+    let urls = cluster(&["urls"]);
+    let second = support::Broker::private(BASE + 1);
+    let third = support::Broker::private(BASE + 2);
+    let queue = unique_queue("rolling");
+    let declared = Command::new(env!("CARGO_BIN_EXE_misiva"))
+        .arg("topology")
+        .env_clear()
+        .env("MISIVA_AMQP_URL", &second.url)
+        .env("MISIVA_QUEUE", &queue)
+        .output()
+        .unwrap();
+    assert!(declared.status.success(), "{declared:?}");
+    let sim = SimFixture::start(SimConfig {
+        faults: Faults {
+            latency: Duration::from_millis(50),
+            ..Faults::default()
+        },
+        record: true,
+        ..Default::default()
+    })
+    .await;
+    let all = support::Broker {
+        port: BASE,
+        url: urls,
+    };
+    const IN_FLIGHT: u64 = 2 * 20;
+    let mut worker = Worker::start_on(&all, &sim, &queue, &[("MISIVA_PREFETCH", "20")]);
+    worker.ready().await;
+    let tokens: Vec<String> = (0..40_000).map(|n| token(200_000 + n)).collect();
+    publish(&third.connect().await, &queue, &jobs(&tokens, "r")).await;
+    wait_for(Duration::from_secs(60), "deliveries under way", || {
+        sim.sim.accepted_count() >= 1000
+    })
+    .await;
+    let at = now_us();
+    for node in [BASE, BASE + 1, BASE + 2] {
+        let leader = cluster(&["leader", &queue]);
+        cluster(&["stop-app", &node.to_string()]);
+        let moving = sim.sim.accepted_count();
+        wait_for(Duration::from_secs(30), "deliveries going on", || {
+            sim.sim.accepted_count() >= moving + 200
+        })
+        .await;
+        cluster(&["start-app", &node.to_string()]);
+        println!("rolling: node {node} restarted (the queue's leader was {leader})");
+    }
+    let after = sim.sim.accepted_count();
+    assert!(
+        after < tokens.len() as u64,
+        "the backlog ran out before the last restart: nothing was under load"
+    );
+    let expected: HashSet<String> = tokens.iter().cloned().collect();
+    wait_for(Duration::from_secs(240), "every job delivered", || {
+        delivered_all(&sim, &expected)
+    })
+    .await;
+    let accepted = sim.sim.accepted();
+    let gap = longest_gap(&accepted, at);
+    let duplicates = accepted.len() as u64 - expected.len() as u64;
+    println!(
+        "rolling: 3 nodes restarted in turn; longest pause in deliveries {gap:?}, {duplicates} duplicates, {} reconnections",
+        worker.metric("misiva_broker_reconnects_total", &[])
+    );
+    assert!(
+        gap < Duration::from_secs(5),
+        "deliveries paused for {gap:?}: {}",
+        worker.log_text()
+    );
+    assert!(duplicates <= 3 * IN_FLIGHT, "{duplicates} duplicates");
     assert!(worker.running(), "{}", worker.log_text());
     assert!(worker.terminate().await.success());
 }

@@ -185,6 +185,10 @@ impl Consumer {
             // Whatever is left is dropped unsettled.
             drop(in_flight);
         } else if !in_flight.is_empty() {
+            // No ack can reach the broker now: with the ack task gone first,
+            // a delivery that finishes keeps its verdict instead of handing
+            // it to an ack that would be lost.
+            ack_task.abort();
             let mut finishing = this.unsettled.finishing(keys);
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(grace, async {
@@ -249,13 +253,18 @@ impl Consumer {
                 .await;
             if let Some(how) = how {
                 // The ack task outlives every delivery of a running consumer,
-                // so this fails only when the consumer ended on a lost
+                // so the send fails only when the consumer ended on a lost
                 // connection: the broker requeues the delivery, and its
                 // redelivery is settled with this verdict, not sent again.
-                let sent = acks
-                    .send((delivery.acker, delivery.delivery_tag, how))
-                    .await;
-                if let (Err(_), Some(verdict)) = (sent, verdict) {
+                // On a lost connection the ack could only be lost as well.
+                let sent = if publisher.is_connected() {
+                    acks.send((delivery.acker, delivery.delivery_tag, how))
+                        .await
+                        .is_ok()
+                } else {
+                    false
+                };
+                if let (false, Some(verdict)) = (sent, verdict) {
                     let message_id = delivery.properties.message_id().as_ref();
                     let key = memo_key_of(&delivery.data, message_id.map(|m| m.as_str()));
                     self.unsettled.remember(key, verdict);
