@@ -15,14 +15,16 @@ use std::collections::BTreeMap;
 pub(crate) enum Settled {
     /// Everything its settlement needed is confirmed: to be acked.
     Ack,
-    /// Returned to the queue: nacked on its own, at once.
+    /// Returned to the queue: rejected with requeue on its own, at once
+    /// (a reject rather than a nack, which RabbitMQ 4.3 no longer counts
+    /// as a delivery).
     Nack,
 }
 
 /// A frame to send, in this order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Frame {
-    /// `basic.nack` of this tag alone, with requeue.
+    /// `basic.reject` of this tag, with requeue.
     Nack(u64),
     /// `basic.ack` with `multiple` up to and including this tag, which is a
     /// delivery to ack; `count` deliveries are acked by it.

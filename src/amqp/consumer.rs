@@ -21,7 +21,7 @@ use futures_util::{FutureExt, StreamExt};
 use lapin::Acker;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
 };
 use lapin::types::FieldTable;
 use std::sync::Arc;
@@ -526,12 +526,13 @@ async fn ack_loop(mut done: mpsc::Receiver<Done>, counters: Arc<Counters>, index
         while let Some((acker, tag, how)) = item {
             match window.settle(tag, how) {
                 Some(Frame::Nack(_)) => {
-                    let options = BasicNackOptions {
-                        requeue: true,
-                        multiple: false,
-                    };
-                    if let Err(e) = acker.nack(options).await {
-                        tracing::debug!(consumer = index, error = %e, "nack failed; the channel returns the delivery");
+                    // A reject, not a nack: the same on RabbitMQ 3.x to 4.2,
+                    // and still counted toward the delivery limit on 4.3,
+                    // which stopped counting nacks. So a settlement that can
+                    // never be published ends as poison, never requeued
+                    // forever (docs/operations.md).
+                    if let Err(e) = acker.reject(BasicRejectOptions { requeue: true }).await {
+                        tracing::debug!(consumer = index, error = %e, "reject failed; the channel returns the delivery");
                     }
                 }
                 _ if how == Settled::Ack => {

@@ -68,12 +68,13 @@ impl std::fmt::Debug for Broker {
 
 /// `url` with the default heartbeat added when it names none.
 fn with_heartbeat(url: &str) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
     let query = url.split_once('?').map_or("", |(_, q)| q);
     if query.split('&').any(|p| p.starts_with("heartbeat=")) {
-        return url.into();
+        return Cow::Borrowed(url);
     }
     let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}heartbeat={HEARTBEAT_SECS}").into()
+    Cow::Owned(format!("{url}{sep}heartbeat={HEARTBEAT_SECS}"))
 }
 
 impl Broker {
