@@ -36,40 +36,31 @@ fn cluster(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// The tests that start the cluster take turns: there is one cluster.
-static ONE_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// The tests that use the cluster take turns: there is one, started fresh by
+/// the first of them and left running for the next (each test leaves every
+/// node up; `scripts/test.sh` stops the cluster at the end, and so does
+/// `scripts/cluster.sh stop`). Starting it takes most of a minute.
+static ONE_CLUSTER: tokio::sync::Mutex<bool> = tokio::sync::Mutex::const_new(false);
 
-/// Stops the cluster when the test ends, whatever happened.
-struct Cluster;
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster.sh"))
-            .arg("stop")
-            .env("MISIVA_CLUSTER_PORT", BASE.to_string())
-            .output();
+/// The cluster, this test's alone while the guard lives.
+async fn the_cluster() -> tokio::sync::MutexGuard<'static, bool> {
+    let mut started = ONE_CLUSTER.lock().await;
+    if !*started {
+        cluster(&["start"]);
+        *started = true;
     }
+    started
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_work_queue_leader_stopped_under_load_loses_nothing() {
-    let _turn = ONE_CLUSTER.lock().await;
-    cluster(&["start"]);
-    let _cluster = Cluster;
+    let _cluster = the_cluster().await;
     let urls = cluster(&["urls"]);
     let first = support::Broker {
         port: BASE,
         url: urls.clone(),
     };
-    let sim = SimFixture::start(SimConfig {
-        faults: Faults {
-            latency: Duration::from_millis(50),
-            ..Faults::default()
-        },
-        record: true,
-        ..Default::default()
-    })
-    .await;
+    let sim = recording_sim(Duration::from_millis(50)).await;
     let queue = unique_queue("cluster");
     // Two consumers × prefetch 10: what can be in flight, and so sent twice.
     const IN_FLIGHT: u64 = 2 * 10;
@@ -143,6 +134,32 @@ async fn the_work_queue_leader_stopped_under_load_loses_nothing() {
     assert!(worker.terminate().await.success());
 }
 
+/// Declares the contract's queues for `queue` through `node`: a quorum
+/// queue's leader is the node it was declared on.
+fn declare_through(node: &support::Broker, queue: &str) {
+    let declared = Command::new(env!("CARGO_BIN_EXE_misiva"))
+        .arg("topology")
+        .env_clear()
+        .env("MISIVA_AMQP_URL", &node.url)
+        .env("MISIVA_QUEUE", queue)
+        .output()
+        .unwrap();
+    assert!(declared.status.success(), "{declared:?}");
+}
+
+/// A simulator that answers after `latency` and records what it accepted.
+async fn recording_sim(latency: Duration) -> SimFixture {
+    SimFixture::start(SimConfig {
+        faults: Faults {
+            latency,
+            ..Faults::default()
+        },
+        record: true,
+        ..Default::default()
+    })
+    .await
+}
+
 fn jobs(tokens: &[String], prefix: &str) -> Vec<Vec<u8>> {
     tokens
         .iter()
@@ -173,32 +190,14 @@ const SLOW_MS: &str = "12000";
 /// lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connected_node_stopped_under_load_pauses_deliveries_briefly() {
-    let _turn = ONE_CLUSTER.lock().await;
-    cluster(&["start"]);
-    let _cluster = Cluster;
+    let _cluster = the_cluster().await;
     let urls = cluster(&["urls"]);
     let second = support::Broker::private(BASE + 1);
     let queue = unique_queue("conn-node");
-    // The queue is declared through node 2, which therefore leads it.
-    let declared = Command::new(env!("CARGO_BIN_EXE_misiva"))
-        .arg("topology")
-        .env_clear()
-        .env("MISIVA_AMQP_URL", &second.url)
-        .env("MISIVA_QUEUE", &queue)
-        .output()
-        .unwrap();
-    assert!(declared.status.success(), "{declared:?}");
+    declare_through(&second, &queue);
     assert_eq!(cluster(&["leader", &queue]), (BASE + 1).to_string());
 
-    let sim = SimFixture::start(SimConfig {
-        faults: Faults {
-            latency: Duration::from_millis(20),
-            ..Faults::default()
-        },
-        record: true,
-        ..Default::default()
-    })
-    .await;
+    let sim = recording_sim(Duration::from_millis(20)).await;
     // Node 1 first in the list: the worker connects there.
     let all = support::Broker {
         port: BASE,
@@ -294,15 +293,7 @@ async fn a_black_holed_node_is_left_within_the_heartbeat() {
             proxy.port, direct.url
         ),
     };
-    let sim = SimFixture::start(SimConfig {
-        faults: Faults {
-            latency: Duration::from_millis(100),
-            ..Faults::default()
-        },
-        record: true,
-        ..Default::default()
-    })
-    .await;
+    let sim = recording_sim(Duration::from_millis(100)).await;
     let queue = unique_queue("black-hole");
     let mut worker = Worker::start_on(&via, &sim, &queue, &[("MISIVA_PREFETCH", "10")]);
     worker.ready().await;
@@ -345,30 +336,13 @@ async fn a_black_holed_node_is_left_within_the_heartbeat() {
 /// and deliveries never pause for 5 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_the_cluster_never_pauses_deliveries_for_long() {
-    let _turn = ONE_CLUSTER.lock().await;
-    cluster(&["start"]);
-    let _cluster = Cluster;
+    let _cluster = the_cluster().await;
     let urls = cluster(&["urls"]);
     let second = support::Broker::private(BASE + 1);
     let third = support::Broker::private(BASE + 2);
     let queue = unique_queue("rolling");
-    let declared = Command::new(env!("CARGO_BIN_EXE_misiva"))
-        .arg("topology")
-        .env_clear()
-        .env("MISIVA_AMQP_URL", &second.url)
-        .env("MISIVA_QUEUE", &queue)
-        .output()
-        .unwrap();
-    assert!(declared.status.success(), "{declared:?}");
-    let sim = SimFixture::start(SimConfig {
-        faults: Faults {
-            latency: Duration::from_millis(50),
-            ..Faults::default()
-        },
-        record: true,
-        ..Default::default()
-    })
-    .await;
+    declare_through(&second, &queue);
+    let sim = recording_sim(Duration::from_millis(50)).await;
     let all = support::Broker {
         port: BASE,
         url: urls,
