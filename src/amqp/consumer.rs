@@ -110,9 +110,10 @@ impl Consumer {
         let ack_task = tokio::spawn(ack_loop(settled, this.counters.clone(), this.index));
         // The deliveries in flight, at most `prefetch` of them, run inside
         // this task rather than one task each: no task to allocate, register
-        // and join per delivery, and they borrow the consumer's parts instead
-        // of cloning them. A panic outside a job's guard is caught per
-        // delivery and ends the consumer, as a crashed task would.
+        // and join per delivery. Each holds the consumer's parts by `Arc`, so
+        // that on a lost connection they can be handed to a task of their own
+        // (below). A panic outside a job's guard is caught per delivery and
+        // ends the consumer, as a crashed task would.
         let mut in_flight = FuturesUnordered::new();
         // The memo key of each delivery in flight, by tag: if the connection
         // is lost, their redeliveries must know to wait for them.
