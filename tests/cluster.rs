@@ -71,16 +71,7 @@ async fn the_work_queue_leader_stopped_under_load_loses_nothing() {
     let second = support::Broker::private(BASE + 1);
     let conn = second.connect().await;
     let tokens: Vec<String> = (0..3000).map(|n| token(50_000 + n)).collect();
-    let bodies: Vec<Vec<u8>> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            json!({"id": format!("c-{i}"), "token": t, "alert": "x"})
-                .to_string()
-                .into_bytes()
-        })
-        .collect();
-    publish(&conn, &queue, &bodies).await;
+    publish(&conn, &queue, &jobs(&tokens, "c")).await;
     let members = second.ctl(&["list_queues", "name", "members"]);
     let line = members
         .lines()
@@ -160,12 +151,18 @@ async fn recording_sim(latency: Duration) -> SimFixture {
     .await
 }
 
+/// One single-token job per token, ids `<prefix>-<n>`.
 fn jobs(tokens: &[String], prefix: &str) -> Vec<Vec<u8>> {
+    alerting(tokens, prefix, "x")
+}
+
+/// The same with `alert` as the alert text (a fault hook's marker, say).
+fn alerting(tokens: &[String], prefix: &str, alert: &str) -> Vec<Vec<u8>> {
     tokens
         .iter()
         .enumerate()
         .map(|(i, t)| {
-            json!({"id": format!("{prefix}-{i}"), "token": t, "alert": "x"})
+            json!({"id": format!("{prefix}-{i}"), "token": t, "alert": alert})
                 .to_string()
                 .into_bytes()
         })
@@ -225,15 +222,7 @@ async fn the_connected_node_stopped_under_load_pauses_deliveries_briefly() {
     // Two slow jobs, then more ordinary ones: once a hundred of those are
     // in, the slow ones are held by the worker.
     let slow: Vec<String> = (0..2).map(|n| token(80_000 + n)).collect();
-    let slow_jobs: Vec<Vec<u8>> = slow
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            json!({"id": format!("slow-{i}"), "token": t, "alert": "slow-job"})
-                .to_string()
-                .into_bytes()
-        })
-        .collect();
+    let slow_jobs = alerting(&slow, "slow", "slow-job");
     let more: Vec<String> = (0..4000).map(|n| token(72_000 + n)).collect();
     publish(&conn, &queue, &slow_jobs).await;
     let before = sim.sim.accepted_count();

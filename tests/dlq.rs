@@ -470,6 +470,30 @@ fn summary_line(out: &str) -> Value {
         .unwrap_or_else(|| panic!("no summary in {out:?}"))
 }
 
+/// Runs a `dlq` command (with `--json`) on `queue`'s dead letters, which
+/// numbered `before`, and checks that it succeeded and that the queue now
+/// holds `before` minus what it reported done. Returns its summary and that
+/// count.
+async fn run_and_check_depth(
+    conn: &lapin::Connection,
+    queue: &str,
+    args: &[&str],
+    before: u32,
+    run: usize,
+) -> (Value, u64) {
+    let (code, out, err) = misiva(queue, args);
+    let s = summary_line(&out);
+    let done = s["done"].as_u64().unwrap_or(u64::MAX);
+    let after = ready_now(conn, &format!("{queue}.dead")).await;
+    assert_eq!(
+        u64::from(after),
+        u64::from(before) - done,
+        "{args:?} run {run}: {before} before, {done} reported done, {after} after (exit {code}; {err})"
+    );
+    assert_eq!(code, 0, "{args:?} run {run}: {err}");
+    (s, done)
+}
+
 /// Purge and replay, 20 times each, against 100 to 1,000 dead letters while
 /// every core is busy: after each run the queue holds exactly what it held
 /// before minus what the command reported, and a replayed letter is never
@@ -492,16 +516,7 @@ async fn purge_and_replay_report_only_what_the_broker_did() {
         if run % 2 == 1 {
             args.extend(["--reason", "a"]);
         }
-        let (code, out, err) = misiva(&queue, &args);
-        let s = summary_line(&out);
-        let done = s["done"].as_u64().unwrap_or(u64::MAX);
-        let after = ready_now(&conn, &dead).await;
-        assert_eq!(
-            u64::from(after),
-            u64::from(before) - done,
-            "purge run {run}: {before} before, {done} reported deleted, {after} after (exit {code}; {err})"
-        );
-        assert_eq!(code, 0, "purge run {run}: {err}");
+        let (s, done) = run_and_check_depth(&conn, &queue, &args, before, run).await;
         let expected = if run % 2 == 1 { n / 2 } else { n };
         assert_eq!(done, expected as u64, "purge run {run}: {s}");
         purge_queue(&conn, &dead).await;
@@ -511,16 +526,8 @@ async fn purge_and_replay_report_only_what_the_broker_did() {
         fill_dead(&conn, &dead, run, n).await;
         let before = ready_now(&conn, &dead).await;
         let work_before = ready_now(&conn, &queue).await;
-        let (code, out, err) = misiva(&queue, &["dlq", "replay", "--json"]);
-        let s = summary_line(&out);
-        let done = s["done"].as_u64().unwrap_or(u64::MAX);
-        let after = ready_now(&conn, &dead).await;
-        assert_eq!(
-            u64::from(after),
-            u64::from(before) - done,
-            "replay run {run}: {before} before, {done} reported replayed, {after} after (exit {code}; {err})"
-        );
-        assert_eq!(code, 0, "replay run {run}: {err}");
+        let args = ["dlq", "replay", "--json"];
+        let (s, done) = run_and_check_depth(&conn, &queue, &args, before, run).await;
         assert_eq!(done, n as u64, "replay run {run}: {s}");
         assert_eq!(
             ready_now(&conn, &queue).await - work_before,
