@@ -95,9 +95,10 @@ fn observability(c: &mut Criterion) {
         reason: None,
         timestamp_ms: None,
     };
+    let queue: std::sync::Arc<str> = std::sync::Arc::from("misiva.jobs");
     c.bench_function("metrics: one single-token job's events", |b| {
         b.iter(|| {
-            emit(events::JobReceived);
+            emit(events::JobReceived { queue: &queue });
             app.in_flight.inc();
             emit(events::NotificationAnswered {
                 app: &app,

@@ -17,6 +17,9 @@
 #   MISIVA_BROKER_DIR   data directory (default target/broker-<port>; 3.10 only)
 #   MISIVA_RABBITMQ     3.10 (default: this machine's Debian 12 package) or 4.0
 #   MISIVA_BROKER_COOKIE  the Erlang cookie, for nodes that form a cluster
+#   MISIVA_BROKER_PLUGINS  plugins enabled at start, comma-separated (default:
+#                       rabbitmq_consistent_hash_exchange, which MISIVA_SHARDS
+#                       needs; "none" for a node without plugins)
 set -euo pipefail
 
 port="${MISIVA_BROKER_PORT:-5682}"
@@ -108,7 +111,9 @@ start() {
     chmod 400 "$prefix$HOME/.erlang.cookie"
   fi
   : >"$prefix$RABBITMQ_CONF_ENV_FILE"
-  echo "[]." >"$prefix$RABBITMQ_ENABLED_PLUGINS_FILE"
+  local plugins="${MISIVA_BROKER_PLUGINS:-rabbitmq_consistent_hash_exchange}"
+  if [ "$plugins" = none ]; then plugins=""; fi
+  echo "[$plugins]." >"$prefix$RABBITMQ_ENABLED_PLUGINS_FILE"
   echo "[]." >"$prefix$RABBITMQ_ADVANCED_CONFIG_FILE"
   cat >"$prefix$RABBITMQ_CONFIG_FILE" <<CONF
 listeners.tcp.default = 127.0.0.1:$port
@@ -162,9 +167,10 @@ case "${1:-}" in
   url) echo "amqp://guest:guest@127.0.0.1:$port/%2f" ;;
   version) ctl version ;;
   # Every node the test suites start: the shared one (this port), the private
-  # ones of the supervision tests and the fault suite, and the cluster.
+  # ones of the supervision tests, the fault suite and the shard tests, and
+  # the cluster.
   stop-tests)
-    for p in "$port" 5697 5696 5694 5691 5692 5693; do
+    for p in "$port" 5697 5696 5695 5694 5691 5692 5693; do
       MISIVA_BROKER_PORT="$p" "$0" stop >/dev/null 2>&1 || true
     done ;;
   # Stops the node and deletes its data: the next start is a fresh node.

@@ -51,23 +51,43 @@ impl Readiness {
         self.stopping.store(true, Ordering::Relaxed);
     }
 
-    /// Counts a consumer as consuming until the returned guard drops.
-    pub fn consuming(self: &Arc<Self>) -> ConsumingGuard {
-        self.consuming.fetch_add(1, Ordering::Relaxed);
-        crate::events::emit(crate::events::Consuming { running: true });
-        ConsumingGuard(self.clone())
+    /// Counts a consumer of `queue` as consuming until the returned guard
+    /// drops; toward readiness only when `wanted` (a retired shard's
+    /// consumer may end for good, and readiness does not wait for it).
+    pub fn consuming(self: &Arc<Self>, queue: Arc<str>, wanted: bool) -> ConsumingGuard {
+        if wanted {
+            self.consuming.fetch_add(1, Ordering::Relaxed);
+        }
+        crate::events::emit(crate::events::Consuming {
+            running: true,
+            queue: &queue,
+        });
+        ConsumingGuard {
+            readiness: self.clone(),
+            queue,
+            wanted,
+        }
     }
 }
 
 /// Held by a consumer while it consumes; dropping it (whatever ended the
 /// consumer) takes it out of the count.
 #[derive(Debug)]
-pub struct ConsumingGuard(Arc<Readiness>);
+pub struct ConsumingGuard {
+    readiness: Arc<Readiness>,
+    queue: Arc<str>,
+    wanted: bool,
+}
 
 impl Drop for ConsumingGuard {
     fn drop(&mut self) {
-        self.0.consuming.fetch_sub(1, Ordering::Relaxed);
-        crate::events::emit(crate::events::Consuming { running: false });
+        if self.wanted {
+            self.readiness.consuming.fetch_sub(1, Ordering::Relaxed);
+        }
+        crate::events::emit(crate::events::Consuming {
+            running: false,
+            queue: &self.queue,
+        });
     }
 }
 
@@ -198,13 +218,19 @@ mod tests {
         let r = Readiness::new(2);
         assert!(!r.is_ready());
         r.set_connected(true);
-        let a = r.consuming();
+        let a = r.consuming(Arc::from("q"), true);
         assert!(!r.is_ready(), "one of two consumers");
-        let b = r.consuming();
+        let retired = r.consuming(Arc::from("q.3"), false);
+        assert!(
+            !r.is_ready(),
+            "a retired shard's consumer is not one of them"
+        );
+        drop(retired);
+        let b = r.consuming(Arc::from("q"), true);
         assert!(r.is_ready());
         drop(a);
         assert!(!r.is_ready(), "a consumer restarting");
-        let _a = r.consuming();
+        let _a = r.consuming(Arc::from("q"), true);
         assert!(r.is_ready());
         r.set_connected(false);
         assert!(!r.is_ready());

@@ -40,7 +40,9 @@ impl RunError {
         match self {
             RunError::Setup(_)
             | RunError::Admin { .. }
-            | RunError::Topology(TopologyError::Conflict { .. }) => 2,
+            | RunError::Topology(
+                TopologyError::Conflict { .. } | TopologyError::PluginMissing { .. },
+            ) => 2,
             _ => 1,
         }
     }
@@ -75,7 +77,14 @@ async fn connect(config: &Config, name: &str) -> Result<Broker, amqp::AmqpError>
 /// `misiva topology`: declares the queues and exchange, then exits.
 pub async fn topology(config: &Config) -> Result<(), RunError> {
     let broker = connect(config, "misiva topology").await?;
-    amqp::declare(&broker, &Topology::from_config(config)).await?;
+    let declared = amqp::declare(&broker, &Topology::from_config(config)).await?;
+    for queue in &declared.retired {
+        tracing::warn!(
+            %queue,
+            shards = config.shards,
+            "this shard is beyond MISIVA_SHARDS: it is out of the shard exchange; workers consume it until it is empty"
+        );
+    }
     broker.close().await;
     Ok(())
 }
@@ -93,7 +102,7 @@ pub async fn topology(config: &Config) -> Result<(), RunError> {
 /// ```
 pub async fn run(config: Config) -> Result<(), RunError> {
     let apns = Apns::from_config(&config).await?;
-    let readiness = Readiness::new(config.consumers);
+    let readiness = Readiness::new(config.consumers * config.shards);
     crate::admin::serve(&config.admin_addr, readiness.clone())
         .await
         .map_err(|source| RunError::Admin {
@@ -112,7 +121,15 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     // something a restart can fix.
     let first = connect(&config, &connection_name(&config)).await?;
     let topology = Arc::new(Topology::from_config(&config));
-    amqp::declare(&first, &topology).await?;
+    let declared = amqp::declare(&first, &topology).await?;
+    let feeds = feeds(&config, &topology, &declared);
+    for feed in feeds.iter().filter(|f| f.retired) {
+        events::emit(events::RetiredShard {
+            queue: &feed.queue,
+            shards: config.shards,
+            consumed: true,
+        });
+    }
 
     let policy = crate::outcome::RetryPolicy {
         tiers: config.retry_delays.len(),
@@ -129,6 +146,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         next_node: Arc::new(AtomicUsize::new(0)),
         current: watch::channel(None).0,
         readiness,
+        feeds: Arc::from(feeds),
     };
     let root = SupervisorSpec {
         name: "misiva".into(),
@@ -150,7 +168,12 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let (supervisor, _handle) = Supervisor::new(root);
     let tree = tokio::spawn(supervisor.run(stop_rx));
     tokio::pin!(tree);
-    tracing::info!(consumers = parts.config.consumers, queue = %parts.config.queue, "worker running");
+    tracing::info!(
+        consumers = parts.config.consumers,
+        shards = parts.config.shards,
+        queue = %parts.config.queue,
+        "worker running"
+    );
 
     let result = tokio::select! {
         signal = shutdown_signal() => {
@@ -201,6 +224,45 @@ struct Parts {
     current: watch::Sender<Option<Broker>>,
     /// What `/readyz` reports.
     readiness: Arc<Readiness>,
+    /// The consumer children's queues, one entry per child.
+    feeds: Arc<[Feed]>,
+}
+
+/// The queue one consumer child consumes.
+#[derive(Debug, Clone)]
+struct Feed {
+    queue: Arc<str>,
+    /// A shard beyond `MISIVA_SHARDS`: consumed while it exists, and not
+    /// needed for readiness.
+    retired: bool,
+    prefetch: u16,
+}
+
+/// Every replica consumes every shard (CONTRACT §6): `MISIVA_CONSUMERS`
+/// consumers for each configured shard, one for each retired shard. The
+/// prefetch is shared out among the shards, so that a replica holds about
+/// as many deliveries with N shards as with one.
+fn feeds(config: &Config, topology: &Topology, declared: &amqp::Declared) -> Vec<Feed> {
+    let shards = topology.shards.len().max(1);
+    let per_shard = u16::try_from(usize::from(config.prefetch).div_ceil(shards)).unwrap_or(1);
+    let mut feeds = Vec::new();
+    for _ in 0..config.consumers {
+        for queue in &topology.shards {
+            feeds.push(Feed {
+                queue: Arc::from(queue.as_str()),
+                retired: false,
+                prefetch: per_shard,
+            });
+        }
+    }
+    for queue in &declared.retired {
+        feeds.push(Feed {
+            queue: Arc::from(queue.as_str()),
+            retired: true,
+            prefetch: per_shard,
+        });
+    }
+    feeds
 }
 
 impl Parts {
@@ -238,12 +300,18 @@ fn amqp_tree(parts: &Parts) -> SupervisorSpec {
             move |ctx| connection_child(parts.clone(), ctx),
         )
     };
-    let consumers: Vec<ChildSpec> = (0..parts.config.consumers)
+    let consumers: Vec<ChildSpec> = (0..parts.feeds.len())
         .map(|index| {
             let parts = parts.clone();
+            // A retired shard's consumer ends for good when its queue is gone.
+            let restart = if parts.feeds[index].retired {
+                Restart::Transient
+            } else {
+                Restart::Permanent
+            };
             ChildSpec::new(
                 format!("consumer-{index}"),
-                Restart::Permanent,
+                restart,
                 Shutdown::Graceful(parts.stop_time()),
                 move |ctx| consumer_child(parts.clone(), index, ctx),
             )
@@ -294,6 +362,8 @@ async fn connection_child(parts: Parts, mut ctx: ChildContext) -> Result<(), Chi
             amqp::declare(&broker, &parts.topology)
                 .await
                 .map_err(ChildError::failed)?;
+            // Retired shards were found at start; the shard count does not
+            // change without a restart.
             broker
         }
     };
@@ -344,9 +414,11 @@ async fn consumer_child(
         .clone()
         .filter(Broker::is_connected)
         .ok_or_else(|| ChildError::failed("no RabbitMQ connection"))?;
+    let feed = parts.feeds[index].clone();
     let consumer = Consumer {
         index,
-        prefetch: parts.config.prefetch,
+        queue: feed.queue.clone(),
+        prefetch: feed.prefetch,
         topology: parts.topology.clone(),
         dispatcher: parts.dispatcher.clone(),
         counters: parts.counters.clone(),
@@ -358,7 +430,7 @@ async fn consumer_child(
     let mut consuming = None;
     let readiness = parts.readiness.clone();
     let on_ready = || {
-        consuming = Some(readiness.consuming());
+        consuming = Some(readiness.consuming(feed.queue.clone(), !feed.retired));
         ctx.ready();
     };
     match consumer
@@ -366,6 +438,15 @@ async fn consumer_child(
         .await
     {
         Ok(_) => Ok(()),
+        // The retired shard was deleted: its consumer's work is done.
+        Err(exit) if feed.retired && exit.queue_not_found() => {
+            events::emit(events::RetiredShard {
+                queue: &feed.queue,
+                shards: parts.config.shards,
+                consumed: false,
+            });
+            Ok(())
+        }
         Err(exit) => Err(ChildError::failed(exit)),
     }
 }

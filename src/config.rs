@@ -232,7 +232,10 @@ pub struct Config {
     pub dead_letter_queue: String,
     pub feedback_exchange: String,
     pub feedback_queue: String,
+    /// Consumer actors per shard of the work queue.
     pub consumers: usize,
+    /// Work-queue shards (CONTRACT §6); 1 is the plain work queue.
+    pub shards: usize,
     pub prefetch: u16,
     pub apps: BTreeMap<String, AppConfig>,
     pub admin_addr: String,
@@ -274,6 +277,7 @@ struct FileConfig {
     feedback_exchange: Option<String>,
     feedback_queue: Option<String>,
     consumers: Option<usize>,
+    shards: Option<usize>,
     prefetch: Option<u16>,
     admin_addr: Option<String>,
     log: Option<String>,
@@ -308,6 +312,10 @@ struct FileApp {
 }
 
 pub const DEFAULT_PREFETCH: u16 = 500;
+/// The most work-queue shards: a quorum queue is a Raft group on every node
+/// that holds it, so shards cost the broker memory and processes; 64 is far
+/// beyond what one cluster's nodes can lead usefully.
+pub const MAX_SHARDS: usize = 64;
 pub const DEFAULT_CONNECTIONS: usize = 1;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -398,6 +406,14 @@ impl Config {
                 "MISIVA_CONSUMERS",
                 consumers.to_string(),
                 "expected 1 to 256",
+            ));
+        }
+        let shards = number("MISIVA_SHARDS", file.shards.map(|c| c as u64))?.unwrap_or(1);
+        if !(1..=MAX_SHARDS as u64).contains(&shards) {
+            return Err(invalid(
+                "MISIVA_SHARDS",
+                shards.to_string(),
+                format!("expected 1 to {MAX_SHARDS}"),
             ));
         }
         let prefetch = number("MISIVA_PREFETCH", file.prefetch.map(u64::from))?
@@ -559,6 +575,7 @@ impl Config {
             feedback_exchange,
             feedback_queue,
             consumers: consumers as usize,
+            shards: shards as usize,
             prefetch: prefetch as u16,
             apps,
             admin_addr: var("MISIVA_ADMIN_ADDR")

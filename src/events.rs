@@ -72,6 +72,14 @@ pub struct AppCause {
     pub cause: &'static str,
 }
 
+/// A queue the worker consumes: the work queue, a shard, or a retired
+/// shard. Its values come from the topology only (at most
+/// [`crate::config::MAX_SHARDS`] names), never from a message.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabel {
+    pub queue: Arc<str>,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ChildLabel {
     pub child: Arc<str>,
@@ -106,7 +114,7 @@ pub struct Metrics {
     /// besides [`UNKNOWN_APP`].
     apps: RwLock<HashMap<String, Arc<str>>>,
     unknown: Arc<str>,
-    pub jobs_received: Counter,
+    pub jobs_received: Family<QueueLabel, Counter>,
     pub jobs_acked: Family<AppLabel, Counter>,
     pub jobs_requeued: Counter,
     pub jobs_retried: Family<AppTier, Counter>,
@@ -129,7 +137,8 @@ pub struct Metrics {
     pub broker_connected: Gauge,
     pub broker_blocked: Gauge,
     pub broker_reconnects: Counter,
-    pub consumers_running: Gauge,
+    pub consumers_running: Family<QueueLabel, Gauge>,
+    pub shards_retired: Family<QueueLabel, Gauge>,
     pub settlement_retries: Counter,
 }
 
@@ -140,7 +149,7 @@ impl Metrics {
             registry: Registry::default(),
             apps: RwLock::new(HashMap::new()),
             unknown: Arc::from(UNKNOWN_APP),
-            jobs_received: Counter::default(),
+            jobs_received: Family::default(),
             jobs_acked: Family::default(),
             jobs_requeued: Counter::default(),
             jobs_retried: Family::default(),
@@ -163,7 +172,8 @@ impl Metrics {
             broker_connected: Gauge::default(),
             broker_blocked: Gauge::default(),
             broker_reconnects: Counter::default(),
-            consumers_running: Gauge::default(),
+            consumers_running: Family::default(),
+            shards_retired: Family::default(),
             settlement_retries: Counter::default(),
         };
         registry.register(
@@ -290,6 +300,11 @@ impl Metrics {
             m.broker_reconnects.clone(),
         );
         r.register(
+            "shards_retired",
+            "1 for a shard beyond MISIVA_SHARDS that still exists and is consumed so that it empties",
+            m.shards_retired.clone(),
+        );
+        r.register(
             "consumers_running",
             "Consumer actors currently consuming",
             m.consumers_running.clone(),
@@ -347,13 +362,20 @@ pub fn status_label(answer: &ApnsAnswer) -> &'static str {
 // ---------------------------------------------------------------------------
 // Jobs
 
-/// A delivery arrived from the work queue.
+/// A delivery arrived from the work queue or one of its shards.
 #[derive(Debug)]
-pub struct JobReceived;
+pub struct JobReceived<'a> {
+    pub queue: &'a Arc<str>,
+}
 
-impl InternalEvent for JobReceived {
+impl InternalEvent for JobReceived<'_> {
     fn emit(self) {
-        metrics().jobs_received.inc();
+        metrics()
+            .jobs_received
+            .get_or_create(&QueueLabel {
+                queue: self.queue.clone(),
+            })
+            .inc();
     }
 }
 
@@ -798,18 +820,52 @@ impl InternalEvent for BrokerBlocked {
 
 /// A consumer started or stopped consuming.
 #[derive(Debug)]
-pub struct Consuming {
+pub struct Consuming<'a> {
     pub running: bool,
+    pub queue: &'a Arc<str>,
 }
 
-impl InternalEvent for Consuming {
+impl InternalEvent for Consuming<'_> {
     fn emit(self) {
-        let gauge = &metrics().consumers_running;
+        let gauge = metrics().consumers_running.get_or_create(&QueueLabel {
+            queue: self.queue.clone(),
+        });
         if self.running {
             gauge.inc();
         } else {
             gauge.dec();
         }
+    }
+}
+
+/// A shard beyond `MISIVA_SHARDS` still exists: it is consumed until it is
+/// empty (`consumed`), or its consumer found it gone.
+#[derive(Debug)]
+pub struct RetiredShard<'a> {
+    pub queue: &'a Arc<str>,
+    pub shards: usize,
+    pub consumed: bool,
+}
+
+impl InternalEvent for RetiredShard<'_> {
+    fn emit(self) {
+        if self.consumed {
+            tracing::warn!(
+                queue = %self.queue,
+                shards = self.shards,
+                "this shard is beyond MISIVA_SHARDS: it is out of the shard exchange, and \
+                 consumed so that it empties; delete it once it is empty \
+                 (docs/operations.md, \"Scaling past one queue\")"
+            );
+        } else {
+            tracing::info!(queue = %self.queue, "the retired shard is gone; its consumer stops");
+        }
+        metrics()
+            .shards_retired
+            .get_or_create(&QueueLabel {
+                queue: self.queue.clone(),
+            })
+            .set(i64::from(self.consumed));
     }
 }
 
@@ -827,10 +883,15 @@ mod tests {
 
     #[test]
     fn exposition_has_conventional_names() {
-        emit(JobReceived);
+        emit(JobReceived {
+            queue: &Arc::from("misiva.jobs"),
+        });
         let text = metrics().encode();
         assert!(text.contains("misiva_build_info{version=\""), "{text}");
-        assert!(text.contains("misiva_jobs_received_total "), "{text}");
+        assert!(
+            text.contains("misiva_jobs_received_total{queue=\"misiva.jobs\"} "),
+            "{text}"
+        );
         assert!(text.contains("# TYPE misiva_apns_request_duration_seconds histogram"));
         assert!(text.ends_with("# EOF\n"));
     }

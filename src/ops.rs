@@ -2,7 +2,7 @@
 //! broker, never APNs credentials. Output for people goes to stdout as
 //! tables; `--json` prints nothing but JSON lines; problems go to stderr.
 
-use crate::amqp::{AmqpError, Broker, DeadLetterQueue, Held, JobPublisher, Released};
+use crate::amqp::{AmqpError, Broker, DeadLetterQueue, Held, JobPublisher, Released, Topology};
 use crate::cli::{DlqCommand, PurgeArgs, ReplayArgs, Selection, SendArgs};
 use crate::config::Config;
 use crate::dlq::{self, Filter, Letter, Stats};
@@ -291,10 +291,11 @@ async fn replay(config: &Config, r: Read, args: &ReplayArgs) -> anyhow::Result<i
     let bar = progress(picked.len(), json || args.dry_run, "replaying");
     let mut done = 0;
     let mut failure = None;
+    let topology = Topology::from_config(config);
     for &i in &picked {
         if !args.dry_run {
             let started = std::time::Instant::now();
-            if let Err(e) = queue.replay(&held[i], &config.queue).await {
+            if let Err(e) = queue.replay(&held[i], &topology).await {
                 failure = Some(e);
                 break;
             }
@@ -541,7 +542,7 @@ async fn run_send(config: &Config, args: SendArgs) -> anyhow::Result<()> {
         )));
     }
     let broker = Broker::connect(&config.amqp_url, "misiva send").await?;
-    let publisher = JobPublisher::open(&broker, &config.queue).await?;
+    let publisher = JobPublisher::open(&broker, &Topology::from_config(config)).await?;
     publisher
         .publish_one(text.as_bytes(), &message_id)
         .await

@@ -1,7 +1,7 @@
 //! `misiva publish`: enqueue jobs from a file of JSON lines, with confirms.
 //! Handy for operators and the demo; applications publish with any AMQP client.
 
-use crate::amqp::{Broker, JobPublisher};
+use crate::amqp::{Broker, JobPublisher, Topology};
 use crate::config::{Config, ConfigError};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -27,7 +27,6 @@ async fn publish(config_file: Option<PathBuf>, file: &Path) -> anyhow::Result<us
     // Publishing needs only the broker and the queue, not APNs credentials;
     // a configuration error is still one (exit 2, never a silent default).
     let config = Config::load_for_broker(config_file).map_err(ConfigProblem)?;
-    let (url, queue) = (config.amqp_url, config.queue);
     let reader: Box<dyn BufRead> = if file == Path::new("-") {
         Box::new(std::io::stdin().lock())
     } else {
@@ -39,8 +38,8 @@ async fn publish(config_file: Option<PathBuf>, file: &Path) -> anyhow::Result<us
         .into_iter()
         .filter(|l| !l.trim().is_empty())
         .collect();
-    let broker = Broker::connect(&url, "misiva publish").await?;
-    let publisher = JobPublisher::open(&broker, &queue).await?;
+    let broker = Broker::connect(&config.amqp_url, "misiva publish").await?;
+    let publisher = JobPublisher::open(&broker, &Topology::from_config(&config)).await?;
     let count = publisher
         .publish_many(lines.iter().map(|l| l.as_bytes()))
         .await?;

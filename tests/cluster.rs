@@ -9,14 +9,12 @@
 
 mod support;
 
-use misiva::sim::{Faults, SimConfig};
-use serde_json::json;
 use std::collections::HashSet;
 use std::process::Command;
 use std::time::Duration;
 use support::{
-    Proxy, SimFixture, Worker, broker, longest_gap, now_us, publish, ready_now, token,
-    unique_queue, wait_for,
+    Proxy, Worker, alerting, broker, delivered_all, jobs, longest_gap, now_us, publish, ready_now,
+    recording_sim, token, unique_queue, wait_for,
 };
 
 /// First AMQP port of the cluster's three nodes.
@@ -128,50 +126,8 @@ async fn the_work_queue_leader_stopped_under_load_loses_nothing() {
 /// Declares the contract's queues for `queue` through `node`: a quorum
 /// queue's leader is the node it was declared on.
 fn declare_through(node: &support::Broker, queue: &str) {
-    let declared = Command::new(env!("CARGO_BIN_EXE_misiva"))
-        .arg("topology")
-        .env_clear()
-        .env("MISIVA_AMQP_URL", &node.url)
-        .env("MISIVA_QUEUE", queue)
-        .output()
-        .unwrap();
+    let declared = support::declare_topology(node, queue, &[]);
     assert!(declared.status.success(), "{declared:?}");
-}
-
-/// A simulator that answers after `latency` and records what it accepted.
-async fn recording_sim(latency: Duration) -> SimFixture {
-    SimFixture::start(SimConfig {
-        faults: Faults {
-            latency,
-            ..Faults::default()
-        },
-        record: true,
-        ..Default::default()
-    })
-    .await
-}
-
-/// One single-token job per token, ids `<prefix>-<n>`.
-fn jobs(tokens: &[String], prefix: &str) -> Vec<Vec<u8>> {
-    alerting(tokens, prefix, "x")
-}
-
-/// The same with `alert` as the alert text (a fault hook's marker, say).
-fn alerting(tokens: &[String], prefix: &str, alert: &str) -> Vec<Vec<u8>> {
-    tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            json!({"id": format!("{prefix}-{i}"), "token": t, "alert": alert})
-                .to_string()
-                .into_bytes()
-        })
-        .collect()
-}
-
-fn delivered_all(sim: &SimFixture, expected: &HashSet<String>) -> bool {
-    let accepted: HashSet<String> = sim.sim.accepted().into_iter().map(|a| a.token).collect();
-    accepted == *expected
 }
 
 /// How long the slow jobs of the next test hold their delivery before they

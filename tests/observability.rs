@@ -23,7 +23,17 @@ fn exported() -> BTreeSet<String> {
     // each kind gives every family one.
     let app = events::AppMetrics::new("docs");
     let name: Arc<str> = app.app.clone();
-    emit(events::JobReceived);
+    let queue: Arc<str> = Arc::from("misiva.jobs");
+    emit(events::JobReceived { queue: &queue });
+    emit(events::Consuming {
+        running: true,
+        queue: &queue,
+    });
+    emit(events::RetiredShard {
+        queue: &queue,
+        shards: 1,
+        consumed: true,
+    });
     emit(events::JobAcked {
         app: "docs",
         age: Some(Duration::from_secs(1)),

@@ -44,6 +44,14 @@ pub enum ConsumerExit {
     Amqp(#[from] AmqpError),
 }
 
+impl ConsumerExit {
+    /// Whether the broker refused the consumption because the queue does not
+    /// exist (404 NOT_FOUND).
+    pub fn queue_not_found(&self) -> bool {
+        matches!(self, ConsumerExit::Amqp(AmqpError::Channel(e)) if e.to_string().contains("NOT_FOUND"))
+    }
+}
+
 /// Counters shared by every consumer, for logs now and metrics later.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -58,6 +66,9 @@ pub struct Counters {
 #[derive(Debug, Clone)]
 pub struct Consumer {
     pub index: usize,
+    /// The queue it consumes: the work queue, one of its shards, or a
+    /// retired shard.
+    pub queue: Arc<str>,
     pub prefetch: u16,
     pub topology: Arc<Topology>,
     pub dispatcher: Arc<Dispatcher>,
@@ -94,14 +105,14 @@ impl Consumer {
         let tag = format!("misiva-{}-{}", std::process::id(), this.index);
         let mut deliveries = channel
             .basic_consume(
-                short(&this.topology.queue),
+                short(&this.queue),
                 short(&tag),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await
             .map_err(AmqpError::Channel)?;
-        tracing::info!(consumer = this.index, queue = %this.topology.queue, prefetch = this.prefetch, "consuming");
+        tracing::info!(consumer = this.index, queue = %this.queue, prefetch = this.prefetch, "consuming");
         on_ready();
 
         // Settled deliveries go to one ack task, which sends their acks in
@@ -231,7 +242,7 @@ impl Consumer {
         acks: mpsc::Sender<Done>,
     ) -> impl Future<Output = Result<(), String>> + Send + 'static {
         async move {
-            events::emit(events::JobReceived);
+            events::emit(events::JobReceived { queue: &self.queue });
             // One span per job, made by the dispatcher once the body is decoded
             // (here for jobs it never sees); the publisher's trace context, when
             // it sent one, ties every line of the job to the request behind it.

@@ -29,7 +29,7 @@
 
 use super::publisher::{ConfirmChannel, Outgoing, PublishError};
 use super::wire::{self, short};
-use super::{AmqpError, Broker};
+use super::{AmqpError, Broker, Topology};
 use crate::dlq::{HeaderValue, RawLetter};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -237,15 +237,16 @@ impl DeadLetterQueue {
         Ok(())
     }
 
-    /// Publishes a copy of a held dead letter to `work_queue` (attempts reset,
+    /// Publishes a copy of a held dead letter to the work queue, through the
+    /// shard exchange when there are shards (attempts reset,
     /// `x-misiva-replayed` counted up), waits for the broker's confirm, and
     /// only then removes the dead letter. Killed in between, the dead letter
     /// stays and the job was published: at most this one is duplicated.
-    pub async fn replay(&mut self, held: &Held, work_queue: &str) -> Result<(), PublishError> {
+    pub async fn replay(&mut self, held: &Held, topology: &Topology) -> Result<(), PublishError> {
         let copy = wire::replayed(
             &held.delivery.properties,
             &held.delivery.data,
-            work_queue,
+            topology,
             self.frame_max,
         );
         self.republish(copy).await?;

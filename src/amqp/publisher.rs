@@ -2,10 +2,12 @@
 //! has confirmed it, so the original delivery can be acked without risk.
 
 use super::wire::short;
-use super::{AmqpError, Broker};
+use super::{AmqpError, Broker, Topology};
 use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::Mutex as AsyncMutex;
 
 #[derive(Debug, thiserror::Error)]
@@ -177,18 +179,26 @@ pub(crate) struct Outgoing {
 }
 
 /// Publishes jobs to the work queue with confirms: `misiva publish`, the demo,
-/// and any Rust program that wants to enqueue pushes.
+/// and any Rust program that wants to enqueue pushes. With shards it
+/// publishes through the shard exchange (CONTRACT §6).
 #[derive(Debug, Clone)]
 pub struct JobPublisher {
     channel: ConfirmChannel,
-    queue: String,
+    topology: Arc<Topology>,
+    /// Routing keys for jobs published without an id of their own: a
+    /// counter from a random start, so that the shard exchange spreads them
+    /// evenly and two publishers do not follow the same sequence.
+    next_key: Arc<AtomicU64>,
 }
 
 impl JobPublisher {
-    pub async fn open(broker: &Broker, queue: &str) -> Result<Self, AmqpError> {
+    pub async fn open(broker: &Broker, topology: &Topology) -> Result<Self, AmqpError> {
         Ok(JobPublisher {
             channel: ConfirmChannel::open(broker).await?,
-            queue: queue.to_owned(),
+            topology: Arc::new(topology.clone()),
+            next_key: Arc::new(AtomicU64::new(u64::from(
+                uuid::Uuid::new_v4().as_fields().0,
+            ))),
         })
     }
 
@@ -200,13 +210,17 @@ impl JobPublisher {
     ) -> Result<usize, PublishError> {
         let messages: Vec<Outgoing> = bodies
             .into_iter()
-            .map(|body| Outgoing {
-                exchange: ShortString::default(),
-                routing_key: short(&self.queue),
-                body: body.to_vec(),
-                properties: BasicProperties::default()
-                    .with_content_type(short("application/json"))
-                    .with_delivery_mode(2),
+            .map(|body| {
+                let key = self.next_key.fetch_add(1, Ordering::Relaxed).to_string();
+                let (exchange, routing_key) = self.topology.job_destination(&key);
+                Outgoing {
+                    exchange,
+                    routing_key,
+                    body: body.to_vec(),
+                    properties: BasicProperties::default()
+                        .with_content_type(short("application/json"))
+                        .with_delivery_mode(2),
+                }
             })
             .collect();
         let count = messages.len();
@@ -217,9 +231,10 @@ impl JobPublisher {
     /// Publishes one job with `message_id` (the job id when the body names
     /// none), persistent, and waits for its confirm.
     pub async fn publish_one(&self, body: &[u8], message_id: &str) -> Result<(), PublishError> {
+        let (exchange, routing_key) = self.topology.job_destination(message_id);
         let message = Outgoing {
-            exchange: ShortString::default(),
-            routing_key: short(&self.queue),
+            exchange,
+            routing_key,
             body: body.to_vec(),
             properties: BasicProperties::default()
                 .with_content_type(short("application/json"))

@@ -6,35 +6,112 @@ use super::wire::short;
 use super::{AmqpError, Broker};
 use crate::config::Config;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::ShortString;
 use lapin::types::{AMQPValue, FieldTable};
 
 #[derive(Debug, Clone)]
 pub struct Topology {
+    /// The work queue, which is also shard 0.
     pub queue: String,
+    /// The configured shards (CONTRACT §6), shard 0 first; only the work
+    /// queue when sharding is off.
+    pub shards: Vec<String>,
+    /// The consistent-hash exchange in front of the shards, when there are
+    /// two or more.
+    pub shard_exchange: Option<String>,
     /// The retry tiers, shortest delay first: (queue name, delay).
     pub retry_queues: Vec<(String, std::time::Duration)>,
+    /// With shards, the topic exchange in front of the retry tiers: a retry
+    /// is published with a routing key of its own (the tier's name, a dot,
+    /// the job id), which it keeps when its tier hands it back to the shard
+    /// exchange, so that retries spread over the shards as jobs do.
+    pub retry_exchange: Option<String>,
     pub dead_letter_queue: String,
     pub feedback_exchange: String,
     pub feedback_queue: String,
 }
 
+/// What a declaration found besides what it declared.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Declared {
+    /// Shards beyond the configured count that still exist (the count was
+    /// lowered): consumed until empty, never deleted.
+    pub retired: Vec<String>,
+}
+
+/// The name of the shard exchange for a work queue.
+pub fn shard_exchange_name(queue: &str) -> String {
+    format!("{queue}.shards")
+}
+
+/// The name of shard `index` (shard 0 is the work queue itself).
+pub fn shard_name(queue: &str, index: usize) -> String {
+    if index == 0 {
+        queue.to_owned()
+    } else {
+        format!("{queue}.{index}")
+    }
+}
+
+/// The RabbitMQ plugin that provides the shard exchange's type.
+pub const SHARD_PLUGIN: &str = "rabbitmq_consistent_hash_exchange";
+
 impl Topology {
     pub fn from_config(config: &Config) -> Topology {
+        let sharded = config.shards >= 2;
+        // Retry tiers dead-letter to one fixed place, fixed when the queue is
+        // declared; sharded tiers send jobs back through the shard exchange,
+        // so they are queues of their own, and a change of shard count
+        // between 1 and N never meets a tier declared the other way.
+        let tier_base = if sharded {
+            shard_exchange_name(&config.queue)
+        } else {
+            config.queue.clone()
+        };
         Topology {
             queue: config.queue.clone(),
+            shards: (0..config.shards)
+                .map(|i| shard_name(&config.queue, i))
+                .collect(),
+            shard_exchange: sharded.then(|| shard_exchange_name(&config.queue)),
             retry_queues: config
                 .retry_delays
                 .iter()
                 .map(|d| {
                     (
-                        format!("{}.retry.{}", config.queue, crate::config::delay_label(*d)),
+                        format!("{tier_base}.retry.{}", crate::config::delay_label(*d)),
                         *d,
                     )
                 })
                 .collect(),
+            retry_exchange: sharded.then(|| format!("{tier_base}.retry")),
             dead_letter_queue: config.dead_letter_queue.clone(),
             feedback_exchange: config.feedback_exchange.clone(),
             feedback_queue: config.feedback_queue.clone(),
+        }
+    }
+
+    /// Where a job is published (`misiva publish`, `send`, `dlq replay`):
+    /// the shard exchange with `key` as its routing key when there are
+    /// shards, else the work queue through the default exchange.
+    pub(crate) fn job_destination(&self, key: &str) -> (ShortString, ShortString) {
+        match &self.shard_exchange {
+            Some(exchange) => (short(exchange), short(key)),
+            None => (ShortString::default(), short(&self.queue)),
+        }
+    }
+
+    /// Where a retry for tier `tier` is published, `key` spreading it over
+    /// the shards when there are some.
+    pub(crate) fn retry_destination(&self, tier: usize, key: &str) -> (ShortString, ShortString) {
+        let tier = tier.min(self.retry_queues.len().saturating_sub(1));
+        let Some((queue, _)) = self.retry_queues.get(tier) else {
+            // No tiers configured: straight back to the work queue.
+            return self.job_destination(key);
+        };
+        match &self.retry_exchange {
+            Some(exchange) => (short(exchange), short(&format!("{queue}.{key}"))),
+            None => (ShortString::default(), short(queue)),
         }
     }
 }
@@ -52,6 +129,15 @@ pub enum TopologyError {
         kind: &'static str,
         name: String,
         source: lapin::Error,
+    },
+    /// The shard exchange's type is not known to the broker.
+    #[error(
+        "MISIVA_SHARDS is {shards}, which needs RabbitMQ's plugin {SHARD_PLUGIN} for the exchange {exchange:?}; enable it on every node with `rabbitmq-plugins enable {SHARD_PLUGIN}` (the broker said: {detail})"
+    )]
+    PluginMissing {
+        shards: usize,
+        exchange: String,
+        detail: String,
     },
     #[error(transparent)]
     Amqp(#[from] AmqpError),
@@ -118,8 +204,12 @@ async fn declare_queue(
     Ok(declared.map(|_| ()))
 }
 
-/// Declares everything.
-pub async fn declare(broker: &Broker, topology: &Topology) -> Result<(), TopologyError> {
+/// Declares everything, the shard exchange first: without its plugin
+/// nothing else is declared.
+pub async fn declare(broker: &Broker, topology: &Topology) -> Result<Declared, TopologyError> {
+    if let Some(exchange) = &topology.shard_exchange {
+        declare_shard_exchange(broker, topology, exchange).await?;
+    }
     // The dead-letter queue first: the work queue dead-letters into it.
     for name in [&topology.dead_letter_queue, &topology.feedback_queue] {
         declare_queue(broker, name, quorum())
@@ -127,34 +217,167 @@ pub async fn declare(broker: &Broker, topology: &Topology) -> Result<(), Topolog
             .map_err(|e| classify("queue", name, e))?;
     }
     declare_work_queue(broker, topology).await?;
+    for name in topology.shards.iter().skip(1) {
+        let mut args = work_queue_arguments(topology);
+        // Spreads the shards' leaders over the nodes (RabbitMQ 3.10+), which
+        // is what sharding is for.
+        args.insert(short("x-queue-leader-locator"), text("balanced"));
+        declare_queue(broker, name, args)
+            .await?
+            .map_err(|e| classify("queue", name, e))?;
+    }
+    if let Some(exchange) = &topology.shard_exchange {
+        for name in &topology.shards {
+            // A consistent-hash binding's key is its weight: equal shares.
+            bind(broker, name, exchange, "1").await?;
+        }
+    }
+    if let Some(exchange) = &topology.retry_exchange {
+        declare_exchange(broker, exchange, lapin::ExchangeKind::Topic).await?;
+    }
     for (name, delay) in &topology.retry_queues {
         declare_retry_tier(broker, topology, name, *delay).await?;
+        if let Some(exchange) = &topology.retry_exchange {
+            bind(broker, name, exchange, &format!("{name}.#")).await?;
+        }
     }
+    declare_exchange(
+        broker,
+        &topology.feedback_exchange,
+        lapin::ExchangeKind::Topic,
+    )
+    .await?;
+    bind(
+        broker,
+        &topology.feedback_queue,
+        &topology.feedback_exchange,
+        "#",
+    )
+    .await?;
+    let retired = retired_shards(broker, topology).await?;
+    Ok(Declared { retired })
+}
+
+/// Declares the shard exchange. RabbitMQ answers an unknown exchange type by
+/// closing the whole connection, so this goes first, and the answer is
+/// turned into a message that names the plugin.
+async fn declare_shard_exchange(
+    broker: &Broker,
+    topology: &Topology,
+    exchange: &str,
+) -> Result<(), TopologyError> {
+    let kind = lapin::ExchangeKind::Custom("x-consistent-hash".into());
+    match declare_exchange(broker, exchange, kind).await {
+        Err(TopologyError::Declare { source, .. }) if is_unknown_type(&source.to_string()) => {
+            Err(TopologyError::PluginMissing {
+                shards: topology.shards.len(),
+                exchange: exchange.to_owned(),
+                detail: source.to_string(),
+            })
+        }
+        other => other,
+    }
+}
+
+/// RabbitMQ 3.x and 4.x say "unknown exchange type 'x-consistent-hash'"
+/// (COMMAND_INVALID) for a type no plugin provides.
+fn is_unknown_type(text: &str) -> bool {
+    text.contains("unknown exchange type") || text.contains("COMMAND_INVALID")
+}
+
+/// Declares one durable exchange on a channel of its own.
+async fn declare_exchange(
+    broker: &Broker,
+    name: &str,
+    kind: lapin::ExchangeKind,
+) -> Result<(), TopologyError> {
     let channel = broker.channel().await?;
-    channel
+    let declared = channel
         .exchange_declare(
-            short(&topology.feedback_exchange),
-            lapin::ExchangeKind::Topic,
+            short(name),
+            kind,
             ExchangeDeclareOptions {
                 durable: true,
                 ..ExchangeDeclareOptions::default()
             },
             FieldTable::default(),
         )
-        .await
-        .map_err(|e| classify("exchange", &topology.feedback_exchange, e))?;
-    channel
+        .await;
+    let _ = channel.close(200, short("declared")).await;
+    declared.map_err(|e| classify("exchange", name, e))
+}
+
+async fn bind(
+    broker: &Broker,
+    queue: &str,
+    exchange: &str,
+    key: &str,
+) -> Result<(), TopologyError> {
+    let channel = broker.channel().await?;
+    let bound = channel
         .queue_bind(
-            short(&topology.feedback_queue),
-            short(&topology.feedback_exchange),
-            short("#"),
+            short(queue),
+            short(exchange),
+            short(key),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
-        .await
-        .map_err(|e| classify("binding of queue", &topology.feedback_queue, e))?;
+        .await;
     let _ = channel.close(200, short("declared")).await;
-    Ok(())
+    bound.map_err(|e| classify("binding of queue", queue, e))
+}
+
+/// Finds the shards beyond the configured count that still exist, in order,
+/// and takes them out of the shard exchange so that nothing new lands in
+/// them. They are left in place: they may hold jobs, which the worker
+/// consumes until they are empty.
+async fn retired_shards(
+    broker: &Broker,
+    topology: &Topology,
+) -> Result<Vec<String>, TopologyError> {
+    let mut retired = Vec::new();
+    let exchange = shard_exchange_name(&topology.queue);
+    for index in topology.shards.len().max(1)..crate::config::MAX_SHARDS {
+        let name = shard_name(&topology.queue, index);
+        if !queue_exists(broker, &name).await? {
+            break;
+        }
+        // The exchange may not exist (shards never used, or removed); the
+        // unbinding is then moot, and its error is too.
+        let channel = broker.channel().await?;
+        let _ = channel
+            .queue_unbind(
+                short(&name),
+                short(&exchange),
+                short("1"),
+                FieldTable::default(),
+            )
+            .await;
+        let _ = channel.close(200, short("unbound")).await;
+        retired.push(name);
+    }
+    Ok(retired)
+}
+
+/// Whether a queue exists, by a passive declaration on a channel of its own
+/// (the broker closes the channel when it does not).
+async fn queue_exists(broker: &Broker, name: &str) -> Result<bool, TopologyError> {
+    let channel = broker.channel().await?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let found = channel
+        .queue_declare(short(name), passive, FieldTable::default())
+        .await;
+    match found {
+        Ok(_) => {
+            let _ = channel.close(200, short("looked")).await;
+            Ok(true)
+        }
+        Err(e) if e.to_string().contains("NOT_FOUND") => Ok(false),
+        Err(e) => Err(classify("queue", name, e)),
+    }
 }
 
 /// A retry tier's arguments: every message waits the tier's delay (one TTL
@@ -175,8 +398,17 @@ fn retry_tier_arguments(
         short("x-message-ttl"),
         AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
     );
-    args.insert(short("x-dead-letter-exchange"), text(""));
-    args.insert(short("x-dead-letter-routing-key"), text(&topology.queue));
+    match &topology.shard_exchange {
+        // The job keeps the routing key it was published to the tier with
+        // (see `Topology::retry_exchange`), and the exchange hashes it.
+        Some(exchange) => {
+            args.insert(short("x-dead-letter-exchange"), text(exchange));
+        }
+        None => {
+            args.insert(short("x-dead-letter-exchange"), text(""));
+            args.insert(short("x-dead-letter-routing-key"), text(&topology.queue));
+        }
+    }
     if !classic {
         // Replicated, and dead-lettered at least once (RabbitMQ 3.10+): a
         // node lost while a job waits in a tier loses nothing.

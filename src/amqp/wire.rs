@@ -272,7 +272,7 @@ pub(crate) const REPLAYED: &str = "x-misiva-replayed";
 pub(crate) fn replayed(
     original: &BasicProperties,
     body: &[u8],
-    work_queue: &str,
+    topology: &Topology,
     frame_max: u32,
 ) -> Outgoing {
     let headers = original.headers().as_ref();
@@ -293,9 +293,16 @@ pub(crate) fn replayed(
     if let Some(id) = original.message_id() {
         properties = properties.with_message_id(id.clone());
     }
+    // Through the shard exchange when there are shards, keyed by the job's
+    // message id (or the letter's position in time when it has none).
+    let key = original.message_id().as_ref().map_or_else(
+        || OffsetDateTime::now_utc().unix_timestamp_nanos().to_string(),
+        |id| id.as_str().to_owned(),
+    );
+    let (exchange, routing_key) = topology.job_destination(&key);
     Outgoing {
-        exchange: ShortString::default(),
-        routing_key: short(work_queue),
+        exchange,
+        routing_key,
         body: body.to_vec(),
         properties: properties.with_headers(header_table(headers, ours, frame_max)),
     }
@@ -360,17 +367,17 @@ impl Republish<'_> {
             });
         }
         if let Some(retry) = &settlement.retry {
-            let tier = retry
-                .tier
-                .min(self.topology.retry_queues.len().saturating_sub(1));
-            let queue = self
-                .topology
-                .retry_queues
-                .get(tier)
-                .map_or(self.topology.queue.as_str(), |(name, _)| name.as_str());
+            // With shards, the key spreads retries over them as the shard
+            // exchange spreads jobs: the job id, or the moment when the job
+            // has none.
+            let key = verdict
+                .job_id
+                .clone()
+                .unwrap_or_else(|| self.now.unix_timestamp_nanos().to_string());
+            let (exchange, routing_key) = self.topology.retry_destination(retry.tier, &key);
             out.push(Outgoing {
-                exchange: ShortString::default(),
-                routing_key: short(queue),
+                exchange,
+                routing_key,
                 body: self.body_for(Some(&retry.tokens)),
                 properties: stamps(vec![(LAST_ERROR, long(&bounded::detail(&retry.detail)))]),
             });

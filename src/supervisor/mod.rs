@@ -31,13 +31,6 @@ pub enum Restart {
     /// Always.
     Permanent,
     /// Only if it ended abnormally (an error or a panic).
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "OTP's full surface, exercised by supervisor/tests.rs; the worker's tree needs only part of it"
-        )
-    )]
     Transient,
     /// Never.
     Temporary,

@@ -69,10 +69,28 @@ impl Broker {
         broker
     }
 
+    /// A node of its own on `port` with no plugin enabled.
+    pub fn private_without_plugins(port: u16) -> Broker {
+        let broker = Broker {
+            port,
+            url: format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+        };
+        assert!(
+            broker.script_with("start", &[("MISIVA_BROKER_PLUGINS", "none")]),
+            "the test broker on port {port} did not start"
+        );
+        broker
+    }
+
     fn script(&self, command: &str) -> bool {
+        self.script_with(command, &[])
+    }
+
+    fn script_with(&self, command: &str, env: &[(&str, &str)]) -> bool {
         Command::new(root().join("scripts/broker.sh"))
             .arg(command)
             .env("MISIVA_BROKER_PORT", self.port.to_string())
+            .envs(env.iter().copied())
             .status()
             .expect("running scripts/broker.sh")
             .success()
@@ -661,4 +679,103 @@ pub fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+// ---------- jobs and topology ----------
+
+/// A simulator that answers after `latency` and records what it accepted.
+pub async fn recording_sim(latency: Duration) -> SimFixture {
+    SimFixture::start(SimConfig {
+        faults: misiva::sim::Faults {
+            latency,
+            ..misiva::sim::Faults::default()
+        },
+        record: true,
+        ..Default::default()
+    })
+    .await
+}
+
+/// One single-token job per token, ids `<prefix>-<n>`.
+pub fn jobs(tokens: &[String], prefix: &str) -> Vec<Vec<u8>> {
+    alerting(tokens, prefix, "x")
+}
+
+/// The same with `alert` as the alert text (a fault hook's marker, say).
+pub fn alerting(tokens: &[String], prefix: &str, alert: &str) -> Vec<Vec<u8>> {
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            serde_json::json!({"id": format!("{prefix}-{i}"), "token": t, "alert": alert})
+                .to_string()
+                .into_bytes()
+        })
+        .collect()
+}
+
+/// Whether the simulator accepted exactly the tokens of `expected` (each at
+/// least once).
+pub fn delivered_all(sim: &SimFixture, expected: &std::collections::HashSet<String>) -> bool {
+    let accepted: std::collections::HashSet<String> =
+        sim.sim.accepted().into_iter().map(|a| a.token).collect();
+    accepted == *expected
+}
+
+/// Runs `misiva topology` for `queue` against `node`, with `extra_env`.
+pub fn declare_topology(
+    node: &Broker,
+    queue: &str,
+    extra_env: &[(&str, &str)],
+) -> std::process::Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_misiva"));
+    command
+        .arg("topology")
+        .env_clear()
+        .env("MISIVA_AMQP_URL", &node.url)
+        .env("MISIVA_QUEUE", queue)
+        .env("MISIVA_LOG_FORMAT", "text");
+    for (k, v) in extra_env {
+        command.env(k, v);
+    }
+    command.output().unwrap()
+}
+
+/// Publishes each body to `exchange` with its routing key, confirmed and
+/// mandatory (a message no queue takes fails the test).
+pub async fn publish_routed(conn: &Connection, exchange: &str, messages: &[(String, Vec<u8>)]) {
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2);
+    let mut confirms = Vec::new();
+    for (key, body) in messages {
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                key.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                properties.clone(),
+            )
+            .await
+            .unwrap();
+        confirms.push(confirm);
+    }
+    for confirm in confirms {
+        let confirm = confirm.await.unwrap();
+        assert!(confirm.is_ack());
+        assert!(
+            confirm.take_message().is_none(),
+            "unroutable through {exchange}"
+        );
+    }
+    let _ = channel.close(200, "done".into()).await;
 }

@@ -7,14 +7,106 @@ use std::time::Duration;
 fn topology() -> Topology {
     Topology {
         queue: "misiva.jobs".into(),
+        shards: vec!["misiva.jobs".into()],
+        shard_exchange: None,
         retry_queues: vec![
             ("misiva.jobs.retry.1s".into(), Duration::from_secs(1)),
             ("misiva.jobs.retry.5s".into(), Duration::from_secs(5)),
         ],
+        retry_exchange: None,
         dead_letter_queue: "misiva.jobs.dead".into(),
         feedback_exchange: "misiva.feedback".into(),
         feedback_queue: "misiva.feedback".into(),
     }
+}
+
+/// The same with three shards (CONTRACT §6).
+fn sharded() -> Topology {
+    Topology {
+        shards: vec![
+            "misiva.jobs".into(),
+            "misiva.jobs.1".into(),
+            "misiva.jobs.2".into(),
+        ],
+        shard_exchange: Some("misiva.jobs.shards".into()),
+        retry_queues: vec![
+            ("misiva.jobs.shards.retry.1s".into(), Duration::from_secs(1)),
+            ("misiva.jobs.shards.retry.5s".into(), Duration::from_secs(5)),
+        ],
+        retry_exchange: Some("misiva.jobs.shards.retry".into()),
+        ..topology()
+    }
+}
+
+/// Where retries and replays go, with and without shards: (topology, tier,
+/// job id, exchange, routing key).
+#[test]
+fn retries_and_replays_go_through_the_shard_exchange_when_there_is_one() {
+    let retry = |tier: usize| Settlement {
+        attempt: 2,
+        retry: Some(Retry {
+            tokens: vec![token(1)],
+            tier,
+            detail: "503".into(),
+        }),
+        ..Settlement::default()
+    };
+    let body = format!(r#"{{"token":"{}","alert":"x"}}"#, token(1).as_str());
+    let cases = [
+        (topology(), 0, Some("j-1"), "", "misiva.jobs.retry.1s"),
+        (topology(), 7, Some("j-1"), "", "misiva.jobs.retry.5s"),
+        (
+            sharded(),
+            0,
+            Some("j-1"),
+            "misiva.jobs.shards.retry",
+            "misiva.jobs.shards.retry.1s.j-1",
+        ),
+        (
+            sharded(),
+            7,
+            Some("j-2"),
+            "misiva.jobs.shards.retry",
+            "misiva.jobs.shards.retry.5s.j-2",
+        ),
+    ];
+    for (topology, tier, id, exchange, key) in cases {
+        let verdict = verdict(retry(tier), id.map(str::to_owned));
+        let out = Republish {
+            topology: &topology,
+            original: &BasicProperties::default(),
+            body: body.as_bytes(),
+            frame_max: 0,
+            now: OffsetDateTime::UNIX_EPOCH,
+        }
+        .messages(&verdict);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].exchange.as_str(), exchange, "{key}");
+        assert_eq!(out[0].routing_key.as_str(), key);
+    }
+    // Without a job id, retries still get keys that differ from job to job.
+    let keyless = |nanos: i128| {
+        let topology = sharded();
+        Republish {
+            topology: &topology,
+            original: &BasicProperties::default(),
+            body: body.as_bytes(),
+            frame_max: 0,
+            now: OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap(),
+        }
+        .messages(&verdict(retry(0), None))[0]
+            .routing_key
+            .clone()
+    };
+    assert_ne!(keyless(1), keyless(2));
+
+    let with_id = BasicProperties::default().with_message_id("m-9".into());
+    let replay = replayed(&with_id, body.as_bytes(), &sharded(), 0);
+    assert_eq!(replay.exchange.as_str(), "misiva.jobs.shards");
+    assert_eq!(replay.routing_key.as_str(), "m-9");
+    let replay = replayed(&with_id, body.as_bytes(), &topology(), 0);
+    assert_eq!(replay.exchange.as_str(), "");
+    assert_eq!(replay.routing_key.as_str(), "misiva.jobs");
 }
 
 fn token(n: u8) -> DeviceToken {
