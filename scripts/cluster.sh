@@ -8,7 +8,7 @@
 # Erlang node stays up and its clients' connections are reset), as an upgrade
 # or `rabbitmqctl stop_app` does.
 #
-# Usage: scripts/cluster.sh start|stop|urls|leader QUEUE|stop-node PORT|start-node PORT|stop-app PORT|start-app PORT
+# Usage: scripts/cluster.sh start|stop|urls|leader QUEUE|transfer-leader QUEUE PORT|stop-node PORT|start-node PORT|stop-app PORT|start-app PORT
 # Environment: MISIVA_CLUSTER_PORT (BASE, default 5691), MISIVA_RABBITMQ (3.10 or 4.0)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -48,9 +48,20 @@ case "${1:-}" in
   leader)
     leader="$(node "${ports[0]}" ctl list_queues name leader | awk -v q="$2" '$1==q {print $2}')"
     echo "${leader#misiva-}" | sed 's/@.*//' ;;
+  # Moves QUEUE's leadership to the node on PORT (RabbitMQ's own transfer,
+  # which its leader rebalancing uses) and waits until it is there.
+  transfer-leader)
+    target="misiva-$3@localhost"
+    node "${ports[0]}" ctl eval "{ok, Q} = rabbit_amqqueue:lookup(rabbit_misc:r(<<\"/\">>, queue, <<\"$2\">>)), rabbit_quorum_queue:transfer_leadership(Q, '$target')." >/dev/null
+    for _ in $(seq 1 50); do
+      now="$(node "${ports[0]}" ctl list_queues name leader | awk -v q="$2" '$1==q {print $2}')"
+      if [ "$now" = "$target" ]; then exit 0; fi
+      sleep 0.2
+    done
+    echo "cluster: the leadership of $2 did not move to $target" >&2; exit 1 ;;
   stop-node) node "$2" stop ;;
   start-node) node "$2" start ;;
   stop-app) node "$2" ctl stop_app >/dev/null ;;
   start-app) node "$2" ctl start_app >/dev/null ;;
-  *) echo "usage: $0 start|stop|urls|leader QUEUE|stop-node PORT|start-node PORT|stop-app PORT|start-app PORT" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|urls|leader QUEUE|transfer-leader QUEUE PORT|stop-node PORT|start-node PORT|stop-app PORT|start-app PORT" >&2; exit 2 ;;
 esac

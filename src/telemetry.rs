@@ -4,6 +4,8 @@
 
 use crate::config::LogFormat;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Appended to every filter: at `trace`, lapin's I/O loop prints each frame it
 /// writes, and the `connection.start-ok` frame holds the SASL password. The
@@ -27,7 +29,46 @@ pub fn init(filter: &str, format: LogFormat) {
     };
     // A second init (tests that run several commands in one process) is harmless.
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        _ => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(ExpectedNotFound)
+            .try_init(),
+        _ => builder.finish().with(ExpectedNotFound).try_init(),
     };
+}
+
+/// lapin logs every channel the broker closes at ERROR. The worker looks
+/// for queues that may not exist (shards beyond `MISIVA_SHARDS`) with a
+/// passive declaration, which the broker answers with 404 NOT_FOUND and a
+/// closed channel: expected, and not an error. The caller of any
+/// declaration gets the same answer as a `Result` and reports it in its
+/// own words, so only lapin's NOT_FOUND lines are dropped.
+struct ExpectedNotFound;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ExpectedNotFound {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        if event.metadata().target() != "lapin::channel" {
+            return true;
+        }
+        let mut look = LookFor(false);
+        event.record(&mut look);
+        !look.0
+    }
+}
+
+/// Whether a field of an event mentions NOT_FOUND.
+struct LookFor(bool);
+
+impl tracing::field::Visit for LookFor {
+    fn record_debug(&mut self, _: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if !self.0 {
+            self.0 = format!("{value:?}").contains("NOT_FOUND");
+        }
+    }
 }

@@ -339,3 +339,98 @@ async fn a_rolling_restart_of_the_cluster_never_pauses_deliveries_for_long() {
     assert!(worker.running(), "{}", worker.log_text());
     assert!(worker.terminate().await.success());
 }
+
+/// Three shards whose leaders are on three different nodes (shard 0 is
+/// declared through node 1; the others are placed by
+/// `x-queue-leader-locator: balanced`, and moved if they landed together).
+/// The node leading one of them (never the worker's own node) is stopped
+/// while all three drain: nothing is lost, and the other two shards'
+/// deliveries never pause for more than a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_leading_one_shard_stopped_leaves_the_others_flowing() {
+    let _cluster = the_cluster().await;
+    let urls = cluster(&["urls"]);
+    let first = support::Broker {
+        port: BASE,
+        url: urls,
+    };
+    let queue = unique_queue("shard-node");
+    let declared = support::declare_topology(&first, &queue, &[("MISIVA_SHARDS", "3")]);
+    assert!(declared.status.success(), "{declared:?}");
+    let shards = [queue.clone(), format!("{queue}.1"), format!("{queue}.2")];
+    let leaders = place_leaders(&shards);
+    println!("shards led by {leaders:?}");
+
+    let sim = recording_sim(Duration::from_millis(20)).await;
+    let mut worker = Worker::start_on(&first, &sim, &queue, &[("MISIVA_SHARDS", "3")]);
+    worker.ready().await;
+    // Jobs published straight into each shard, so that each token's shard
+    // is known.
+    let second = support::Broker::private(BASE + 1);
+    let conn = second.connect().await;
+    let mut by_shard: Vec<HashSet<String>> = Vec::new();
+    for (i, name) in shards.iter().enumerate() {
+        let tokens: Vec<String> = (0..4000)
+            .map(|n| token(600_000 + 10_000 * i as u64 + n))
+            .collect();
+        publish(&conn, name, &jobs(&tokens, &format!("s{i}"))).await;
+        by_shard.push(tokens.into_iter().collect());
+    }
+    wait_for(Duration::from_secs(60), "deliveries under way", || {
+        sim.sim.accepted_count() >= 1500
+    })
+    .await;
+    // The shard led by a node other than the worker's.
+    let victim = (0..3).find(|&i| leaders[i] != BASE).unwrap();
+    let at = now_us();
+    cluster(&["stop-node", &leaders[victim].to_string()]);
+    let expected: HashSet<String> = by_shard.iter().flatten().cloned().collect();
+    wait_for(Duration::from_secs(180), "every job delivered", || {
+        delivered_all(&sim, &expected)
+    })
+    .await;
+    let accepted = sim.sim.accepted();
+    let mut gaps = Vec::new();
+    for (i, tokens) in by_shard.iter().enumerate() {
+        let own: Vec<_> = accepted
+            .iter()
+            .filter(|a| tokens.contains(&a.token))
+            .cloned()
+            .collect();
+        gaps.push(longest_gap(&own, at));
+    }
+    println!(
+        "shards: node {} (leader of shard {victim}) stopped; longest pause per shard {gaps:?}",
+        leaders[victim]
+    );
+    for (i, gap) in gaps.iter().enumerate() {
+        if i != victim {
+            assert!(
+                *gap <= Duration::from_secs(1),
+                "shard {i} paused for {gap:?} while shard {victim}'s leader was down"
+            );
+        }
+    }
+    assert!(worker.running(), "{}", worker.log_text());
+    cluster(&["start-node", &leaders[victim].to_string()]);
+    assert!(worker.terminate().await.success());
+}
+
+/// Makes the three queues' leaders three different nodes, and returns them
+/// (AMQP ports). The balanced locator counts leaders of every queue the
+/// earlier tests left, so it may put two shards together; RabbitMQ's own
+/// leadership transfer then moves one.
+fn place_leaders(queues: &[String; 3]) -> [u16; 3] {
+    let leader = |q: &str| -> u16 { cluster(&["leader", q]).parse().unwrap() };
+    let mut leaders = [leader(&queues[0]), leader(&queues[1]), leader(&queues[2])];
+    for i in 1..3 {
+        if leaders[..i].contains(&leaders[i]) {
+            let free = (BASE..BASE + 3).find(|p| !leaders.contains(p)).unwrap();
+            cluster(&["transfer-leader", &queues[i], &free.to_string()]);
+            leaders[i] = leader(&queues[i]);
+        }
+    }
+    let distinct: HashSet<u16> = leaders.iter().copied().collect();
+    assert_eq!(distinct.len(), 3, "leaders {leaders:?}");
+    leaders
+}
