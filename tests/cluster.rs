@@ -391,7 +391,7 @@ async fn a_node_leading_one_shard_stopped_leaves_the_others_flowing() {
     .await;
     let accepted = sim.sim.accepted();
     let mut gaps = Vec::new();
-    for (i, tokens) in by_shard.iter().enumerate() {
+    for tokens in &by_shard {
         let own: Vec<_> = accepted
             .iter()
             .filter(|a| tokens.contains(&a.token))
