@@ -113,6 +113,17 @@ fn check_custom_resources(docs: &[Value]) {
     for d in kind(docs, "ScaledObject") {
         assert_eq!(d["apiVersion"], "keda.sh/v1alpha1");
         let spec = &d["spec"];
+        if let Some(advanced) = spec.get("advanced") {
+            only(
+                advanced,
+                &[
+                    "horizontalPodAutoscalerConfig",
+                    "restoreToOriginalReplicaCount",
+                    "scalingModifiers",
+                ],
+                "ScaledObject.spec.advanced",
+            );
+        }
         only(
             spec,
             &[
@@ -296,6 +307,51 @@ fn check_restricted(pod: &Value, what: &str) {
     }
 }
 
+/// KEDA scales on the work queue's whole length: one trigger per shard the
+/// worker consumes (as its own configuration says), and, with several, a
+/// formula that adds them up (a list of triggers alone scales on the
+/// largest).
+fn check_keda_counts_every_shard(scaled: &Value, config: &misiva::config::Config, name: &str) {
+    let spec = &scaled["spec"];
+    let triggers = spec["triggers"].as_array().unwrap();
+    let queues: Vec<&str> = triggers
+        .iter()
+        .map(|t| t["metadata"]["queueName"].as_str().unwrap())
+        .collect();
+    let shards: Vec<String> = (0..config.shards)
+        .map(|i| match i {
+            0 => config.queue.clone(),
+            _ => format!("{}.{i}", config.queue),
+        })
+        .collect();
+    assert_eq!(queues, shards, "{name}: the triggers' queues");
+    if config.shards == 1 {
+        assert!(spec.get("advanced").is_none(), "{name}");
+        return;
+    }
+    let modifiers = &spec["advanced"]["scalingModifiers"];
+    only(
+        modifiers,
+        &["formula", "target", "activationTarget", "metricType"],
+        "scalingModifiers",
+    );
+    assert_eq!(modifiers["metricType"], "AverageValue", "{name}");
+    assert_eq!(modifiers["target"], triggers[0]["metadata"]["value"], "{name}");
+    let mut terms: Vec<&str> = modifiers["formula"]
+        .as_str()
+        .unwrap()
+        .split('+')
+        .map(str::trim)
+        .collect();
+    let mut names: Vec<&str> = triggers
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    terms.sort_unstable();
+    names.sort_unstable();
+    assert_eq!(terms, names, "{name}: the formula adds every trigger once");
+}
+
 #[test]
 fn every_values_file_lints_renders_and_validates() {
     let chart_dir = chart();
@@ -368,6 +424,9 @@ fn every_values_file_lints_renders_and_validates() {
             let loaded = loaded
                 .unwrap_or_else(|e| panic!("{name}: the worker refuses its misiva.toml: {e}"));
             assert!(loaded.apps.contains_key("default"), "{name}");
+            for scaled in kind(&docs, "ScaledObject") {
+                check_keda_counts_every_shard(scaled, &loaded, &name);
+            }
         }
     }
 }

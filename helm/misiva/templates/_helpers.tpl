@@ -57,6 +57,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "misiva.config" -}}
 queue = {{ .Values.queue | quote }}
 consumers = {{ .Values.consumers }}
+shards = {{ .Values.shards }}
 {{- with .Values.prefetch }}
 prefetch = {{ . }}
 {{- end }}
