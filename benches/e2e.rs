@@ -22,7 +22,9 @@
 //! jobs of K tokens (N notifications in N/K jobs). `--runtime-threads N` sets
 //! the worker's `MISIVA_RUNTIME_THREADS`; `--log FILTER` its `MISIVA_LOG`
 //! (default `warn`, so that figures compare with the history; the chart runs
-//! `info`, which adds each job's span).
+//! `info`, which adds each job's span). `--shards N` runs the worker with
+//! `MISIVA_SHARDS=N` and publishes through the shard exchange (the ceiling
+//! stays one queue's).
 
 mod common;
 
@@ -95,18 +97,40 @@ fn job(index: usize, fanout: usize) -> Vec<u8> {
     body.to_string().into_bytes()
 }
 
-async fn publish(conn: &Connection, queue: &str, bodies: impl Iterator<Item = Vec<u8>>) {
+/// Work-queue shards (`--shards N`, default 1).
+fn shards() -> usize {
+    arg("--shards", 1).max(1)
+}
+
+/// Publishes to `queue`, or with `sharded` through its shard exchange, each
+/// job with a routing key of its own.
+async fn publish(
+    conn: &Connection,
+    queue: &str,
+    sharded: bool,
+    bodies: impl Iterator<Item = Vec<u8>>,
+) {
+    let exchange = if sharded {
+        format!("{queue}.shards")
+    } else {
+        String::new()
+    };
     let channel = conn.create_channel().await.unwrap();
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
     let mut pending = Vec::new();
-    for body in bodies {
+    for (i, body) in bodies.enumerate() {
+        let key = if sharded {
+            format!("{}-{i}", now_us())
+        } else {
+            queue.to_owned()
+        };
         let confirm = channel
             .basic_publish(
-                "".into(),
-                queue.into(),
+                exchange.as_str().into(),
+                key.as_str().into(),
                 BasicPublishOptions::default(),
                 &body,
                 BasicProperties::default().with_delivery_mode(2),
@@ -148,14 +172,27 @@ async fn quorum_queue(conn: &Connection, prefix: &str) -> (String, lapin::Channe
 }
 
 /// Publishes `total` jobs at `rate` per second, in 10 ms batches.
-async fn publish_paced(conn: &Connection, queue: &str, rate: f64, total: usize, offset: usize) {
+async fn publish_paced(
+    conn: &Connection,
+    queue: &str,
+    sharded: bool,
+    rate: f64,
+    total: usize,
+    offset: usize,
+) {
     let per_tick = ((rate / 100.0).ceil() as usize).max(1);
     let mut interval = tokio::time::interval(Duration::from_millis(10));
     let mut sent = 0;
     while sent < total {
         interval.tick().await;
         let end = (sent + per_tick).min(total);
-        publish(conn, queue, (sent..end).map(|i| job(offset + i, 0))).await;
+        publish(
+            conn,
+            queue,
+            sharded,
+            (sent..end).map(|i| job(offset + i, 0)),
+        )
+        .await;
         sent = end;
     }
 }
@@ -199,7 +236,7 @@ async fn broker_latency(conn: &Connection, rate: f64, secs: usize, prefetch: u16
         }
         latencies
     });
-    publish_paced(conn, &queue, rate, total, 2_000_000).await;
+    publish_paced(conn, &queue, false, rate, total, 2_000_000).await;
     let mut latencies = tokio::time::timeout(Duration::from_secs(120), reader)
         .await
         .unwrap()
@@ -227,7 +264,7 @@ async fn ceiling_run(
     acks: Acks,
 ) -> f64 {
     let (queue, _declarer) = quorum_queue(conn, "bench.ceiling").await;
-    publish(conn, &queue, (0..n).map(|i| job(i, 0))).await;
+    publish(conn, &queue, false, (0..n).map(|i| job(i, 0))).await;
     let started = Instant::now();
     // The channels count their deliveries together: the broker shares the
     // messages between them by free prefetch, not evenly, so no channel
@@ -401,6 +438,7 @@ fn start_worker(
         .arg("run")
         .env("MISIVA_AMQP_URL", url())
         .env("MISIVA_QUEUE", queue)
+        .env("MISIVA_SHARDS", shards().to_string())
         .env("MISIVA_PREFETCH", prefetch.to_string())
         .env("MISIVA_CONSUMERS", consumers.to_string())
         .env("MISIVA_APNS_ENDPOINT", sim.endpoint())
@@ -441,6 +479,7 @@ fn topology(binary: &Path, queue: &str) {
         .arg("topology")
         .env("MISIVA_AMQP_URL", url())
         .env("MISIVA_QUEUE", queue)
+        .env("MISIVA_SHARDS", shards().to_string())
         .env("MISIVA_APNS_KEY_FILE", "/dev/null")
         .env("MISIVA_APNS_KEY_ID", "x")
         .env("MISIVA_APNS_TEAM_ID", "x")
@@ -497,7 +536,8 @@ async fn main() {
         .unwrap();
 
     println!(
-        "end-to-end benchmark: {jobs} jobs, {notifications} notifications (fan-out {fanout}), prefetch {prefetch} × {consumers} consumers, ~1 KB jobs, worker log filter {}",
+        "end-to-end benchmark: {jobs} jobs, {notifications} notifications (fan-out {fanout}), {} shard(s), prefetch {prefetch} × {consumers} consumers, ~1 KB jobs, worker log filter {}",
+        shards(),
         text_arg("--log").unwrap_or_else(|| "warn".into())
     );
     let (ceiling, ceiling_settings) = ceiling(jobs.clamp(1000, 20_000)).await;
@@ -510,7 +550,13 @@ async fn main() {
     // Drain: everything published first.
     let queue = format!("bench.drain.{}", now_us());
     topology(&binary, &queue);
-    publish(&conn, &queue, (0..jobs).map(|i| job(i, fanout))).await;
+    publish(
+        &conn,
+        &queue,
+        shards() > 1,
+        (0..jobs).map(|i| job(i, fanout)),
+    )
+    .await;
     let self_before = cpu_seconds("self");
     let broker_before = cpu_seconds(&broker_pid());
     let self_switches_before = context_switches("self");
@@ -571,7 +617,13 @@ async fn main() {
             let idle = stop_worker(idle);
             let queue = format!("bench.allocs.{}", now_us());
             topology(counting, &queue);
-            publish(&conn, &queue, (0..jobs).map(|i| job(3_000_000 + i, fanout))).await;
+            publish(
+                &conn,
+                &queue,
+                shards() > 1,
+                (0..jobs).map(|i| job(3_000_000 + i, fanout)),
+            )
+            .await;
             let before = sim.accepted_count() as usize;
             let worker = start_worker(counting, dir.path(), &queue, &sim, prefetch, consumers);
             let started = Instant::now();
@@ -596,7 +648,15 @@ async fn main() {
     let before = before_steady;
     let steady_total = (steady_rate * steady_secs as f64) as usize;
     let started = Instant::now();
-    publish_paced(&conn, &queue, steady_rate, steady_total, 1_000_000).await;
+    publish_paced(
+        &conn,
+        &queue,
+        shards() > 1,
+        steady_rate,
+        steady_total,
+        1_000_000,
+    )
+    .await;
     while (sim.accepted_count() as usize) < before + steady_total
         && started.elapsed() < Duration::from_secs(120)
     {

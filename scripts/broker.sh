@@ -170,7 +170,7 @@ case "${1:-}" in
   # ones of the supervision tests, the fault suite and the shard tests, and
   # the cluster.
   stop-tests)
-    for p in "$port" 5697 5696 5695 5694 5691 5692 5693; do
+    for p in "$port" 5697 5696 5694 5689 5691 5692 5693; do
       MISIVA_BROKER_PORT="$p" "$0" stop >/dev/null 2>&1 || true
     done ;;
   # Stops the node and deletes its data: the next start is a fresh node.

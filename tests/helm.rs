@@ -336,7 +336,10 @@ fn check_keda_counts_every_shard(scaled: &Value, config: &misiva::config::Config
         "scalingModifiers",
     );
     assert_eq!(modifiers["metricType"], "AverageValue", "{name}");
-    assert_eq!(modifiers["target"], triggers[0]["metadata"]["value"], "{name}");
+    assert_eq!(
+        modifiers["target"], triggers[0]["metadata"]["value"],
+        "{name}"
+    );
     let mut terms: Vec<&str> = modifiers["formula"]
         .as_str()
         .unwrap()

@@ -283,7 +283,7 @@ async fn going_from_four_shards_to_two_deletes_nothing_and_loses_nothing() {
 /// enables it, and declare nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_plugin_shards_exit_2_naming_it() {
-    let node = support::Broker::private_without_plugins(5695);
+    let node = support::Broker::private_without_plugins(5689);
     let queue = unique_queue("no-plugin");
     let out = declare_topology(&node, &queue, &[("MISIVA_SHARDS", "3")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
