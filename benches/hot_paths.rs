@@ -98,7 +98,10 @@ fn observability(c: &mut Criterion) {
     let queue: std::sync::Arc<str> = std::sync::Arc::from("misiva.jobs");
     c.bench_function("metrics: one single-token job's events", |b| {
         b.iter(|| {
-            emit(events::JobReceived { queue: &queue });
+            emit(events::JobReceived {
+                queue: &queue,
+                lane: misiva::lane::Lane::Normal,
+            });
             app.in_flight.inc();
             emit(events::NotificationAnswered {
                 app: &app,
@@ -108,6 +111,7 @@ fn observability(c: &mut Criterion) {
             app.in_flight.dec();
             emit(events::JobAcked {
                 app: black_box("bench"),
+                lane: misiva::lane::Lane::Normal,
                 age: Some(Duration::from_secs(1)),
             });
         })

@@ -54,17 +54,24 @@ impl Readiness {
     /// Counts a consumer of `queue` as consuming until the returned guard
     /// drops; toward readiness only when `wanted` (a retired shard's
     /// consumer may end for good, and readiness does not wait for it).
-    pub fn consuming(self: &Arc<Self>, queue: Arc<str>, wanted: bool) -> ConsumingGuard {
+    pub fn consuming(
+        self: &Arc<Self>,
+        queue: Arc<str>,
+        lane: crate::lane::Lane,
+        wanted: bool,
+    ) -> ConsumingGuard {
         if wanted {
             self.consuming.fetch_add(1, Ordering::Relaxed);
         }
         crate::events::emit(crate::events::Consuming {
             running: true,
             queue: &queue,
+            lane,
         });
         ConsumingGuard {
             readiness: self.clone(),
             queue,
+            lane,
             wanted,
         }
     }
@@ -76,6 +83,7 @@ impl Readiness {
 pub struct ConsumingGuard {
     readiness: Arc<Readiness>,
     queue: Arc<str>,
+    lane: crate::lane::Lane,
     wanted: bool,
 }
 
@@ -87,6 +95,7 @@ impl Drop for ConsumingGuard {
         crate::events::emit(crate::events::Consuming {
             running: false,
             queue: &self.queue,
+            lane: self.lane,
         });
     }
 }
@@ -218,19 +227,19 @@ mod tests {
         let r = Readiness::new(2);
         assert!(!r.is_ready());
         r.set_connected(true);
-        let a = r.consuming(Arc::from("q"), true);
+        let a = r.consuming(Arc::from("q"), crate::lane::Lane::Normal, true);
         assert!(!r.is_ready(), "one of two consumers");
-        let retired = r.consuming(Arc::from("q.3"), false);
+        let retired = r.consuming(Arc::from("q.3"), crate::lane::Lane::Normal, false);
         assert!(
             !r.is_ready(),
             "a retired shard's consumer is not one of them"
         );
         drop(retired);
-        let b = r.consuming(Arc::from("q"), true);
+        let b = r.consuming(Arc::from("q"), crate::lane::Lane::Normal, true);
         assert!(r.is_ready());
         drop(a);
         assert!(!r.is_ready(), "a consumer restarting");
-        let _a = r.consuming(Arc::from("q"), true);
+        let _a = r.consuming(Arc::from("q"), crate::lane::Lane::Normal, true);
         assert!(r.is_ready());
         r.set_connected(false);
         assert!(!r.is_ready());

@@ -7,6 +7,7 @@ use crate::apns::{Apns, SetupError};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::events;
+use crate::lane::Lane;
 use crate::supervisor::{
     Backoff, ChildContext, ChildError, ChildSpec, Intensity, Restart, Shutdown, Strategy,
     Supervisor, SupervisorSpec,
@@ -102,7 +103,7 @@ pub async fn topology(config: &Config) -> Result<(), RunError> {
 /// ```
 pub async fn run(config: Config) -> Result<(), RunError> {
     let apns = Apns::from_config(&config).await?;
-    let readiness = Readiness::new(config.consumers * config.shards);
+    let readiness = Readiness::new(config.consumers * config.shards + config.urgent_consumers);
     crate::admin::serve(&config.admin_addr, readiness.clone())
         .await
         .map_err(|source| RunError::Admin {
@@ -232,6 +233,7 @@ struct Parts {
 #[derive(Debug, Clone)]
 struct Feed {
     queue: Arc<str>,
+    lane: Lane,
     /// A shard beyond `MISIVA_SHARDS`: consumed while it exists, and not
     /// needed for readiness.
     retired: bool,
@@ -239,7 +241,8 @@ struct Feed {
 }
 
 /// Every replica consumes every shard (CONTRACT §6): `MISIVA_CONSUMERS`
-/// consumers for each configured shard, one for each retired shard. The
+/// consumers for each configured shard, `MISIVA_URGENT_CONSUMERS` for the
+/// urgent lane, one for each retired shard. The
 /// prefetch is shared out among the shards, so that a replica holds about
 /// as many deliveries with N shards as with one.
 fn feeds(config: &Config, topology: &Topology, declared: &amqp::Declared) -> Vec<Feed> {
@@ -250,14 +253,26 @@ fn feeds(config: &Config, topology: &Topology, declared: &amqp::Declared) -> Vec
         for queue in &topology.shards {
             feeds.push(Feed {
                 queue: Arc::from(queue.as_str()),
+                lane: Lane::Normal,
                 retired: false,
                 prefetch: per_shard,
             });
         }
     }
+    // The urgent lane's own consumers and prefetch (CONTRACT §9).
+    let urgent: Arc<str> = Arc::from(topology.urgent_queue.as_str());
+    for _ in 0..config.urgent_consumers {
+        feeds.push(Feed {
+            queue: urgent.clone(),
+            lane: Lane::Urgent,
+            retired: false,
+            prefetch: config.urgent_prefetch,
+        });
+    }
     for queue in &declared.retired {
         feeds.push(Feed {
             queue: Arc::from(queue.as_str()),
+            lane: Lane::Normal,
             retired: true,
             prefetch: per_shard,
         });
@@ -418,6 +433,7 @@ async fn consumer_child(
     let consumer = Consumer {
         index,
         queue: feed.queue.clone(),
+        lane: feed.lane,
         prefetch: feed.prefetch,
         topology: parts.topology.clone(),
         dispatcher: parts.dispatcher.clone(),
@@ -430,7 +446,7 @@ async fn consumer_child(
     let mut consuming = None;
     let readiness = parts.readiness.clone();
     let on_ready = || {
-        consuming = Some(readiness.consuming(feed.queue.clone(), !feed.retired));
+        consuming = Some(readiness.consuming(feed.queue.clone(), feed.lane, !feed.retired));
         ctx.ready();
     };
     match consumer

@@ -30,6 +30,9 @@ pub enum Command {
         /// File of jobs, one per line; `-` reads standard input.
         #[arg(default_value = "-")]
         file: PathBuf,
+        /// To the urgent lane (`<queue>.urgent`), which campaigns never delay.
+        #[arg(long)]
+        urgent: bool,
     },
     /// Run the APNs simulator (HTTP/2 over TLS, Apple's validation and answers).
     ApnsSim(Box<SimArgs>),
@@ -191,6 +194,9 @@ pub struct SendArgs {
     /// The job id (default: a new UUID, sent as the AMQP message id).
     #[arg(long)]
     pub id: Option<String>,
+    /// To the urgent lane (`<queue>.urgent`), which campaigns never delay.
+    #[arg(long)]
+    pub urgent: bool,
     /// A whole job as JSON instead of the options above; `-` reads standard input.
     #[arg(long, value_name = "PATH", conflicts_with_all = ["tokens", "alert", "title", "subtitle", "badge", "sound", "data", "app", "push_type", "topic", "priority", "collapse_id"])]
     pub file: Option<PathBuf>,

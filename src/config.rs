@@ -237,6 +237,13 @@ pub struct Config {
     /// Work-queue shards (CONTRACT §6); 1 is the plain work queue.
     pub shards: usize,
     pub prefetch: u16,
+    /// Consumer actors of the urgent lane (CONTRACT §9).
+    pub urgent_consumers: usize,
+    /// Unacked deliveries per urgent consumer.
+    pub urgent_prefetch: u16,
+    /// Per cent of each app's places in flight (and the matching room for
+    /// many-token jobs) kept for the urgent lane.
+    pub urgent_reserve: u8,
     pub apps: BTreeMap<String, AppConfig>,
     pub admin_addr: String,
     pub log: String,
@@ -279,6 +286,9 @@ struct FileConfig {
     consumers: Option<usize>,
     shards: Option<usize>,
     prefetch: Option<u16>,
+    urgent_consumers: Option<usize>,
+    urgent_prefetch: Option<u16>,
+    urgent_reserve: Option<String>,
     admin_addr: Option<String>,
     log: Option<String>,
     log_format: Option<String>,
@@ -312,6 +322,19 @@ struct FileApp {
 }
 
 pub const DEFAULT_PREFETCH: u16 = 500;
+/// Urgent jobs are mostly single-token and few: 100 unacked per consumer
+/// carries thousands a second at APNs' usual round trip.
+pub const DEFAULT_URGENT_PREFETCH: u16 = 100;
+/// The share of places in flight the ordinary lane may never take.
+pub const DEFAULT_URGENT_RESERVE: u8 = 10;
+
+/// "10%" or "10" → 10, for 0 to 50: more than half kept idle for the urgent
+/// lane would starve the ordinary one for nothing.
+fn parse_percent(text: &str) -> Option<u8> {
+    let number = text.trim().strip_suffix('%').unwrap_or(text.trim()).trim();
+    let value: u8 = number.parse().ok()?;
+    (value <= 50).then_some(value)
+}
 /// The most work-queue shards: a quorum queue is a Raft group on every node
 /// that holds it, so shards cost the broker memory and processes; 64 is far
 /// beyond what one cluster's nodes can lead usefully.
@@ -425,6 +448,40 @@ impl Config {
                 "expected 1 to 65535",
             ));
         }
+        let urgent_consumers = number(
+            "MISIVA_URGENT_CONSUMERS",
+            file.urgent_consumers.map(|c| c as u64),
+        )?
+        .unwrap_or(1);
+        if !(1..=64).contains(&urgent_consumers) {
+            return Err(invalid(
+                "MISIVA_URGENT_CONSUMERS",
+                urgent_consumers.to_string(),
+                "expected 1 to 64",
+            ));
+        }
+        let urgent_prefetch = number(
+            "MISIVA_URGENT_PREFETCH",
+            file.urgent_prefetch.map(u64::from),
+        )?
+        .unwrap_or(u64::from(DEFAULT_URGENT_PREFETCH));
+        if !(1..=u64::from(u16::MAX)).contains(&urgent_prefetch) {
+            return Err(invalid(
+                "MISIVA_URGENT_PREFETCH",
+                urgent_prefetch.to_string(),
+                "expected 1 to 65535",
+            ));
+        }
+        let urgent_reserve = match var("MISIVA_URGENT_RESERVE").or(file.urgent_reserve) {
+            None => DEFAULT_URGENT_RESERVE,
+            Some(text) => parse_percent(&text).ok_or_else(|| {
+                invalid(
+                    "MISIVA_URGENT_RESERVE",
+                    text.clone(),
+                    "expected a share of 0% to 50%, such as 10%",
+                )
+            })?,
+        };
         let log_format = match var("MISIVA_LOG_FORMAT")
             .or(file.log_format)
             .as_deref()
@@ -577,6 +634,9 @@ impl Config {
             consumers: consumers as usize,
             shards: shards as usize,
             prefetch: prefetch as u16,
+            urgent_consumers: urgent_consumers as usize,
+            urgent_prefetch: urgent_prefetch as u16,
+            urgent_reserve,
             apps,
             admin_addr: var("MISIVA_ADMIN_ADDR")
                 .or(file.admin_addr)
@@ -790,6 +850,21 @@ fn app_config(name: &str, raw: FileApp) -> Result<AppConfig, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urgent_reserve_is_a_share_of_0_to_50_per_cent() {
+        for (raw, share) in [
+            ("10%", Some(10)),
+            ("0", Some(0)),
+            (" 50 % ", Some(50)),
+            ("25", Some(25)),
+        ] {
+            assert_eq!(parse_percent(raw), share, "{raw}");
+        }
+        for raw in ["51%", "-1", "", "%", "ten", "10.5%", "300"] {
+            assert_eq!(parse_percent(raw), None, "{raw}");
+        }
+    }
 
     #[test]
     fn runtime_threads_are_one_to_1024_or_the_cpus() {

@@ -4,6 +4,7 @@
 
 use crate::apns::{Apns, JobRequest};
 use crate::job;
+use crate::lane::Lane;
 use crate::outcome::{self, RetryPolicy, Settlement, classify};
 use crate::trace::TraceParent;
 use futures_util::StreamExt;
@@ -24,6 +25,9 @@ pub struct Inbound<'a> {
     pub previous_attempts: u32,
     /// The publisher's W3C trace context, when it sent a valid one.
     pub trace: Option<&'a TraceParent>,
+    /// The lane it came by: an urgent job never waits for room or places the
+    /// normal lane holds.
+    pub lane: Lane,
 }
 
 /// The span of one job, every field given at once: recording fields one by
@@ -119,7 +123,8 @@ impl Dispatcher {
         // Room for a many-token job is asked first (see `ApnsClient::admit`).
         // Its wait counts toward `max_hold`, like a wait for a place or the breaker.
         let deadline = tokio::time::Instant::now() + self.max_hold;
-        let (job, admission) = match client.try_admit(job.tokens.len()) {
+        let lane = inbound.lane;
+        let (job, admission) = match client.try_admit(lane, job.tokens.len()) {
             Ok(admission) => (job, Ok(admission)),
             Err(weight) => {
                 // A waiting job keeps only its body, which the broker's
@@ -129,7 +134,7 @@ impl Dispatcher {
                 // Boxed: a rare path, which would otherwise add its timer and
                 // semaphore wait to every delivery's future.
                 let admission = Box::pin(
-                    tokio::time::timeout_at(deadline, client.admit(weight))
+                    tokio::time::timeout_at(deadline, client.admit(lane, weight))
                         .instrument(span.clone()),
                 )
                 .await;
@@ -146,7 +151,7 @@ impl Dispatcher {
         };
         let verdict = match admission {
             Ok(_room) => {
-                self.send(job, client, attempt, deadline)
+                self.send(job, client, lane, attempt, deadline)
                     .instrument(span.clone())
                     .await
             }
@@ -209,6 +214,7 @@ impl Dispatcher {
         &self,
         job: job::Job,
         client: &crate::apns::ApnsClient,
+        lane: Lane,
         attempt: u32,
         deadline: tokio::time::Instant,
     ) -> impl Future<Output = Verdict> {
@@ -219,13 +225,13 @@ impl Dispatcher {
             let mut tally = Tally::default();
             if let [token] = job.tokens.as_slice() {
                 // Most jobs have one token: no stream, no buffer of futures.
-                let slot = tokio::time::timeout_at(deadline, client.reserve())
+                let slot = tokio::time::timeout_at(deadline, client.reserve(lane))
                     .await
                     .ok();
                 let outcome = deliver(client, &request, token, slot, deadline, self.max_hold).await;
                 tally.add(0, outcome);
             } else {
-                self.fan_out(&job, client, &request, deadline, &mut tally)
+                self.fan_out(&job, client, lane, &request, deadline, &mut tally)
                     .await;
             }
             let delivered = tally.delivered;
@@ -241,6 +247,7 @@ impl Dispatcher {
         &self,
         job: &job::Job,
         client: &crate::apns::ApnsClient,
+        lane: Lane,
         request: &JobRequest,
         deadline: tokio::time::Instant,
         tally: &mut Tally,
@@ -256,7 +263,7 @@ impl Dispatcher {
                 // Owned, for the same compiler limit.
                 let client = client.clone();
                 async move {
-                    let slot = tokio::time::timeout_at(deadline, client.reserve()).await;
+                    let slot = tokio::time::timeout_at(deadline, client.reserve(lane)).await;
                     (slot.ok(), index)
                 }
             })

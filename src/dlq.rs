@@ -54,6 +54,8 @@ pub const ATTEMPTS: &str = "x-misiva-attempts";
 pub const APP: &str = "x-misiva-app";
 pub const FIRST_SEEN: &str = "x-misiva-first-seen";
 pub const FAILED_AT: &str = "x-misiva-failed-at";
+/// `urgent` on a dead letter of the urgent lane (CONTRACT §9).
+pub const LANE: &str = "x-misiva-lane";
 /// Times the dead letter was replayed before (set by `misiva dlq replay`).
 pub const REPLAYED: &str = "x-misiva-replayed";
 /// Set by quorum queues: earlier deliveries of this message (reads included).
@@ -70,6 +72,8 @@ pub struct Letter {
     pub detail: String,
     pub attempts: Option<u64>,
     pub app: Option<String>,
+    /// The lane it came by, `normal` or `urgent`; a replay goes back to it.
+    pub lane: &'static str,
     pub first_seen: Option<String>,
     pub failed_at: Option<String>,
     /// Device tokens in the body (`None` when the body is not a job).
@@ -111,6 +115,7 @@ impl Letter {
             detail: raw.text(DETAIL).unwrap_or_default(),
             attempts: raw.count(ATTEMPTS),
             app: raw.text(APP),
+            lane: crate::lane::Lane::from_header(&raw.text(LANE).unwrap_or_default()).as_str(),
             first_seen: raw.text(FIRST_SEEN),
             failed_at: raw.text(FAILED_AT),
             tokens,
@@ -330,8 +335,8 @@ fn cell(text: &str, width: usize) -> String {
 /// The `list` table for people: one line per dead letter.
 pub fn render_list(letters: &[Letter]) -> String {
     let mut out = format!(
-        "{:>5}  {:<20}  {:<22}  {:<10}  {:>3}  {:>6}  {:<24}  {}\n",
-        "POS", "FAILED AT", "REASON", "APP", "ATT", "TOKENS", "JOB ID", "SUMMARY"
+        "{:>5}  {:<20}  {:<22}  {:<10}  {:<6}  {:>3}  {:>6}  {:<24}  {}\n",
+        "POS", "FAILED AT", "REASON", "APP", "LANE", "ATT", "TOKENS", "JOB ID", "SUMMARY"
     );
     for l in letters {
         let failed = l
@@ -341,11 +346,12 @@ pub fn render_list(letters: &[Letter]) -> String {
             .unwrap_or_else(|| "-".into());
         let _ = writeln!(
             out,
-            "{:>5}  {:<20}  {:<22}  {:<10}  {:>3}  {:>6}  {:<24}  {}",
+            "{:>5}  {:<20}  {:<22}  {:<10}  {:<6}  {:>3}  {:>6}  {:<24}  {}",
             l.position,
             failed,
             cell(&l.reason, 22),
             cell(l.app.as_deref().unwrap_or("-"), 10),
+            l.lane,
             l.attempts.map_or("-".into(), |a| a.to_string()),
             l.tokens.map_or("-".into(), |t| t.to_string()),
             cell(l.job_id.as_deref().unwrap_or("-"), 24),
@@ -366,6 +372,7 @@ pub fn render_one(l: &Letter) -> String {
         ("message id", opt(&l.message_id)),
         ("reason", l.reason.clone()),
         ("app", opt(&l.app)),
+        ("lane", l.lane.to_owned()),
         ("attempts", num(l.attempts)),
         ("first seen", opt(&l.first_seen)),
         ("failed at", opt(&l.failed_at)),

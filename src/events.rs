@@ -10,6 +10,7 @@
 //! from the contract's codes, tiers from the configured delays, children from
 //! the supervision tree. Never a token, a job id or an `apns-id`.
 
+use crate::lane::Lane;
 use crate::outcome::{self, ApnsAnswer};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -78,6 +79,14 @@ pub struct AppCause {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabel {
     pub queue: Arc<str>,
+    /// `normal` or `urgent` (CONTRACT §9).
+    pub lane: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppLane {
+    pub app: Arc<str>,
+    pub lane: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -115,11 +124,11 @@ pub struct Metrics {
     apps: RwLock<HashMap<String, Arc<str>>>,
     unknown: Arc<str>,
     pub jobs_received: Family<QueueLabel, Counter>,
-    pub jobs_acked: Family<AppLabel, Counter>,
+    pub jobs_acked: Family<AppLane, Counter>,
     pub jobs_requeued: Counter,
     pub jobs_retried: Family<AppTier, Counter>,
     pub jobs_dead_lettered: Family<AppReason, Counter>,
-    pub job_latency: Family<AppLabel, Histogram, fn() -> Histogram>,
+    pub job_latency: Family<AppLane, Histogram, fn() -> Histogram>,
     pub notifications: Family<Answered, Counter>,
     pub notifications_resent: Family<AppLabel, Counter>,
     pub notifications_in_flight: Family<AppLabel, Gauge>,
@@ -366,6 +375,7 @@ pub fn status_label(answer: &ApnsAnswer) -> &'static str {
 #[derive(Debug)]
 pub struct JobReceived<'a> {
     pub queue: &'a Arc<str>,
+    pub lane: Lane,
 }
 
 impl InternalEvent for JobReceived<'_> {
@@ -374,6 +384,7 @@ impl InternalEvent for JobReceived<'_> {
             .jobs_received
             .get_or_create(&QueueLabel {
                 queue: self.queue.clone(),
+                lane: self.lane.as_str(),
             })
             .inc();
     }
@@ -383,6 +394,7 @@ impl InternalEvent for JobReceived<'_> {
 #[derive(Debug)]
 pub struct JobAcked<'a> {
     pub app: &'a str,
+    pub lane: Lane,
     /// Since the job's AMQP `timestamp`, when it had one.
     pub age: Option<Duration>,
 }
@@ -390,8 +402,9 @@ pub struct JobAcked<'a> {
 impl InternalEvent for JobAcked<'_> {
     fn emit(self) {
         let m = metrics();
-        let app = AppLabel {
+        let app = AppLane {
             app: m.app(self.app),
+            lane: self.lane.as_str(),
         };
         if let Some(age) = self.age {
             m.job_latency.get_or_create(&app).observe(age.as_secs_f64());
@@ -823,12 +836,14 @@ impl InternalEvent for BrokerBlocked {
 pub struct Consuming<'a> {
     pub running: bool,
     pub queue: &'a Arc<str>,
+    pub lane: Lane,
 }
 
 impl InternalEvent for Consuming<'_> {
     fn emit(self) {
         let gauge = metrics().consumers_running.get_or_create(&QueueLabel {
             queue: self.queue.clone(),
+            lane: self.lane.as_str(),
         });
         if self.running {
             gauge.inc();
@@ -864,6 +879,7 @@ impl InternalEvent for RetiredShard<'_> {
             .shards_retired
             .get_or_create(&QueueLabel {
                 queue: self.queue.clone(),
+                lane: Lane::Normal.as_str(),
             })
             .set(i64::from(self.consumed));
     }
@@ -885,11 +901,12 @@ mod tests {
     fn exposition_has_conventional_names() {
         emit(JobReceived {
             queue: &Arc::from("misiva.jobs"),
+            lane: Lane::Normal,
         });
         let text = metrics().encode();
         assert!(text.contains("misiva_build_info{version=\""), "{text}");
         assert!(
-            text.contains("misiva_jobs_received_total{queue=\"misiva.jobs\"} "),
+            text.contains("misiva_jobs_received_total{queue=\"misiva.jobs\",lane=\"normal\"} "),
             "{text}"
         );
         assert!(text.contains("# TYPE misiva_apns_request_duration_seconds histogram"));

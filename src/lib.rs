@@ -14,6 +14,7 @@ mod dlq;
 pub mod events;
 pub mod job;
 pub mod jwt;
+pub mod lane;
 pub mod ops;
 pub mod outcome;
 pub mod publish;

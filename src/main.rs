@@ -93,9 +93,14 @@ async fn run() -> ExitCode {
             init_logs_from_env();
             misiva::sim::cli::run(*args).await
         }
-        Command::Publish { file } => {
+        Command::Publish { file, urgent } => {
             init_logs_from_env();
-            misiva::publish::run(cli.config, &file).await
+            let lane = if urgent {
+                misiva::lane::Lane::Urgent
+            } else {
+                misiva::lane::Lane::Normal
+            };
+            misiva::publish::run(cli.config, &file, lane).await
         }
         Command::Dlq { .. } | Command::Send(_) | Command::Topology => {
             init_logs_from_env();

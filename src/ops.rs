@@ -542,11 +542,20 @@ async fn run_send(config: &Config, args: SendArgs) -> anyhow::Result<()> {
         )));
     }
     let broker = Broker::connect(&config.amqp_url, "misiva send").await?;
-    let publisher = JobPublisher::open(&broker, &Topology::from_config(config)).await?;
+    let lane = if args.urgent {
+        crate::lane::Lane::Urgent
+    } else {
+        crate::lane::Lane::Normal
+    };
+    let topology = Topology::from_config(config);
+    let publisher = JobPublisher::open(&broker, &topology, lane).await?;
     publisher
         .publish_one(text.as_bytes(), &message_id)
         .await
-        .with_context(|| format!("publishing to {}", config.queue))?;
+        .with_context(|| match lane {
+            crate::lane::Lane::Urgent => format!("publishing to {}", topology.urgent_queue),
+            crate::lane::Lane::Normal => format!("publishing to {}", config.queue),
+        })?;
     publisher.close().await;
     broker.close().await;
     println!("{}", job.id.as_str());

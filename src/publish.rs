@@ -3,11 +3,12 @@
 
 use crate::amqp::{Broker, JobPublisher, Topology};
 use crate::config::{Config, ConfigError};
+use crate::lane::Lane;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
-pub async fn run(config_file: Option<PathBuf>, file: &Path) -> i32 {
-    match publish(config_file, file).await {
+pub async fn run(config_file: Option<PathBuf>, file: &Path, lane: Lane) -> i32 {
+    match publish(config_file, file, lane).await {
         Ok(count) => {
             tracing::info!(count, "jobs published");
             0
@@ -23,7 +24,7 @@ pub async fn run(config_file: Option<PathBuf>, file: &Path) -> i32 {
     }
 }
 
-async fn publish(config_file: Option<PathBuf>, file: &Path) -> anyhow::Result<usize> {
+async fn publish(config_file: Option<PathBuf>, file: &Path, lane: Lane) -> anyhow::Result<usize> {
     // Publishing needs only the broker and the queue, not APNs credentials;
     // a configuration error is still one (exit 2, never a silent default).
     let config = Config::load_for_broker(config_file).map_err(ConfigProblem)?;
@@ -39,7 +40,7 @@ async fn publish(config_file: Option<PathBuf>, file: &Path) -> anyhow::Result<us
         .filter(|l| !l.trim().is_empty())
         .collect();
     let broker = Broker::connect(&config.amqp_url, "misiva publish").await?;
-    let publisher = JobPublisher::open(&broker, &Topology::from_config(&config)).await?;
+    let publisher = JobPublisher::open(&broker, &Topology::from_config(&config), lane).await?;
     let count = publisher
         .publish_many(lines.iter().map(|l| l.as_bytes()))
         .await?;

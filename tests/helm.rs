@@ -308,9 +308,9 @@ fn check_restricted(pod: &Value, what: &str) {
 }
 
 /// KEDA scales on the work queue's whole length: one trigger per shard the
-/// worker consumes (as its own configuration says), and, with several, a
-/// formula that adds them up (a list of triggers alone scales on the
-/// largest).
+/// worker consumes (as its own configuration says) and one for the urgent
+/// lane, and a formula that adds them up (a list of triggers alone scales
+/// on the largest).
 fn check_keda_counts_every_shard(scaled: &Value, config: &misiva::config::Config, name: &str) {
     let spec = &scaled["spec"];
     let triggers = spec["triggers"].as_array().unwrap();
@@ -318,17 +318,14 @@ fn check_keda_counts_every_shard(scaled: &Value, config: &misiva::config::Config
         .iter()
         .map(|t| t["metadata"]["queueName"].as_str().unwrap())
         .collect();
-    let shards: Vec<String> = (0..config.shards)
+    let mut consumed: Vec<String> = (0..config.shards)
         .map(|i| match i {
             0 => config.queue.clone(),
             _ => format!("{}.{i}", config.queue),
         })
         .collect();
-    assert_eq!(queues, shards, "{name}: the triggers' queues");
-    if config.shards == 1 {
-        assert!(spec.get("advanced").is_none(), "{name}");
-        return;
-    }
+    consumed.push(format!("{}.urgent", config.queue));
+    assert_eq!(queues, consumed, "{name}: the triggers' queues");
     let modifiers = &spec["advanced"]["scalingModifiers"];
     only(
         modifiers,

@@ -210,7 +210,8 @@ async fn a_known_workload_gives_exactly_its_counts() {
     );
     assert_eq!(m("misiva_broker_connected", &[]), 1.0);
     assert_eq!(m("misiva_broker_blocked", &[]), 0.0);
-    assert_eq!(m("misiva_consumers_running", &[]), 2.0);
+    assert_eq!(m("misiva_consumers_running", &[("lane", "normal")]), 2.0);
+    assert_eq!(m("misiva_consumers_running", &[("lane", "urgent")]), 1.0);
     assert_eq!(
         m("misiva_apns_connections", &[app, ("state", "ready")]),
         1.0,

@@ -24,10 +24,15 @@ fn exported() -> BTreeSet<String> {
     let app = events::AppMetrics::new("docs");
     let name: Arc<str> = app.app.clone();
     let queue: Arc<str> = Arc::from("misiva.jobs");
-    emit(events::JobReceived { queue: &queue });
+    let lane = misiva::lane::Lane::Normal;
+    emit(events::JobReceived {
+        queue: &queue,
+        lane,
+    });
     emit(events::Consuming {
         running: true,
         queue: &queue,
+        lane,
     });
     emit(events::RetiredShard {
         queue: &queue,
@@ -36,6 +41,7 @@ fn exported() -> BTreeSet<String> {
     });
     emit(events::JobAcked {
         app: "docs",
+        lane,
         age: Some(Duration::from_secs(1)),
     });
     emit(events::JobRetried {

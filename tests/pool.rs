@@ -393,7 +393,8 @@ async fn a_place_in_flight_is_held_until_its_answer() {
     let job = request(&client, "places");
     // Unconstrained: tokio's cooperative budget would make the semaphore
     // answer "not now" after 128 places in one go, full or not.
-    let try_reserve = || tokio::task::unconstrained(client.reserve()).now_or_never();
+    let try_reserve =
+        || tokio::task::unconstrained(client.reserve(misiva::lane::Lane::Normal)).now_or_never();
     let mut slots = Vec::new();
     while let Some(slot) = try_reserve() {
         slots.push(slot);
@@ -453,13 +454,13 @@ async fn a_job_waits_for_room_at_most_max_hold() {
 
     // Other jobs in progress take all the room, 10,000 tokens at a time.
     let mut taken = Vec::new();
-    while let Ok(room) = client.try_admit(job::MAX_TOKENS) {
+    while let Ok(room) = client.try_admit(misiva::lane::Lane::Normal, job::MAX_TOKENS) {
         taken.push(room);
         assert!(taken.len() <= 64, "an app's room is bounded");
     }
     assert!(!taken.is_empty(), "an app has room for jobs");
     assert!(
-        client.try_admit(1).is_ok(),
+        client.try_admit(misiva::lane::Lane::Normal, 1).is_ok(),
         "a single-token job needs no room"
     );
     let body = format!(
@@ -472,6 +473,7 @@ async fn a_job_waits_for_room_at_most_max_hold() {
         message_id: None,
         previous_attempts: 0,
         trace: None,
+        lane: misiva::lane::Lane::Normal,
     };
     let started = std::time::Instant::now();
     let (held, _span) = dispatcher.handle(inbound).await;
@@ -499,4 +501,54 @@ async fn a_job_waits_for_room_at_most_max_hold() {
     assert_eq!(sent.delivered, 2);
     assert_eq!(sent.settlement.retry, None);
     assert_eq!(sim.sim.accepted_count(), 2);
+}
+
+/// The urgent lane's reserve (CONTRACT §9): with the normal lane holding
+/// every place it may take (90% by default), urgent requests still find
+/// places at once, and only the reserve's worth of them; an urgent
+/// many-token job finds room while the normal lane's room is all taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_urgent_lane_keeps_its_share_of_places_and_its_own_room() {
+    use futures_util::FutureExt;
+    use misiva::lane::Lane;
+    let sim = SimFixture::start(Default::default()).await;
+    let client = ApnsClient::with_reserve("default", &config(&sim, 1), 10)
+        .await
+        .unwrap();
+    // Unconstrained: tokio's cooperative budget would make the semaphore
+    // answer "not now" after 128 places in one go, full or not.
+    let try_reserve = |lane| tokio::task::unconstrained(client.reserve(lane)).now_or_never();
+    let mut normal = Vec::new();
+    while let Some(slot) = try_reserve(Lane::Normal) {
+        normal.push(slot);
+    }
+    let mut urgent = Vec::new();
+    while let Some(slot) = try_reserve(Lane::Urgent) {
+        urgent.push(slot);
+    }
+    println!(
+        "places: {} for the normal lane, {} more for urgent requests",
+        normal.len(),
+        urgent.len()
+    );
+    assert_eq!(normal.len() + urgent.len(), 1000, "one connection's places");
+    assert_eq!(urgent.len(), 100, "10% kept for the urgent lane");
+    // With every place taken, a normal request waits, and so does an urgent one.
+    assert!(try_reserve(Lane::Urgent).is_none());
+    drop(urgent.pop());
+    assert!(
+        try_reserve(Lane::Normal).is_none(),
+        "a place the urgent lane freed is not the normal lane's"
+    );
+    assert!(try_reserve(Lane::Urgent).is_some());
+
+    let mut rooms = Vec::new();
+    while let Ok(room) = client.try_admit(Lane::Normal, job::MAX_TOKENS) {
+        rooms.push(room);
+    }
+    assert!(client.try_admit(Lane::Normal, 2).is_err());
+    assert!(
+        client.try_admit(Lane::Urgent, job::MAX_TOKENS).is_ok(),
+        "urgent jobs have room of their own"
+    );
 }

@@ -89,7 +89,7 @@ async fn a_panicking_consumer_is_restarted_and_every_job_delivered() {
     let consumers = broker().ctl(&["list_consumers", "queue_name", "prefetch_count"]);
     let ours: Vec<&str> = consumers
         .lines()
-        .filter(|l| l.starts_with(&queue))
+        .filter(|l| l.split_whitespace().next() == Some(queue.as_str()))
         .collect();
     assert_eq!(ours.len(), 2, "{consumers}");
     assert!(ours.iter().all(|l| l.ends_with("100")), "{consumers}");

@@ -14,6 +14,7 @@ use crate::bounded;
 use crate::dispatch::{Dispatcher, Inbound, Verdict, job_span};
 use crate::events;
 use crate::job;
+use crate::lane::Lane;
 use crate::outcome;
 use crate::trace::TraceParent;
 use futures_util::stream::FuturesUnordered;
@@ -69,6 +70,8 @@ pub struct Consumer {
     /// The queue it consumes: the work queue, one of its shards, or a
     /// retired shard.
     pub queue: Arc<str>,
+    /// The lane that queue belongs to.
+    pub lane: Lane,
     pub prefetch: u16,
     pub topology: Arc<Topology>,
     pub dispatcher: Arc<Dispatcher>,
@@ -242,7 +245,10 @@ impl Consumer {
         acks: mpsc::Sender<Done>,
     ) -> impl Future<Output = Result<(), String>> + Send + 'static {
         async move {
-            events::emit(events::JobReceived { queue: &self.queue });
+            events::emit(events::JobReceived {
+                queue: &self.queue,
+                lane: self.lane,
+            });
             // One span per job, made by the dispatcher once the body is decoded
             // (here for jobs it never sees); the publisher's trace context, when
             // it sent one, ties every line of the job to the request behind it.
@@ -342,6 +348,7 @@ impl Consumer {
                     message_id,
                     previous_attempts,
                     trace,
+                    lane: self.lane,
                 })
                 .await
         })
@@ -378,6 +385,7 @@ impl Consumer {
     ) -> (Result<(), String>, Option<Settled>, Option<Verdict>) {
         let outgoing = wire::Republish {
             topology: &self.topology,
+            lane: self.lane,
             original: &delivery.properties,
             body: &delivery.data,
             frame_max: publisher.frame_max(),
@@ -470,6 +478,7 @@ impl Consumer {
         }
         events::emit(events::JobAcked {
             app: &verdict.app,
+            lane: self.lane,
             age: job_age(delivery.properties.timestamp()),
         });
         (Ok(()), Some(Settled::Ack), Some(verdict))

@@ -3,6 +3,7 @@
 
 use super::wire::short;
 use super::{AmqpError, Broker, Topology};
+use crate::lane::Lane;
 use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
@@ -185,6 +186,7 @@ pub(crate) struct Outgoing {
 pub struct JobPublisher {
     channel: ConfirmChannel,
     topology: Arc<Topology>,
+    lane: Lane,
     /// Routing keys for jobs published without an id of their own: a
     /// counter from a random start, so that the shard exchange spreads them
     /// evenly and two publishers do not follow the same sequence.
@@ -192,10 +194,13 @@ pub struct JobPublisher {
 }
 
 impl JobPublisher {
-    pub async fn open(broker: &Broker, topology: &Topology) -> Result<Self, AmqpError> {
+    /// Publishes to `lane`: the urgent lane's queue, or the work queue (its
+    /// shard exchange when there are shards).
+    pub async fn open(broker: &Broker, topology: &Topology, lane: Lane) -> Result<Self, AmqpError> {
         Ok(JobPublisher {
             channel: ConfirmChannel::open(broker).await?,
             topology: Arc::new(topology.clone()),
+            lane,
             next_key: Arc::new(AtomicU64::new(u64::from(
                 uuid::Uuid::new_v4().as_fields().0,
             ))),
@@ -212,7 +217,7 @@ impl JobPublisher {
             .into_iter()
             .map(|body| {
                 let key = self.next_key.fetch_add(1, Ordering::Relaxed).to_string();
-                let (exchange, routing_key) = self.topology.job_destination(&key);
+                let (exchange, routing_key) = self.topology.job_destination(self.lane, &key);
                 Outgoing {
                     exchange,
                     routing_key,
@@ -231,7 +236,7 @@ impl JobPublisher {
     /// Publishes one job with `message_id` (the job id when the body names
     /// none), persistent, and waits for its confirm.
     pub async fn publish_one(&self, body: &[u8], message_id: &str) -> Result<(), PublishError> {
-        let (exchange, routing_key) = self.topology.job_destination(message_id);
+        let (exchange, routing_key) = self.topology.job_destination(self.lane, message_id);
         let message = Outgoing {
             exchange,
             routing_key,

@@ -5,6 +5,7 @@
 use super::wire::short;
 use super::{AmqpError, Broker};
 use crate::config::Config;
+use crate::lane::Lane;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::ShortString;
 use lapin::types::{AMQPValue, FieldTable};
@@ -26,6 +27,10 @@ pub struct Topology {
     /// the job id), which it keeps when its tier hands it back to the shard
     /// exchange, so that retries spread over the shards as jobs do.
     pub retry_exchange: Option<String>,
+    /// The urgent lane (CONTRACT §9): one queue, shards or not.
+    pub urgent_queue: String,
+    /// Its retry tiers, which send jobs back to it: (queue name, delay).
+    pub urgent_retry_queues: Vec<(String, std::time::Duration)>,
     pub dead_letter_queue: String,
     pub feedback_exchange: String,
     pub feedback_queue: String,
@@ -85,6 +90,18 @@ impl Topology {
                 })
                 .collect(),
             retry_exchange: sharded.then(|| format!("{tier_base}.retry")),
+            urgent_queue: crate::lane::urgent_queue(&config.queue),
+            urgent_retry_queues: config
+                .retry_delays
+                .iter()
+                .map(|d| {
+                    let urgent = crate::lane::urgent_queue(&config.queue);
+                    (
+                        format!("{urgent}.retry.{}", crate::config::delay_label(*d)),
+                        *d,
+                    )
+                })
+                .collect(),
             dead_letter_queue: config.dead_letter_queue.clone(),
             feedback_exchange: config.feedback_exchange.clone(),
             feedback_queue: config.feedback_queue.clone(),
@@ -92,26 +109,37 @@ impl Topology {
     }
 
     /// Where a job is published (`misiva publish`, `send`, `dlq replay`):
-    /// the shard exchange with `key` as its routing key when there are
-    /// shards, else the work queue through the default exchange.
-    pub(crate) fn job_destination(&self, key: &str) -> (ShortString, ShortString) {
-        match &self.shard_exchange {
-            Some(exchange) => (short(exchange), short(key)),
-            None => (ShortString::default(), short(&self.queue)),
+    /// the urgent lane's queue; or the shard exchange with `key` as its
+    /// routing key when there are shards; else the work queue, through the
+    /// default exchange.
+    pub(crate) fn job_destination(&self, lane: Lane, key: &str) -> (ShortString, ShortString) {
+        match (lane, &self.shard_exchange) {
+            (Lane::Urgent, _) => (ShortString::default(), short(&self.urgent_queue)),
+            (Lane::Normal, Some(exchange)) => (short(exchange), short(key)),
+            (Lane::Normal, None) => (ShortString::default(), short(&self.queue)),
         }
     }
 
-    /// Where a retry for tier `tier` is published, `key` spreading it over
-    /// the shards when there are some.
-    pub(crate) fn retry_destination(&self, tier: usize, key: &str) -> (ShortString, ShortString) {
-        let tier = tier.min(self.retry_queues.len().saturating_sub(1));
-        let Some((queue, _)) = self.retry_queues.get(tier) else {
-            // No tiers configured: straight back to the work queue.
-            return self.job_destination(key);
+    /// Where a retry for tier `tier` of `lane` is published, `key` spreading
+    /// it over the shards when there are some.
+    pub(crate) fn retry_destination(
+        &self,
+        lane: Lane,
+        tier: usize,
+        key: &str,
+    ) -> (ShortString, ShortString) {
+        let tiers = match lane {
+            Lane::Normal => &self.retry_queues,
+            Lane::Urgent => &self.urgent_retry_queues,
         };
-        match &self.retry_exchange {
-            Some(exchange) => (short(exchange), short(&format!("{queue}.{key}"))),
-            None => (ShortString::default(), short(queue)),
+        let tier = tier.min(tiers.len().saturating_sub(1));
+        let Some((queue, _)) = tiers.get(tier) else {
+            // No tiers configured: straight back to the lane.
+            return self.job_destination(lane, key);
+        };
+        match (lane, &self.retry_exchange) {
+            (Lane::Normal, Some(exchange)) => (short(exchange), short(&format!("{queue}.{key}"))),
+            _ => (ShortString::default(), short(queue)),
         }
     }
 }
@@ -235,11 +263,26 @@ pub async fn declare(broker: &Broker, topology: &Topology) -> Result<Declared, T
     if let Some(exchange) = &topology.retry_exchange {
         declare_exchange(broker, exchange, lapin::ExchangeKind::Topic).await?;
     }
+    let back = match &topology.shard_exchange {
+        Some(exchange) => Back::Exchange(exchange),
+        None => Back::Queue(&topology.queue),
+    };
     for (name, delay) in &topology.retry_queues {
-        declare_retry_tier(broker, topology, name, *delay).await?;
+        declare_retry_tier(broker, back, name, *delay).await?;
         if let Some(exchange) = &topology.retry_exchange {
             bind(broker, name, exchange, &format!("{name}.#")).await?;
         }
+    }
+    // The urgent lane: the work queue's arguments, its own tiers back to it.
+    declare_queue(
+        broker,
+        &topology.urgent_queue,
+        work_queue_arguments(topology),
+    )
+    .await?
+    .map_err(|e| classify("queue", &topology.urgent_queue, e))?;
+    for (name, delay) in &topology.urgent_retry_queues {
+        declare_retry_tier(broker, Back::Queue(&topology.urgent_queue), name, *delay).await?;
     }
     declare_exchange(
         broker,
@@ -380,15 +423,22 @@ async fn queue_exists(broker: &Broker, name: &str) -> Result<bool, TopologyError
     }
 }
 
+/// Where a retry tier sends its jobs when their delay is over.
+#[derive(Debug, Clone, Copy)]
+enum Back<'a> {
+    /// To this queue, through the default exchange.
+    Queue(&'a str),
+    /// Through this (shard) exchange, with the routing key the job was
+    /// published to the tier with (see `Topology::retry_exchange`), which the
+    /// exchange hashes.
+    Exchange(&'a str),
+}
+
 /// A retry tier's arguments: every message waits the tier's delay (one TTL
 /// for the whole queue, so messages expire from the head in order), then is
-/// dead-lettered back to the work queue. `classic` is what versions before
-/// this one declared.
-fn retry_tier_arguments(
-    topology: &Topology,
-    delay: std::time::Duration,
-    classic: bool,
-) -> FieldTable {
+/// dead-lettered `back`. `classic` is what versions before this one
+/// declared.
+fn retry_tier_arguments(back: Back<'_>, delay: std::time::Duration, classic: bool) -> FieldTable {
     let mut args = if classic {
         FieldTable::default()
     } else {
@@ -398,15 +448,13 @@ fn retry_tier_arguments(
         short("x-message-ttl"),
         AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
     );
-    match &topology.shard_exchange {
-        // The job keeps the routing key it was published to the tier with
-        // (see `Topology::retry_exchange`), and the exchange hashes it.
-        Some(exchange) => {
+    match back {
+        Back::Exchange(exchange) => {
             args.insert(short("x-dead-letter-exchange"), text(exchange));
         }
-        None => {
+        Back::Queue(queue) => {
             args.insert(short("x-dead-letter-exchange"), text(""));
-            args.insert(short("x-dead-letter-routing-key"), text(&topology.queue));
+            args.insert(short("x-dead-letter-routing-key"), text(queue));
         }
     }
     if !classic {
@@ -423,12 +471,11 @@ fn retry_tier_arguments(
 /// the work queue is at most once and it lives on one node.
 async fn declare_retry_tier(
     broker: &Broker,
-    topology: &Topology,
+    back: Back<'_>,
     name: &str,
     delay: std::time::Duration,
 ) -> Result<(), TopologyError> {
-    let Err(error) =
-        declare_queue(broker, name, retry_tier_arguments(topology, delay, false)).await?
+    let Err(error) = declare_queue(broker, name, retry_tier_arguments(back, delay, false)).await?
     else {
         return Ok(());
     };
@@ -442,7 +489,7 @@ async fn declare_retry_tier(
     if !new_argument {
         return Err(classify("queue", name, error));
     }
-    declare_queue(broker, name, retry_tier_arguments(topology, delay, true))
+    declare_queue(broker, name, retry_tier_arguments(back, delay, true))
         .await?
         .map_err(|e| classify("queue", name, e))?;
     tracing::warn!(

@@ -14,6 +14,7 @@ use super::publisher::Outgoing;
 use crate::bounded;
 use crate::dispatch::Verdict;
 use crate::job;
+use crate::lane::Lane;
 use crate::outcome::Feedback;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -27,6 +28,9 @@ pub(crate) const REASON: &str = "x-misiva-reason";
 pub(crate) const DETAIL: &str = "x-misiva-detail";
 pub(crate) const FAILED_AT: &str = "x-misiva-failed-at";
 pub(crate) const LAST_ERROR: &str = "x-misiva-last-error";
+/// On a dead letter of the urgent lane: `urgent` (absent for the normal
+/// lane), so that `misiva dlq` shows it and a replay goes back to it.
+pub(crate) const LANE: &str = "x-misiva-lane";
 /// How many of the original's headers did not fit under the frame size.
 pub(crate) const HEADERS_DROPPED: &str = "x-misiva-headers-dropped";
 /// Set by quorum queues on redelivery: earlier deliveries of this message.
@@ -293,13 +297,14 @@ pub(crate) fn replayed(
     if let Some(id) = original.message_id() {
         properties = properties.with_message_id(id.clone());
     }
-    // Through the shard exchange when there are shards, keyed by the job's
-    // message id (or the letter's position in time when it has none).
+    // Back to its lane: the urgent queue, or through the shard exchange when
+    // there are shards, keyed by the job's message id (or the letter's
+    // position in time when it has none).
     let key = original.message_id().as_ref().map_or_else(
         || OffsetDateTime::now_utc().unix_timestamp_nanos().to_string(),
         |id| id.as_str().to_owned(),
     );
-    let (exchange, routing_key) = topology.job_destination(&key);
+    let (exchange, routing_key) = topology.job_destination(lane_of(headers), &key);
     Outgoing {
         exchange,
         routing_key,
@@ -308,11 +313,23 @@ pub(crate) fn replayed(
     }
 }
 
+/// The lane a dead letter came from, by its `x-misiva-lane` header.
+pub(crate) fn lane_of(headers: Option<&FieldTable>) -> Lane {
+    match headers.and_then(|h| h.inner().get(LANE)) {
+        Some(AMQPValue::LongString(text)) => {
+            Lane::from_header(std::str::from_utf8(text.as_bytes()).unwrap_or_default())
+        }
+        _ => Lane::Normal,
+    }
+}
+
 /// Everything one settlement publishes, in order: feedback events, dead
 /// letters, the retry. Empty for the common case, a plain ack.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Republish<'a> {
     pub topology: &'a Topology,
+    /// The lane the delivery came by: its retries go back to it.
+    pub lane: Lane,
     pub original: &'a BasicProperties,
     pub body: &'a [u8],
     /// The connection's negotiated frame size (0 = no limit).
@@ -356,14 +373,20 @@ impl Republish<'_> {
                 exchange: ShortString::default(),
                 routing_key: short(&self.topology.dead_letter_queue),
                 body: self.body_for(dead.tokens.as_deref()),
-                properties: stamps(vec![
-                    (
-                        REASON,
-                        long(bounded::cut(&dead.reason, bounded::QUOTE_CHARS)),
-                    ),
-                    (DETAIL, long(&bounded::detail(&dead.detail))),
-                    (FAILED_AT, long(&now)),
-                ]),
+                properties: stamps({
+                    let mut ours = vec![
+                        (
+                            REASON,
+                            long(bounded::cut(&dead.reason, bounded::QUOTE_CHARS)),
+                        ),
+                        (DETAIL, long(&bounded::detail(&dead.detail))),
+                        (FAILED_AT, long(&now)),
+                    ];
+                    if self.lane == Lane::Urgent {
+                        ours.push((LANE, long(Lane::Urgent.as_str())));
+                    }
+                    ours
+                }),
             });
         }
         if let Some(retry) = &settlement.retry {
@@ -374,7 +397,8 @@ impl Republish<'_> {
                 .job_id
                 .clone()
                 .unwrap_or_else(|| self.now.unix_timestamp_nanos().to_string());
-            let (exchange, routing_key) = self.topology.retry_destination(retry.tier, &key);
+            let (exchange, routing_key) =
+                self.topology.retry_destination(self.lane, retry.tier, &key);
             out.push(Outgoing {
                 exchange,
                 routing_key,

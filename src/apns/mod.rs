@@ -19,6 +19,7 @@ use crate::config::{AppConfig, Auth, Config};
 use crate::events::{self, AppMetrics};
 use crate::job::{DeviceToken, Job, Topic};
 use crate::jwt::{KeyError, SigningKey};
+use crate::lane::Lane;
 use crate::outcome::{ApnsAnswer, TokenOutcome, classify};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
@@ -135,9 +136,17 @@ struct ClientInner {
     /// ([`STREAMS_PER_CONNECTION`] each). More would only queue inside `h2`,
     /// costing memory (~10 KB a request) and no throughput.
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// The places the normal lane may take: all but the urgent lane's
+    /// reserve. A normal request holds one of these and one of `in_flight`;
+    /// an urgent request only the latter, so the reserve is always free for
+    /// it (CONTRACT §9).
+    normal_places: Arc<tokio::sync::Semaphore>,
     /// Bounds the tokens of the app's many-token jobs in progress (see
-    /// [`ApnsClient::admit`]).
+    /// [`ApnsClient::admit`]), for the normal lane.
     room: Arc<tokio::sync::Semaphore>,
+    /// The same for the urgent lane, on its own: an urgent job never waits
+    /// for room a campaign's jobs hold.
+    urgent_room: Arc<tokio::sync::Semaphore>,
     /// The room's size, in tokens.
     room_tokens: u32,
 }
@@ -161,6 +170,8 @@ pub fn room_tokens(places: usize) -> usize {
 #[derive(Debug)]
 pub struct Slot {
     _permit: tokio::sync::OwnedSemaphorePermit,
+    /// The normal lane's share, held beside the place itself.
+    _normal: Option<tokio::sync::OwnedSemaphorePermit>,
     in_flight: prometheus_client::metrics::gauge::Gauge,
 }
 
@@ -193,9 +204,20 @@ impl Drop for Counted<'_> {
 pub const STREAMS_PER_CONNECTION: usize = 1000;
 
 impl ApnsClient {
+    /// Builds the client of one app, with the default urgent reserve.
+    pub async fn new(app: &str, config: &AppConfig) -> Result<ApnsClient, SetupError> {
+        ApnsClient::with_reserve(app, config, crate::config::DEFAULT_URGENT_RESERVE).await
+    }
+
     /// Builds the client of one app: reads its key and CA (errors here are
     /// configuration errors), and starts its pool of connection actors.
-    pub async fn new(app: &str, config: &AppConfig) -> Result<ApnsClient, SetupError> {
+    /// `urgent_reserve` per cent of its places in flight are kept for the
+    /// urgent lane.
+    pub async fn with_reserve(
+        app: &str,
+        config: &AppConfig,
+        urgent_reserve: u8,
+    ) -> Result<ApnsClient, SetupError> {
         // First, so that every part below labels its metrics with this app.
         let metrics = AppMetrics::new(app);
         let tls_err = |source| SetupError::Tls {
@@ -256,7 +278,10 @@ impl ApnsClient {
                     authority: config.endpoint.authority(),
                 }
             })?;
-        let room = room_tokens(config.connections * STREAMS_PER_CONNECTION);
+        let places = config.connections * STREAMS_PER_CONNECTION;
+        let room = room_tokens(places);
+        // At least one place is kept when any share is asked for.
+        let reserved = (places * usize::from(urgent_reserve)).div_ceil(100);
         Ok(ApnsClient {
             inner: Arc::new(ClientInner {
                 pool: Pool::new(target.clone(), config.connections).await,
@@ -269,10 +294,12 @@ impl ApnsClient {
                 target,
                 breaker: Breaker::new(app),
                 metrics,
-                in_flight: Arc::new(tokio::sync::Semaphore::new(
-                    config.connections * STREAMS_PER_CONNECTION,
+                in_flight: Arc::new(tokio::sync::Semaphore::new(places)),
+                normal_places: Arc::new(tokio::sync::Semaphore::new(
+                    places.saturating_sub(reserved).max(1),
                 )),
                 room: Arc::new(tokio::sync::Semaphore::new(room)),
+                urgent_room: Arc::new(tokio::sync::Semaphore::new(room)),
                 room_tokens: u32::try_from(room).unwrap_or(u32::MAX),
             }),
         })
@@ -305,7 +332,7 @@ impl ApnsClient {
     /// Sends the job's notification to one device, after the app's circuit
     /// breaker lets it through.
     pub async fn send(&self, job: &JobRequest, token: &DeviceToken) -> ApnsAnswer {
-        let slot = self.reserve().await;
+        let slot = self.reserve(Lane::Normal).await;
         let forever = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
         match self.send_reserved(job, token, slot, forever).await {
             Some(answer) => answer,
@@ -324,11 +351,11 @@ impl ApnsClient {
     /// 360 MiB for the default prefetch, past the chart's memory limit, so a
     /// replica was killed and its redeliveries killed the next one. Jobs
     /// admitted by room finish in order, and the rest wait as bodies.
-    pub fn try_admit(&self, tokens: usize) -> Result<Room, u32> {
+    pub fn try_admit(&self, lane: Lane, tokens: usize) -> Result<Room, u32> {
         if tokens < 2 {
             return Ok(Room { _permit: None });
         }
-        let room = &self.inner.room;
+        let room = self.room(lane);
         // At most all the room: a job never waits for more than exists.
         let weight = u32::try_from(tokens)
             .unwrap_or(u32::MAX)
@@ -343,11 +370,10 @@ impl ApnsClient {
 
     /// Waits for room of `weight` tokens (from [`try_admit`](Self::try_admit)),
     /// in arrival order, counted on the app's `jobs_waiting_for_room` gauge.
-    pub async fn admit(&self, weight: u32) -> Room {
+    pub async fn admit(&self, lane: Lane, weight: u32) -> Room {
         let _waiting = Counted::new(&self.inner.metrics.waiting_for_room);
         let permit = self
-            .inner
-            .room
+            .room(lane)
             .clone()
             .acquire_many_owned(weight)
             .await
@@ -357,10 +383,30 @@ impl ApnsClient {
         }
     }
 
+    fn room(&self, lane: Lane) -> &Arc<tokio::sync::Semaphore> {
+        match lane {
+            Lane::Normal => &self.inner.room,
+            Lane::Urgent => &self.inner.urgent_room,
+        }
+    }
+
     /// Waits for a place among the app's requests in flight. Reserve before
     /// building a request's future: a fan-out then holds at most as many
-    /// futures as there are places, however many tokens and jobs wait.
-    pub async fn reserve(&self) -> Slot {
+    /// futures as there are places, however many tokens and jobs wait. The
+    /// normal lane first takes its share, so that it never holds the urgent
+    /// lane's reserve.
+    pub async fn reserve(&self, lane: Lane) -> Slot {
+        let normal = match lane {
+            Lane::Urgent => None,
+            Lane::Normal => Some(
+                self.inner
+                    .normal_places
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the normal lane's semaphore is never closed"),
+            ),
+        };
         let permit = self
             .inner
             .in_flight
@@ -371,6 +417,7 @@ impl ApnsClient {
         self.inner.metrics.in_flight.inc();
         Slot {
             _permit: permit,
+            _normal: normal,
             in_flight: self.inner.metrics.in_flight.clone(),
         }
     }
@@ -534,7 +581,10 @@ impl Apns {
     pub async fn from_config(config: &Config) -> Result<Apns, SetupError> {
         let mut clients = HashMap::new();
         for (name, app) in &config.apps {
-            clients.insert(name.clone(), ApnsClient::new(name, app).await?);
+            clients.insert(
+                name.clone(),
+                ApnsClient::with_reserve(name, app, config.urgent_reserve).await?,
+            );
         }
         Ok(Apns { clients })
     }

@@ -1,5 +1,6 @@
 use super::*;
 use crate::job::DeviceToken;
+use crate::lane::Lane;
 use crate::outcome::{self, DeadLetter, Retry, Settlement};
 use proptest::prelude::*;
 use std::time::Duration;
@@ -14,6 +15,11 @@ fn topology() -> Topology {
             ("misiva.jobs.retry.5s".into(), Duration::from_secs(5)),
         ],
         retry_exchange: None,
+        urgent_queue: "misiva.jobs.urgent".into(),
+        urgent_retry_queues: vec![
+            ("misiva.jobs.urgent.retry.1s".into(), Duration::from_secs(1)),
+            ("misiva.jobs.urgent.retry.5s".into(), Duration::from_secs(5)),
+        ],
         dead_letter_queue: "misiva.jobs.dead".into(),
         feedback_exchange: "misiva.feedback".into(),
         feedback_queue: "misiva.feedback".into(),
@@ -52,11 +58,28 @@ fn retries_and_replays_go_through_the_shard_exchange_when_there_is_one() {
         ..Settlement::default()
     };
     let body = format!(r#"{{"token":"{}","alert":"x"}}"#, token(1).as_str());
+    let normal = Lane::Normal;
+    let urgent = Lane::Urgent;
     let cases = [
-        (topology(), 0, Some("j-1"), "", "misiva.jobs.retry.1s"),
-        (topology(), 7, Some("j-1"), "", "misiva.jobs.retry.5s"),
+        (
+            topology(),
+            normal,
+            0,
+            Some("j-1"),
+            "",
+            "misiva.jobs.retry.1s",
+        ),
+        (
+            topology(),
+            normal,
+            7,
+            Some("j-1"),
+            "",
+            "misiva.jobs.retry.5s",
+        ),
         (
             sharded(),
+            normal,
             0,
             Some("j-1"),
             "misiva.jobs.shards.retry",
@@ -64,15 +87,34 @@ fn retries_and_replays_go_through_the_shard_exchange_when_there_is_one() {
         ),
         (
             sharded(),
+            normal,
             7,
             Some("j-2"),
             "misiva.jobs.shards.retry",
             "misiva.jobs.shards.retry.5s.j-2",
         ),
+        // The urgent lane's retries go to its own tiers, shards or not.
+        (
+            topology(),
+            urgent,
+            0,
+            Some("j-3"),
+            "",
+            "misiva.jobs.urgent.retry.1s",
+        ),
+        (
+            sharded(),
+            urgent,
+            9,
+            Some("j-3"),
+            "",
+            "misiva.jobs.urgent.retry.5s",
+        ),
     ];
-    for (topology, tier, id, exchange, key) in cases {
+    for (topology, lane, tier, id, exchange, key) in cases {
         let verdict = verdict(retry(tier), id.map(str::to_owned));
         let out = Republish {
+            lane,
             topology: &topology,
             original: &BasicProperties::default(),
             body: body.as_bytes(),
@@ -88,6 +130,7 @@ fn retries_and_replays_go_through_the_shard_exchange_when_there_is_one() {
     let keyless = |nanos: i128| {
         let topology = sharded();
         Republish {
+            lane: Lane::Normal,
             topology: &topology,
             original: &BasicProperties::default(),
             body: body.as_bytes(),
@@ -107,6 +150,37 @@ fn retries_and_replays_go_through_the_shard_exchange_when_there_is_one() {
     let replay = replayed(&with_id, body.as_bytes(), &topology(), 0);
     assert_eq!(replay.exchange.as_str(), "");
     assert_eq!(replay.routing_key.as_str(), "misiva.jobs");
+    // A dead letter of the urgent lane goes back to it, shards or not.
+    let mut headers = FieldTable::default();
+    headers.insert(short(LANE), long("urgent"));
+    let urgent_letter = with_id.clone().with_headers(headers);
+    for topology in [topology(), sharded()] {
+        let replay = replayed(&urgent_letter, body.as_bytes(), &topology, 0);
+        assert_eq!(replay.exchange.as_str(), "");
+        assert_eq!(replay.routing_key.as_str(), "misiva.jobs.urgent");
+    }
+}
+
+/// Dead letters of the urgent lane say so; those of the normal lane carry
+/// no lane header (as before the lane existed).
+#[test]
+fn urgent_dead_letters_carry_their_lane() {
+    let body = format!(r#"{{"token":"{}","alert":"x"}}"#, token(1).as_str());
+    for (lane, header_value) in [(Lane::Urgent, Some(long("urgent"))), (Lane::Normal, None)] {
+        let topology = topology();
+        let out = Republish {
+            topology: &topology,
+            lane,
+            original: &BasicProperties::default(),
+            body: body.as_bytes(),
+            frame_max: 0,
+            now: OffsetDateTime::UNIX_EPOCH,
+        }
+        .messages(&verdict(dead("bad".into()), Some("j".into())));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].routing_key.as_str(), "misiva.jobs.dead");
+        assert_eq!(header(&out[0].properties, LANE), header_value.as_ref());
+    }
 }
 
 fn token(n: u8) -> DeviceToken {
@@ -130,6 +204,7 @@ fn dead(detail: String) -> Settlement {
 /// The messages of `verdict` for a delivery with `original` properties and `body`.
 fn messages(original: &BasicProperties, body: &[u8], verdict: &Verdict) -> Vec<Outgoing> {
     Republish {
+        lane: Lane::Normal,
         topology: &topology(),
         original,
         body,
@@ -399,6 +474,7 @@ proptest! {
         };
         let verdict = Verdict { settlement, app, job_id, topic: None, delivered: 0 };
         let republish = Republish {
+            lane: Lane::Normal,
             topology: &topology(),
             original: &original,
             body: b"{\"token\":\"00\"}",
