@@ -25,6 +25,14 @@
 //! `info`, which adds each job's span). `--shards N` runs the worker with
 //! `MISIVA_SHARDS=N` and publishes through the shard exchange (the ceiling
 //! stays one queue's).
+//!
+//! `--campaign` measures the urgent lane instead: a campaign of
+//! `--campaign-jobs` (1,000) jobs of `--fanout` (1,000) tokens is queued,
+//! and while it drains single-token jobs arrive at `--urgent-rate` (100/s)
+//! for `--urgent-secs` (10 s). Three runs a round, `--rounds` (2) rounds:
+//! the campaign alone; with the singles on the urgent lane; with them on the
+//! work queue behind the campaign (no lane). It prints the singles' p50/p99
+//! from publish to the simulator and the campaign's throughput.
 
 mod common;
 
@@ -534,6 +542,12 @@ async fn main() {
     let conn = Connection::connect(&url(), ConnectionProperties::default())
         .await
         .unwrap();
+    if flag("--campaign") {
+        drop(sim);
+        campaign(&binary, dir.path(), &key, &conn, prefetch, consumers).await;
+        broker("stop");
+        return;
+    }
 
     println!(
         "end-to-end benchmark: {jobs} jobs, {notifications} notifications (fan-out {fanout}), {} shard(s), prefetch {prefetch} × {consumers} consumers, ~1 KB jobs, worker log filter {}",
@@ -721,4 +735,157 @@ async fn main() {
         percentile(&broker_only, 50.0),
         percentile(&broker_only, 99.0)
     );
+}
+
+/// How the singles of a `--campaign` run are published.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Singles {
+    None,
+    UrgentLane,
+    WorkQueue,
+}
+
+/// One `--campaign` run: (campaign notifications/s, singles' latencies in
+/// ms, sorted).
+async fn campaign_run(
+    binary: &Path,
+    dir: &Path,
+    key: &Path,
+    conn: &Connection,
+    prefetch: usize,
+    consumers: usize,
+    singles: Singles,
+) -> (f64, Vec<f64>) {
+    let jobs = arg("--campaign-jobs", 1_000);
+    let fanout = arg("--fanout", 1_000).max(1);
+    let rate = arg("--urgent-rate", 100) as f64;
+    let secs = arg("--urgent-secs", 10);
+    // A fresh simulator per run: it keeps every notification it accepted.
+    let sim = Simulator::start(SimConfig {
+        keys: vec![SimKey::from_file("BENCH00001", "BENCHTEAM1", key).unwrap()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    std::fs::write(dir.join("ca.pem"), sim.ca_pem()).unwrap();
+    let queue = format!("bench.campaign.{}", now_us());
+    topology(binary, &queue);
+    publish(conn, &queue, false, (0..jobs).map(|i| job(i, fanout))).await;
+    let campaign = jobs * fanout;
+    let worker = start_worker(binary, dir, &queue, &sim, prefetch, consumers);
+    let started = Instant::now();
+    while sim.accepted_count() < 20_000 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(started.elapsed() < Duration::from_secs(120), "no campaign");
+    }
+    // Singles' tokens start far above the campaign's.
+    const FIRST_SINGLE: usize = 100_000_000;
+    let total = (rate * secs as f64) as usize;
+    let target = match singles {
+        Singles::None => None,
+        Singles::UrgentLane => Some(format!("{queue}.urgent")),
+        Singles::WorkQueue => Some(queue.clone()),
+    };
+    let publisher = target.clone().map(|target| {
+        let url = url();
+        tokio::spawn(async move {
+            let conn = Connection::connect(&url, ConnectionProperties::default())
+                .await
+                .unwrap();
+            publish_paced(&conn, &target, false, rate, total, FIRST_SINGLE).await;
+        })
+    });
+    if let Some(publisher) = publisher {
+        publisher.await.unwrap();
+    }
+    let expected = campaign + if target.is_some() { total } else { 0 };
+    while (sim.accepted_count() as usize) < expected {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "the campaign did not drain"
+        );
+    }
+    stop_worker(worker);
+    let single_token = |a: &misiva::sim::Accepted| {
+        usize::from_str_radix(&a.token, 16).is_ok_and(|n| n > FIRST_SINGLE)
+    };
+    let accepted = sim.accepted();
+    let campaign_times: Vec<u64> = accepted
+        .iter()
+        .filter(|a| !single_token(a))
+        .map(|a| a.received_at_us)
+        .collect();
+    let first = campaign_times.iter().min().copied().unwrap_or(0);
+    let last = campaign_times.iter().max().copied().unwrap_or(0);
+    let throughput = campaign_times.len() as f64 / ((last - first).max(1) as f64 / 1e6);
+    let mut latencies: Vec<f64> = accepted
+        .iter()
+        .filter(|a| single_token(a))
+        .filter_map(|a| {
+            let payload: serde_json::Value = serde_json::from_slice(&a.payload).ok()?;
+            let published = payload["published_us"].as_u64()?;
+            Some(a.received_at_us.saturating_sub(published) as f64 / 1000.0)
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    (throughput, latencies)
+}
+
+/// `--campaign`: the urgent lane against a campaign, runs alternated.
+async fn campaign(
+    binary: &Path,
+    dir: &Path,
+    key: &Path,
+    conn: &Connection,
+    prefetch: usize,
+    consumers: usize,
+) {
+    let rounds = arg("--rounds", 2);
+    println!(
+        "urgent-lane benchmark: a campaign of {} jobs × {} tokens; singles at {}/s for {} s; prefetch {prefetch} × {consumers} consumers",
+        arg("--campaign-jobs", 1_000),
+        arg("--fanout", 1_000),
+        arg("--urgent-rate", 100),
+        arg("--urgent-secs", 10)
+    );
+    println!();
+    println!("| round | singles | campaign notifications/s | singles p50 / p99, ms |");
+    println!("|---|---|---:|---:|");
+    let mut by_mode: Vec<(Singles, Vec<f64>, Vec<(f64, f64)>)> = Vec::new();
+    for mode in [Singles::None, Singles::UrgentLane, Singles::WorkQueue] {
+        by_mode.push((mode, Vec::new(), Vec::new()));
+    }
+    for round in 1..=rounds {
+        for (mode, throughputs, latencies) in &mut by_mode {
+            let (throughput, singles) =
+                campaign_run(binary, dir, key, conn, prefetch, consumers, *mode).await;
+            let cell = if singles.is_empty() {
+                "-".to_owned()
+            } else {
+                let pair = (percentile(&singles, 50.0), percentile(&singles, 99.0));
+                latencies.push(pair);
+                format!("{:.1} / {:.1}", pair.0, pair.1)
+            };
+            println!("| {round} | {mode:?} | {throughput:.0} | {cell} |");
+            throughputs.push(throughput);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!();
+    println!("| singles | median campaign notifications/s | median singles p50 / p99, ms |");
+    println!("|---|---:|---:|");
+    for (mode, throughputs, latencies) in &mut by_mode {
+        let mut p50: Vec<f64> = latencies.iter().map(|l| l.0).collect();
+        let mut p99: Vec<f64> = latencies.iter().map(|l| l.1).collect();
+        let cell = if p50.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("{:.1} / {:.1}", median(&mut p50), median(&mut p99))
+        };
+        println!("| {mode:?} | {:.0} | {cell} |", median(throughputs));
+    }
 }

@@ -58,6 +58,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 queue = {{ .Values.queue | quote }}
 consumers = {{ .Values.consumers }}
 shards = {{ .Values.shards }}
+urgent_consumers = {{ .Values.urgent.consumers }}
+urgent_prefetch = {{ .Values.urgent.prefetch }}
+urgent_reserve = {{ .Values.urgent.reserve | quote }}
 {{- with .Values.prefetch }}
 prefetch = {{ . }}
 {{- end }}
