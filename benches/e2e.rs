@@ -832,6 +832,9 @@ async fn campaign_run(
     (throughput, latencies)
 }
 
+/// One mode's figures over the rounds: campaign throughputs, singles' (p50, p99).
+type ModeFigures = (Singles, Vec<f64>, Vec<(f64, f64)>);
+
 /// `--campaign`: the urgent lane against a campaign, runs alternated.
 async fn campaign(
     binary: &Path,
@@ -852,7 +855,7 @@ async fn campaign(
     println!();
     println!("| round | singles | campaign notifications/s | singles p50 / p99, ms |");
     println!("|---|---|---:|---:|");
-    let mut by_mode: Vec<(Singles, Vec<f64>, Vec<(f64, f64)>)> = Vec::new();
+    let mut by_mode: Vec<ModeFigures> = Vec::new();
     for mode in [Singles::None, Singles::UrgentLane, Singles::WorkQueue] {
         by_mode.push((mode, Vec::new(), Vec::new()));
     }
