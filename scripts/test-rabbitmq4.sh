@@ -15,4 +15,4 @@ trap stop_broker EXIT
 echo "test: RabbitMQ $(MISIVA_BROKER_PORT="$MISIVA_TEST_BROKER_PORT" scripts/broker.sh version)" >&2
 cargo test --locked --features fault-hooks \
   --test worker --test hostile --test failures --test retries --test supervision \
-  --test metrics --test dlq --test examples --test cluster --test shards -- --nocapture
+  --test metrics --test dlq --test examples --test cluster --test shards --test urgent -- --nocapture
