@@ -27,7 +27,7 @@
 //! stays one queue's).
 //!
 //! `--campaign` measures the urgent lane instead: a campaign of
-//! `--campaign-jobs` (1,000) jobs of `--fanout` (1,000) tokens is queued,
+//! `--campaign-jobs` (2,000) jobs of `--fanout` (1,000) tokens is queued,
 //! and while it drains single-token jobs arrive at `--urgent-rate` (100/s)
 //! for `--urgent-secs` (10 s). Three runs a round, `--rounds` (2) rounds:
 //! the campaign alone; with the singles on the urgent lane; with them on the
@@ -756,7 +756,7 @@ async fn campaign_run(
     consumers: usize,
     singles: Singles,
 ) -> (f64, Vec<f64>) {
-    let jobs = arg("--campaign-jobs", 1_000);
+    let jobs = arg("--campaign-jobs", 2_000);
     let fanout = arg("--fanout", 1_000).max(1);
     let rate = arg("--urgent-rate", 100) as f64;
     let secs = arg("--urgent-secs", 10);
@@ -847,7 +847,7 @@ async fn campaign(
     let rounds = arg("--rounds", 2);
     println!(
         "urgent-lane benchmark: a campaign of {} jobs × {} tokens; singles at {}/s for {} s; prefetch {prefetch} × {consumers} consumers",
-        arg("--campaign-jobs", 1_000),
+        arg("--campaign-jobs", 2_000),
         arg("--fanout", 1_000),
         arg("--urgent-rate", 100),
         arg("--urgent-secs", 10)

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use support::{
     SimFixture, Worker, broker, declare_topology, delivered_all, jobs, publish, publish_routed,
-    ready_now, recording_sim, token, unique_queue, wait_for,
+    queue_exists, ready_now, recording_sim, token, unique_queue, wait_for,
 };
 
 fn shard(queue: &str, index: usize) -> String {
@@ -30,24 +30,6 @@ fn keyed(tokens: &[String], prefix: &str) -> Vec<(String, Vec<u8>)> {
         .enumerate()
         .map(|(i, body)| (format!("{prefix}-{i}"), body))
         .collect()
-}
-
-/// Whether `queue` exists, by a passive declaration.
-async fn exists(conn: &lapin::Connection, queue: &str) -> bool {
-    let channel = conn.create_channel().await.unwrap();
-    let found = channel
-        .queue_declare(
-            queue.into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
-        .await
-        .is_ok();
-    let _ = channel.close(200, "looked".into()).await;
-    found
 }
 
 /// The queues bound to `exchange`, as the broker lists them.
@@ -198,8 +180,8 @@ async fn retries_come_back_through_the_shard_exchange() {
         );
     }
     // The sharded tiers, not the single-queue ones, are in use.
-    assert!(exists(&conn, &format!("{queue}.shards.retry.100ms")).await);
-    assert!(!exists(&conn, &format!("{queue}.retry.100ms")).await);
+    assert!(queue_exists(&conn, &format!("{queue}.shards.retry.100ms")).await);
+    assert!(!queue_exists(&conn, &format!("{queue}.retry.100ms")).await);
     assert_eq!(ready_now(&conn, &format!("{queue}.dead")).await, 0);
     assert!(worker.terminate().await.success());
 }
@@ -242,7 +224,7 @@ async fn going_from_four_shards_to_two_deletes_nothing_and_loses_nothing() {
     let text = worker.metrics();
     for i in [2, 3] {
         let q = shard(&queue, i);
-        assert!(exists(&conn, &q).await, "{q} was deleted");
+        assert!(queue_exists(&conn, &q).await, "{q} was deleted");
         assert_eq!(ready_now(&conn, &q).await, 0, "{q} still holds jobs");
         assert_eq!(
             support::metric(&text, "misiva_shards_retired", &[("queue", &q)]),

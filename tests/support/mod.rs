@@ -174,17 +174,29 @@ pub async fn publish_with(
     bodies: &[Vec<u8>],
     properties: BasicProperties,
 ) {
+    let keyed = bodies.iter().map(|body| (queue, body.as_slice()));
+    publish_to(conn, "", keyed, properties).await;
+}
+
+/// Publishes `(routing key, body)` pairs to `exchange`, mandatory and
+/// confirmed: a message no queue takes fails the test.
+async fn publish_to<'a>(
+    conn: &Connection,
+    exchange: &str,
+    messages: impl Iterator<Item = (&'a str, &'a [u8])>,
+    properties: BasicProperties,
+) {
     let channel = conn.create_channel().await.unwrap();
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
     let mut confirms = Vec::new();
-    for body in bodies {
+    for (key, body) in messages {
         let confirm = channel
             .basic_publish(
-                "".into(),
-                queue.into(),
+                exchange.into(),
+                key.into(),
                 BasicPublishOptions {
                     mandatory: true,
                     ..Default::default()
@@ -201,15 +213,15 @@ pub async fn publish_with(
         assert!(confirm.is_ack());
         assert!(
             confirm.take_message().is_none(),
-            "published to a queue that does not exist"
+            "unroutable: no queue for it through {exchange:?}"
         );
     }
     let _ = channel.close(200, "done".into()).await;
 }
 
-/// Messages ready in a queue, asked of the queue itself (a passive declare),
-/// not of the broker's periodic statistics, which can lag behind.
-pub async fn ready_now(conn: &Connection, queue: &str) -> u32 {
+/// Passively declares `queue` on a channel of its own: the message count,
+/// or `None` when the queue does not exist.
+async fn passive(conn: &Connection, queue: &str) -> Option<u32> {
     let channel = conn.create_channel().await.unwrap();
     let declared = channel
         .queue_declare(
@@ -220,10 +232,22 @@ pub async fn ready_now(conn: &Connection, queue: &str) -> u32 {
             },
             lapin::types::FieldTable::default(),
         )
-        .await
-        .unwrap();
+        .await;
     let _ = channel.close(200, "done".into()).await;
-    declared.message_count()
+    declared.ok().map(|q| q.message_count())
+}
+
+/// Whether `queue` exists.
+pub async fn queue_exists(conn: &Connection, queue: &str) -> bool {
+    passive(conn, queue).await.is_some()
+}
+
+/// Messages ready in a queue, asked of the queue itself (a passive declare),
+/// not of the broker's periodic statistics, which can lag behind.
+pub async fn ready_now(conn: &Connection, queue: &str) -> u32 {
+    passive(conn, queue)
+        .await
+        .unwrap_or_else(|| panic!("no queue {queue}"))
 }
 
 /// Takes every message of a queue (acking them).
@@ -744,38 +768,9 @@ pub fn declare_topology(
 /// Publishes each body to `exchange` with its routing key, confirmed and
 /// mandatory (a message no queue takes fails the test).
 pub async fn publish_routed(conn: &Connection, exchange: &str, messages: &[(String, Vec<u8>)]) {
-    let channel = conn.create_channel().await.unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
     let properties = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_delivery_mode(2);
-    let mut confirms = Vec::new();
-    for (key, body) in messages {
-        let confirm = channel
-            .basic_publish(
-                exchange.into(),
-                key.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                body,
-                properties.clone(),
-            )
-            .await
-            .unwrap();
-        confirms.push(confirm);
-    }
-    for confirm in confirms {
-        let confirm = confirm.await.unwrap();
-        assert!(confirm.is_ack());
-        assert!(
-            confirm.take_message().is_none(),
-            "unroutable through {exchange}"
-        );
-    }
-    let _ = channel.close(200, "done".into()).await;
+    let keyed = messages.iter().map(|(k, b)| (k.as_str(), b.as_slice()));
+    publish_to(conn, exchange, keyed, properties).await;
 }
