@@ -362,7 +362,15 @@ async fn a_node_leading_one_shard_stopped_leaves_the_others_flowing() {
     println!("shards led by {leaders:?}");
 
     let sim = recording_sim(Duration::from_millis(20)).await;
-    let mut worker = Worker::start_on(&first, &sim, &queue, &[("MISIVA_SHARDS", "3")]);
+    // Ten deliveries in flight per consumer, two consumers per shard, 20 ms
+    // each: about 1,000 a second per shard, so that every shard still has
+    // most of its jobs when the node is down (stopping it takes seconds).
+    let mut worker = Worker::start_on(
+        &first,
+        &sim,
+        &queue,
+        &[("MISIVA_SHARDS", "3"), ("MISIVA_PREFETCH", "30")],
+    );
     worker.ready().await;
     // Jobs published straight into each shard, so that each token's shard
     // is known.
@@ -370,8 +378,8 @@ async fn a_node_leading_one_shard_stopped_leaves_the_others_flowing() {
     let conn = second.connect().await;
     let mut by_shard: Vec<HashSet<String>> = Vec::new();
     for (i, name) in shards.iter().enumerate() {
-        let tokens: Vec<String> = (0..4000)
-            .map(|n| token(600_000 + 10_000 * i as u64 + n))
+        let tokens: Vec<String> = (0..10_000)
+            .map(|n| token(600_000 + 100_000 * i as u64 + n))
             .collect();
         publish(&conn, name, &jobs(&tokens, &format!("s{i}"))).await;
         by_shard.push(tokens.into_iter().collect());
@@ -384,6 +392,7 @@ async fn a_node_leading_one_shard_stopped_leaves_the_others_flowing() {
     let victim = (0..3).find(|&i| leaders[i] != BASE).unwrap();
     let at = now_us();
     cluster(&["stop-node", &leaders[victim].to_string()]);
+    let stopped = now_us();
     let expected: HashSet<String> = by_shard.iter().flatten().cloned().collect();
     wait_for(Duration::from_secs(180), "every job delivered", || {
         delivered_all(&sim, &expected)
@@ -403,6 +412,18 @@ async fn a_node_leading_one_shard_stopped_leaves_the_others_flowing() {
         "shards: node {} (leader of shard {victim}) stopped; longest pause per shard {gaps:?}",
         leaders[victim]
     );
+    // Every shard still had work once the node was down: else the test
+    // tested nothing.
+    for (i, tokens) in by_shard.iter().enumerate() {
+        let after = accepted
+            .iter()
+            .filter(|a| a.received_at_us > stopped && tokens.contains(&a.token))
+            .count();
+        assert!(
+            after >= 1000,
+            "shard {i} delivered only {after} after the stop: the fault came too late"
+        );
+    }
     for (i, gap) in gaps.iter().enumerate() {
         if i != victim {
             assert!(
