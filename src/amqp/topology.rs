@@ -310,20 +310,26 @@ async fn declare_shard_exchange(
     exchange: &str,
 ) -> Result<(), TopologyError> {
     let kind = lapin::ExchangeKind::Custom("x-consistent-hash".into());
-    match declare_exchange(broker, exchange, kind).await {
-        Err(TopologyError::Declare { source, .. }) if is_unknown_type(&source.to_string()) => {
-            Err(TopologyError::PluginMissing {
-                shards: topology.shards.len(),
-                exchange: exchange.to_owned(),
-                detail: source.to_string(),
-            })
-        }
-        other => other,
+    let result = declare_exchange(broker, exchange, kind).await;
+    let detail = match &result {
+        Err(TopologyError::Declare { source, .. }) => source.to_string(),
+        Err(TopologyError::Conflict { detail, .. }) => detail.clone(),
+        _ => return result,
+    };
+    if is_unknown_type(&detail) {
+        return Err(TopologyError::PluginMissing {
+            shards: topology.shards.len(),
+            exchange: exchange.to_owned(),
+            detail,
+        });
     }
+    result
 }
 
-/// RabbitMQ 3.x and 4.x say "unknown exchange type 'x-consistent-hash'"
-/// (COMMAND_INVALID) for a type no plugin provides.
+/// RabbitMQ names a type no plugin provides: "unknown exchange type
+/// 'x-consistent-hash'". 3.10 sends it as COMMAND_INVALID, closing the
+/// connection; 4.0 as PRECONDITION_FAILED, closing the channel (which
+/// would otherwise read as a conflicting declaration).
 fn is_unknown_type(text: &str) -> bool {
     text.contains("unknown exchange type") || text.contains("COMMAND_INVALID")
 }
