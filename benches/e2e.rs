@@ -32,7 +32,8 @@
 //! for `--urgent-secs` (10 s). Three runs a round, `--rounds` (2) rounds:
 //! the campaign alone; with the singles on the urgent lane; with them on the
 //! work queue behind the campaign (no lane). It prints the singles' p50/p99
-//! from publish to the simulator and the campaign's throughput.
+//! from publish to the simulator and the campaign's throughput;
+//! `--no-work-queue` leaves out the third run.
 
 mod common;
 
@@ -857,6 +858,11 @@ async fn campaign(
     println!("|---|---|---:|---:|");
     let mut by_mode: Vec<ModeFigures> = Vec::new();
     for mode in [Singles::None, Singles::UrgentLane, Singles::WorkQueue] {
+        // `--no-work-queue`: only the campaign alone and with the lane,
+        // for more rounds of the throughput comparison in the same time.
+        if mode == Singles::WorkQueue && flag("--no-work-queue") {
+            continue;
+        }
         by_mode.push((mode, Vec::new(), Vec::new()));
     }
     for round in 1..=rounds {
