@@ -501,8 +501,13 @@ fn topology(binary: &Path, queue: &str) {
 
 /// Latencies (ms) of notifications accepted after index `from`.
 fn latencies(sim: &Simulator, from: usize) -> Vec<f64> {
-    let mut v: Vec<f64> = sim.accepted()[from..]
-        .iter()
+    sorted_latencies(sim.accepted()[from..].iter())
+}
+
+/// From publish (the job's `data.published_us`) to the simulator, in ms,
+/// sorted; notifications without the field are left out.
+fn sorted_latencies<'a>(accepted: impl Iterator<Item = &'a misiva::sim::Accepted>) -> Vec<f64> {
+    let mut v: Vec<f64> = accepted
         .filter_map(|a| {
             let payload: serde_json::Value = serde_json::from_slice(&a.payload).ok()?;
             let published = payload["published_us"].as_u64()?;
@@ -820,16 +825,7 @@ async fn campaign_run(
     let first = campaign_times.iter().min().copied().unwrap_or(0);
     let last = campaign_times.iter().max().copied().unwrap_or(0);
     let throughput = campaign_times.len() as f64 / ((last - first).max(1) as f64 / 1e6);
-    let mut latencies: Vec<f64> = accepted
-        .iter()
-        .filter(|a| single_token(a))
-        .filter_map(|a| {
-            let payload: serde_json::Value = serde_json::from_slice(&a.payload).ok()?;
-            let published = payload["published_us"].as_u64()?;
-            Some(a.received_at_us.saturating_sub(published) as f64 / 1000.0)
-        })
-        .collect();
-    latencies.sort_by(f64::total_cmp);
+    let latencies = sorted_latencies(accepted.iter().filter(|a| single_token(a)));
     (throughput, latencies)
 }
 

@@ -68,6 +68,7 @@ impl Topology {
         // declared; sharded tiers send jobs back through the shard exchange,
         // so they are queues of their own, and a change of shard count
         // between 1 and N never meets a tier declared the other way.
+        let urgent = crate::lane::urgent_queue(&config.queue);
         let tier_base = if sharded {
             shard_exchange_name(&config.queue)
         } else {
@@ -90,18 +91,17 @@ impl Topology {
                 })
                 .collect(),
             retry_exchange: sharded.then(|| format!("{tier_base}.retry")),
-            urgent_queue: crate::lane::urgent_queue(&config.queue),
             urgent_retry_queues: config
                 .retry_delays
                 .iter()
                 .map(|d| {
-                    let urgent = crate::lane::urgent_queue(&config.queue);
                     (
                         format!("{urgent}.retry.{}", crate::config::delay_label(*d)),
                         *d,
                     )
                 })
                 .collect(),
+            urgent_queue: urgent,
             dead_letter_queue: config.dead_letter_queue.clone(),
             feedback_exchange: config.feedback_exchange.clone(),
             feedback_queue: config.feedback_queue.clone(),
