@@ -104,6 +104,7 @@ fn observability(c: &mut Criterion) {
             });
             app.in_flight.inc();
             emit(events::NotificationAnswered {
+                target: "token",
                 app: &app,
                 answer: black_box(&ok),
                 elapsed: Duration::from_micros(800),

@@ -179,6 +179,23 @@ impl Endpoint {
         }
     }
 
+    /// The endpoint of channel management (CONTRACT §7): `production` and
+    /// `sandbox` name Apple's management hosts and ports, anything else is a
+    /// URL as for [`Endpoint::parse`].
+    pub fn parse_channels(raw: &str) -> Result<Self, String> {
+        let apple = |host: &str, port| Endpoint::Custom {
+            host: host.to_owned(),
+            port,
+        };
+        match raw {
+            "production" => Ok(apple("api-manage-broadcast.push.apple.com", 2196)),
+            "sandbox" | "development" => {
+                Ok(apple("api-manage-broadcast.sandbox.push.apple.com", 2195))
+            }
+            _ => Endpoint::parse(raw),
+        }
+    }
+
     pub fn host(&self) -> &str {
         match self {
             Endpoint::Production => "api.push.apple.com",
@@ -215,6 +232,10 @@ pub enum Auth {
 #[derive(Debug, Clone)]
 pub struct AppConfig {
     pub endpoint: Endpoint,
+    /// Where broadcasts go, when not to `endpoint` (CONTRACT §7).
+    pub broadcast_endpoint: Option<Endpoint>,
+    /// Where `misiva channels` manages the app's channels.
+    pub channels_endpoint: Endpoint,
     pub ca_file: Option<PathBuf>,
     pub auth: Auth,
     pub topic: Option<String>,
@@ -306,6 +327,8 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct FileApp {
     endpoint: Option<String>,
+    broadcast_endpoint: Option<String>,
+    channels_endpoint: Option<String>,
     ca_file: Option<PathBuf>,
     key_file: Option<PathBuf>,
     key_id: Option<String>,
@@ -584,8 +607,13 @@ impl Config {
         // The environment describes the `default` app, on top of its file section.
         let mut apps_raw = file.apps;
         let default = apps_raw.entry("default".to_owned()).or_default();
-        let overrides: [(&str, &mut Option<String>); 5] = [
+        let overrides: [(&str, &mut Option<String>); 7] = [
             ("MISIVA_APNS_ENDPOINT", &mut default.endpoint),
+            (
+                "MISIVA_APNS_BROADCAST_ENDPOINT",
+                &mut default.broadcast_endpoint,
+            ),
+            ("MISIVA_APNS_CHANNELS_ENDPOINT", &mut default.channels_endpoint),
             ("MISIVA_APNS_KEY_ID", &mut default.key_id),
             ("MISIVA_APNS_TEAM_ID", &mut default.team_id),
             ("MISIVA_APNS_CERT_PASSWORD", &mut default.cert_password),
@@ -783,6 +811,22 @@ fn app_config(name: &str, raw: FileApp) -> Result<AppConfig, ConfigError> {
     };
     let endpoint = Endpoint::parse(raw.endpoint.as_deref().unwrap_or("production"))
         .map_err(|p| app_err(format!("endpoint: {p}")))?;
+    let broadcast_endpoint = raw
+        .broadcast_endpoint
+        .as_deref()
+        .map(Endpoint::parse)
+        .transpose()
+        .map_err(|p| app_err(format!("broadcast_endpoint: {p}")))?;
+    // Apple's management host of the same environment as the pushes, unless
+    // another is named.
+    let channels_endpoint = Endpoint::parse_channels(raw.channels_endpoint.as_deref().unwrap_or(
+        if endpoint == Endpoint::Sandbox {
+            "sandbox"
+        } else {
+            "production"
+        },
+    ))
+    .map_err(|p| app_err(format!("channels_endpoint: {p}")))?;
     let auth = match (raw.key_file, raw.cert_file) {
         (Some(key_file), None) => Auth::Token {
             key_file,
@@ -830,6 +874,8 @@ fn app_config(name: &str, raw: FileApp) -> Result<AppConfig, ConfigError> {
     }
     Ok(AppConfig {
         endpoint,
+        broadcast_endpoint,
+        channels_endpoint,
         ca_file: raw.ca_file,
         auth,
         topic: raw.topic,

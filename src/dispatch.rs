@@ -2,7 +2,7 @@
 //! every token (concurrently, bounded), classify each answer, and settle.
 //! No AMQP here: the shell hands in the message and carries out the settlement.
 
-use crate::apns::{Apns, JobRequest};
+use crate::apns::{Apns, JobRequest, Recipient};
 use crate::job;
 use crate::lane::Lane;
 use crate::outcome::{self, RetryPolicy, Settlement, classify};
@@ -201,7 +201,7 @@ impl Dispatcher {
             job_id: Some(job.id.into_string()),
             topic: match job.topic {
                 Some(topic) => Some(Arc::from(topic.into_string())),
-                None => client.default_topic_name(),
+                None => client.default_topic_name(job.push_type),
             },
             delivered,
         }
@@ -222,6 +222,14 @@ impl Dispatcher {
             // Shared, not inline: the request's ready-made headers are a few
             // hundred bytes, which would otherwise add to every delivery's future.
             let request = Arc::new(client.job_request(&job));
+            if let Some(channel) = &job.channel {
+                // Boxed: broadcasts are few, and their wait would otherwise
+                // add to every device push's future.
+                let (settlement, delivered) =
+                    Box::pin(self.broadcast(client, &request, channel, lane, attempt, deadline))
+                        .await;
+                return self.verdict(job, client, settlement, delivered);
+            }
             let mut tally = Tally::default();
             if let [token] = job.tokens.as_slice() {
                 // Most jobs have one token: no stream, no buffer of futures.
@@ -238,6 +246,38 @@ impl Dispatcher {
             let settlement = outcome::settle(tally.undelivered(&job.tokens), attempt, self.policy);
             self.verdict(job, client, settlement, delivered)
         }
+    }
+
+    /// Sends a channel job's one broadcast and settles its outcome.
+    async fn broadcast(
+        &self,
+        client: &crate::apns::ApnsClient,
+        request: &JobRequest,
+        channel: &job::ChannelId,
+        lane: Lane,
+        attempt: u32,
+        deadline: tokio::time::Instant,
+    ) -> (outcome::Settlement, usize) {
+        let max_hold = self.max_hold;
+        let answer = match tokio::time::timeout_at(deadline, client.reserve(lane)).await {
+            Ok(slot) => {
+                client
+                    .send_reserved(request, Recipient::Channel(channel), slot, deadline)
+                    .await
+            }
+            Err(_) => None,
+        };
+        let answer = answer.unwrap_or_else(|| {
+            crate::outcome::ApnsAnswer::Transport(format!(
+                "held {max_hold:?} waiting for APNs to accept requests; moved to a retry tier"
+            ))
+        });
+        let outcome = outcome::classify_broadcast(&answer);
+        let delivered = usize::from(outcome == outcome::TokenOutcome::Delivered);
+        (
+            outcome::settle_broadcast(channel, outcome, attempt, self.policy),
+            delivered,
+        )
     }
 
     /// Sends a many-token job's notifications, [`FANOUT_CONCURRENCY`] at a
@@ -334,7 +374,11 @@ fn deliver(
 ) -> impl Future<Output = outcome::TokenOutcome> {
     async move {
         let answer = match slot {
-            Some(slot) => client.send_reserved(request, token, slot, deadline).await,
+            Some(slot) => {
+                client
+                    .send_reserved(request, Recipient::Device(token), slot, deadline)
+                    .await
+            }
             None => None,
         };
         let answer = answer.unwrap_or_else(|| {

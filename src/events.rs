@@ -57,6 +57,8 @@ pub struct AppTier {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Answered {
     pub app: Arc<str>,
+    /// `token` (a device push) or `channel` (a broadcast).
+    pub target: &'static str,
     pub status: &'static str,
     pub reason: &'static str,
 }
@@ -550,6 +552,8 @@ impl AppMetrics {
 #[derive(Debug)]
 pub struct NotificationAnswered<'a> {
     pub app: &'a AppMetrics,
+    /// `token` or `channel`: the target kind's label, from a fixed set.
+    pub target: &'static str,
     pub answer: &'a ApnsAnswer,
     pub elapsed: Duration,
 }
@@ -570,6 +574,7 @@ impl InternalEvent for NotificationAnswered<'_> {
             .notifications
             .get_or_create(&Answered {
                 app: self.app.app.clone(),
+                target: self.target,
                 status: status_label(self.answer),
                 reason,
             })
@@ -919,6 +924,7 @@ mod tests {
         for reason in ["Made Up", "X".repeat(64).as_str(), "Unregistered"] {
             emit(NotificationAnswered {
                 app: &app,
+                target: "token",
                 answer: &ApnsAnswer::Status {
                     code: 799,
                     reason: Some(reason.to_owned()),

@@ -3,7 +3,7 @@
 //! outcomes of a whole job into the one [`Settlement`] the AMQP shell carries out.
 //! Nothing else in the crate decides between ack, requeue and dead letter.
 
-use crate::job::DeviceToken;
+use crate::job::{ChannelId, DeviceToken};
 
 /// What came back for one device token's request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +105,83 @@ pub fn classify(answer: &ApnsAnswer) -> TokenOutcome {
     }
 }
 
+/// The classification of a broadcast's answer (CONTRACT §7): a channel APNs
+/// does not know (or no longer has) is feedback about the channel; the
+/// device-token reasons cannot be about a broadcast and are permanent; the
+/// rest is as for a device push.
+pub fn classify_broadcast(answer: &ApnsAnswer) -> TokenOutcome {
+    let ApnsAnswer::Status {
+        code, reason: Some(reason), ..
+    } = answer
+    else {
+        return classify(answer);
+    };
+    match (*code, reason.as_str()) {
+        (400..=499, "ChannelNotRegistered" | "BadChannelId") | (410, _) => TokenOutcome::Feedback {
+            reason: reason.clone(),
+            timestamp_ms: None,
+        },
+        (400, "BadDeviceToken" | "DeviceTokenNotForTopic") => TokenOutcome::Permanent {
+            status: *code,
+            reason: reason.clone(),
+        },
+        _ => classify(answer),
+    }
+}
+
+/// The settlement of a channel job, whose one request had `outcome`: the
+/// job is delivered, or its channel is reported, or the whole job goes to a
+/// dead letter or a retry tier as a device push's token would.
+pub fn settle_broadcast(
+    channel: &ChannelId,
+    outcome: TokenOutcome,
+    attempt: u32,
+    policy: RetryPolicy,
+) -> Settlement {
+    let mut settlement = Settlement {
+        attempt,
+        ..Settlement::default()
+    };
+    let retry_or_give_up = |settlement: &mut Settlement, detail: String| {
+        if attempt >= policy.max_attempts || policy.tiers == 0 {
+            settlement.dead_letters.push(DeadLetter {
+                tokens: None,
+                reason: RETRIES_EXHAUSTED.to_owned(),
+                detail: format!("gave up after {attempt} attempts; last error: {detail}"),
+            });
+        } else {
+            // A channel job has no tokens: its retry carries the whole body.
+            settlement.retry = Some(Retry {
+                tokens: Vec::new(),
+                tier: (attempt.saturating_sub(1) as usize).min(policy.tiers - 1),
+                detail,
+            });
+        }
+    };
+    match outcome {
+        TokenOutcome::Delivered => {}
+        TokenOutcome::Feedback {
+            reason,
+            timestamp_ms,
+        } => settlement.feedback.push(Feedback {
+            recipient: Recipient::Channel(channel.clone()),
+            reason,
+            timestamp_ms,
+        }),
+        TokenOutcome::Permanent { status, reason } => settlement.dead_letters.push(DeadLetter {
+            tokens: None,
+            detail: format!("APNs answered {status} {reason} to the broadcast"),
+            reason: snake_case(&reason),
+        }),
+        TokenOutcome::Credentials { status, reason, .. } => retry_or_give_up(
+            &mut settlement,
+            format!("APNs refused the credentials: {status} {reason}"),
+        ),
+        TokenOutcome::Transient { detail } => retry_or_give_up(&mut settlement, detail),
+    }
+    settlement
+}
+
 /// Whether an answer counts toward the app's circuit breaker: failures of the
 /// way to APNs or of the app's credentials, which every other token of the
 /// app would meet too. Answers about one device (`429 TooManyRequests`, a bad
@@ -119,10 +196,20 @@ pub fn counts_against_app(answer: &ApnsAnswer) -> bool {
     }
 }
 
-/// A token feedback event to publish (CONTRACT §3).
+/// Whom a feedback event is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recipient {
+    /// A device token (CONTRACT §3).
+    Token(DeviceToken),
+    /// A broadcast channel (CONTRACT §7).
+    Channel(ChannelId),
+}
+
+/// A feedback event to publish: a dead device token, or a channel APNs does
+/// not know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Feedback {
-    pub token: DeviceToken,
+    pub recipient: Recipient,
     pub reason: String,
     pub timestamp_ms: Option<u64>,
 }
@@ -224,7 +311,7 @@ pub fn settle<'a>(
                 reason,
                 timestamp_ms,
             } => feedback.push(Feedback {
-                token,
+                recipient: Recipient::Token(token),
                 reason,
                 timestamp_ms,
             }),
@@ -316,6 +403,14 @@ pub const APNS_REASONS: &[&str] = &[
     "InternalServerError",
     "ServiceUnavailable",
     "Shutdown",
+    // Broadcasts and channel management (CONTRACT §7).
+    "BadChannelId",
+    "ChannelNotRegistered",
+    "FeatureNotEnabled",
+    "MissingChannelId",
+    "BadRequestParams",
+    "BadRequestPayload",
+    "CannotCreateChannelConfig",
 ];
 
 /// The metric label of an APNs reason: Apple's own, `none`, or `other`.
@@ -564,7 +659,7 @@ mod tests {
         assert_eq!(
             s.feedback,
             vec![Feedback {
-                token: token(2),
+                recipient: Recipient::Token(token(2)),
                 reason: "Unregistered".into(),
                 timestamp_ms: None
             }]

@@ -15,7 +15,7 @@ use crate::bounded;
 use crate::dispatch::Verdict;
 use crate::job;
 use crate::lane::Lane;
-use crate::outcome::Feedback;
+use crate::outcome::{Feedback, Recipient};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use time::OffsetDateTime;
@@ -454,16 +454,25 @@ impl Republish<'_> {
         let timestamp = event.timestamp_ms.unwrap_or_else(|| {
             u64::try_from(self.now.unix_timestamp_nanos() / 1_000_000).unwrap_or_default()
         });
-        serde_json::json!({
-            "token": event.token.as_str(),
-            "app": verdict.app,
-            "topic": verdict.topic.as_deref(),
-            "reason": event.reason,
-            "timestamp": timestamp,
-            "job_id": verdict.job_id,
-        })
-        .to_string()
-        .into_bytes()
+        let body = match &event.recipient {
+            Recipient::Token(token) => serde_json::json!({
+                "token": token.as_str(),
+                "app": verdict.app,
+                "topic": verdict.topic.as_deref(),
+                "reason": event.reason,
+                "timestamp": timestamp,
+                "job_id": verdict.job_id,
+            }),
+            // CONTRACT §7: a channel's event names the channel, not a topic.
+            Recipient::Channel(channel) => serde_json::json!({
+                "channel": channel.as_str(),
+                "app": verdict.app,
+                "reason": event.reason,
+                "timestamp": timestamp,
+                "job_id": verdict.job_id,
+            }),
+        };
+        body.to_string().into_bytes()
     }
 }
 

@@ -17,7 +17,7 @@ pub use tls::{ClientIdentity, TlsError, client_config};
 
 use crate::config::{AppConfig, Auth, Config};
 use crate::events::{self, AppMetrics};
-use crate::job::{DeviceToken, Job, Topic};
+use crate::job::{ChannelId, DeviceToken, Job, PushType, Topic};
 use crate::jwt::{KeyError, SigningKey};
 use crate::lane::Lane;
 use crate::outcome::{ApnsAnswer, TokenOutcome, classify};
@@ -40,10 +40,30 @@ pub enum SetupError {
     Topic { app: String, topic: String },
 }
 
+/// Where one request goes: a device, or a broadcast channel's subscribers.
+#[derive(Debug, Clone, Copy)]
+pub enum Recipient<'a> {
+    Device(&'a DeviceToken),
+    Channel(&'a ChannelId),
+}
+
+impl Recipient<'_> {
+    /// The metric label of the target kind: a fixed set.
+    fn label(self) -> &'static str {
+        match self {
+            Recipient::Device(_) => "token",
+            Recipient::Channel(_) => "channel",
+        }
+    }
+}
+
 /// Everything of a job that is the same for each of its tokens, prepared once.
 #[derive(Debug, Clone)]
 pub struct JobRequest {
     topic: Option<HeaderValue>,
+    /// A channel job's `/4/broadcasts/apps/<bundle id>`; `None` when the job
+    /// names no topic and the app has none.
+    broadcast_path: Option<http::uri::PathAndQuery>,
     push_type: HeaderValue,
     priority: Option<HeaderValue>,
     expiration: Option<HeaderValue>,
@@ -77,20 +97,42 @@ pub fn derived_apns_id(job_id: &str, token: &DeviceToken) -> uuid::Uuid {
 impl JobRequest {
     /// `default_topic` is the app's, used when the job names none.
     pub fn new(job: &Job, default_topic: Option<&Topic>) -> JobRequest {
-        let topic = job
-            .topic
-            .as_ref()
-            .or(default_topic)
-            .and_then(|t| header(t.as_str()));
-        JobRequest::with_topic(job, topic)
+        let topic = match &job.topic {
+            Some(topic) => header(topic.as_str()),
+            None => default_topic
+                .map(|t| t.for_push_type(job.push_type))
+                .and_then(|t| header(t.as_str())),
+        };
+        JobRequest::with_topic(job, topic, default_topic)
     }
 
-    fn with_topic(job: &Job, topic: Option<HeaderValue>) -> JobRequest {
+    fn with_topic(job: &Job, topic: Option<HeaderValue>, default_topic: Option<&Topic>) -> JobRequest {
+        let broadcast = job.channel.is_some();
         JobRequest {
             topic,
+            broadcast_path: job
+                .channel
+                .as_ref()
+                .and(job.topic.as_ref().or(default_topic))
+                .and_then(|topic| {
+                    http::uri::PathAndQuery::try_from(format!(
+                        "{BROADCAST_PATH}{}",
+                        topic.bundle_id()
+                    ))
+                    .ok()
+                }),
             push_type: HeaderValue::from_static(job.push_type.as_str()),
-            priority: job.priority.map(|p| HeaderValue::from_static(p.as_str())),
-            expiration: job.expiration.map(HeaderValue::from),
+            // A broadcast states both: Apple requires them on every one.
+            priority: match (job.priority, broadcast) {
+                (Some(p), _) => Some(HeaderValue::from_static(p.as_str())),
+                (None, true) => Some(HeaderValue::from_static("10")),
+                (None, false) => None,
+            },
+            expiration: match (job.expiration, broadcast) {
+                (Some(e), _) => Some(HeaderValue::from(e)),
+                (None, true) => Some(HeaderValue::from_static("0")),
+                (None, false) => None,
+            },
             collapse_id: job.collapse_id.as_ref().and_then(|c| header(c.as_str())),
             apns_id: job.apns_id.and_then(|id| header(&id.to_header())),
             job_id: job.id.to_string(),
@@ -122,9 +164,12 @@ struct ClientInner {
     /// `host:port`, the authority of every request URI.
     authority: http::uri::Authority,
     topic: Option<Topic>,
-    /// The default topic as a header value and as the verdicts' text, made once.
-    topic_header: Option<HeaderValue>,
-    topic_name: Option<Arc<str>>,
+    /// The default topic of each push type (with its suffix) as a header
+    /// value and as the verdicts' text, made once, by [`PushType::index`].
+    topics: Vec<(Option<HeaderValue>, Option<Arc<str>>)>,
+    /// Broadcasts' own connections and authority, when they do not go to
+    /// the app's endpoint (`broadcast_endpoint`).
+    broadcast: Option<(Pool, http::uri::Authority)>,
     request_timeout: Duration,
     target: Target,
     /// Pauses this app's requests while APNs fails all of them.
@@ -278,6 +323,23 @@ impl ApnsClient {
                     authority: config.endpoint.authority(),
                 }
             })?;
+        let broadcast = match &config.broadcast_endpoint {
+            None => None,
+            Some(endpoint) => {
+                let authority = http::uri::Authority::try_from(endpoint.authority()).map_err(
+                    |_| SetupError::Endpoint {
+                        app: app.to_owned(),
+                        authority: endpoint.authority(),
+                    },
+                )?;
+                let target = Target {
+                    host: endpoint.host().to_owned(),
+                    port: endpoint.port(),
+                    ..target.clone()
+                };
+                Some((Pool::new(target, 1).await, authority))
+            }
+        };
         let places = config.connections * STREAMS_PER_CONNECTION;
         let room = room_tokens(places);
         // At least one place is kept when any share is asked for.
@@ -287,8 +349,17 @@ impl ApnsClient {
                 pool: Pool::new(target.clone(), config.connections).await,
                 token,
                 authority,
-                topic_header: topic.as_ref().and_then(|t| header(t.as_str())),
-                topic_name: topic.as_ref().map(|t| Arc::from(t.as_str())),
+                topics: PushType::ALL
+                    .iter()
+                    .map(|push_type| {
+                        let topic = topic.as_ref().map(|t| t.for_push_type(*push_type));
+                        (
+                            topic.as_ref().and_then(|t| header(t.as_str())),
+                            topic.as_ref().map(|t| Arc::from(t.as_str())),
+                        )
+                    })
+                    .collect(),
+                broadcast,
                 topic,
                 request_timeout: config.request_timeout,
                 target,
@@ -309,9 +380,12 @@ impl ApnsClient {
         self.inner.topic.as_ref()
     }
 
-    /// The default topic, shared.
-    pub fn default_topic_name(&self) -> Option<Arc<str>> {
-        self.inner.topic_name.clone()
+    /// The default topic of `push_type` (with its suffix), shared.
+    pub fn default_topic_name(&self, push_type: PushType) -> Option<Arc<str>> {
+        self.inner
+            .topics
+            .get(push_type.index())
+            .and_then(|(_, name)| name.clone())
     }
 
     /// The parts of `job`'s requests that are the same for each of its
@@ -319,9 +393,13 @@ impl ApnsClient {
     pub fn job_request(&self, job: &Job) -> JobRequest {
         let topic = match &job.topic {
             Some(topic) => header(topic.as_str()),
-            None => self.inner.topic_header.clone(),
+            None => self
+                .inner
+                .topics
+                .get(job.push_type.index())
+                .and_then(|(header, _)| header.clone()),
         };
-        JobRequest::with_topic(job, topic)
+        JobRequest::with_topic(job, topic, self.inner.topic.as_ref())
     }
 
     /// Connects once to prove the endpoint and CA are right.
@@ -334,7 +412,10 @@ impl ApnsClient {
     pub async fn send(&self, job: &JobRequest, token: &DeviceToken) -> ApnsAnswer {
         let slot = self.reserve(Lane::Normal).await;
         let forever = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
-        match self.send_reserved(job, token, slot, forever).await {
+        match self
+            .send_reserved(job, Recipient::Device(token), slot, forever)
+            .await
+        {
             Some(answer) => answer,
             None => ApnsAnswer::Transport("held past its deadline".into()),
         }
@@ -428,7 +509,7 @@ impl ApnsClient {
     pub fn send_reserved(
         &self,
         job: &JobRequest,
-        token: &DeviceToken,
+        to: Recipient<'_>,
         slot: Slot,
         deadline: tokio::time::Instant,
     ) -> impl Future<Output = Option<ApnsAnswer>> {
@@ -441,7 +522,7 @@ impl ApnsClient {
             let ticket = tokio::time::timeout_at(deadline, self.inner.breaker.ticket())
                 .await
                 .ok()?;
-            let answer = self.send_now(job, token).await;
+            let answer = self.send_now(job, to).await;
             ticket.record(crate::outcome::counts_against_app(&answer));
             Some(answer)
         }
@@ -449,23 +530,25 @@ impl ApnsClient {
 
     /// An `ExpiredProviderToken` answer renews the token and retries once, at
     /// once (CONTRACT §3).
-    fn send_now(&self, job: &JobRequest, token: &DeviceToken) -> impl Future<Output = ApnsAnswer> {
+    fn send_now(&self, job: &JobRequest, to: Recipient<'_>) -> impl Future<Output = ApnsAnswer> {
         async move {
             let inner = &self.inner;
             let Some(provider) = &inner.token else {
-                return self.send_one(job, || self.request(job, token, None)).await;
+                return self.send_one(job, to, || self.request(job, to, None)).await;
             };
             let bearer = provider.header();
             let answer = self
-                .send_one(job, || self.request(job, token, Some(&bearer)))
+                .send_one(job, to, || self.request(job, to, Some(&bearer)))
                 .await;
             if let TokenOutcome::Credentials { renew: true, .. } = classify(&answer)
                 && let Some(renewed) = provider.renew_after_rejection(&bearer)
             {
                 // Boxed: a rare path, which would otherwise add the renewed
                 // token and the first answer to every request's future.
-                return Box::pin(self.send_one(job, || self.request(job, token, Some(&renewed))))
-                    .await;
+                return Box::pin(self.send_one(job, to, || {
+                    self.request(job, to, Some(&renewed))
+                }))
+                .await;
             }
             answer
         }
@@ -475,17 +558,22 @@ impl ApnsClient {
     fn send_one(
         &self,
         job: &JobRequest,
+        to: Recipient<'_>,
         build: impl Fn() -> http::Request<()>,
     ) -> impl Future<Output = ApnsAnswer> {
         async move {
             let inner = &self.inner;
             let started = std::time::Instant::now();
-            let answer = inner
-                .pool
+            let pool = match (to, &inner.broadcast) {
+                (Recipient::Channel(_), Some((pool, _))) => pool,
+                _ => &inner.pool,
+            };
+            let answer = pool
                 .send(build, &job.payload, inner.request_timeout, &inner.metrics)
                 .await;
             events::emit(events::NotificationAnswered {
                 app: &inner.metrics,
+                target: to.label(),
                 answer: &answer,
                 elapsed: started.elapsed(),
             });
@@ -499,9 +587,13 @@ impl ApnsClient {
     fn request(
         &self,
         job: &JobRequest,
-        token: &DeviceToken,
+        to: Recipient<'_>,
         bearer: Option<&HeaderValue>,
     ) -> http::Request<()> {
+        let token = match to {
+            Recipient::Device(token) => token,
+            Recipient::Channel(channel) => return self.broadcast_request(job, channel, bearer),
+        };
         let mut request = http::Request::new(());
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = self.uri(token);
@@ -561,6 +653,56 @@ impl ApnsClient {
         http::Uri::from_parts(parts).unwrap_or_default()
     }
 }
+
+impl ApnsClient {
+    /// A broadcast's head (CONTRACT §7): no topic and no `apns-id`, the
+    /// channel in `apns-channel-id`, and the bundle id in the path. A job
+    /// with no topic (and an app with none) has no path: APNs answers that
+    /// request `404 BadPath`, and the job is dead-lettered with that reason.
+    fn broadcast_request(
+        &self,
+        job: &JobRequest,
+        channel: &ChannelId,
+        bearer: Option<&HeaderValue>,
+    ) -> http::Request<()> {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTPS);
+        parts.authority = Some(match &self.inner.broadcast {
+            Some((_, authority)) => authority.clone(),
+            None => self.inner.authority.clone(),
+        });
+        parts.path_and_query = Some(
+            job.broadcast_path
+                .clone()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static(BROADCAST_PATH)),
+        );
+        let mut request = http::Request::new(());
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = http::Uri::from_parts(parts).unwrap_or_default();
+        let headers = request.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(APNS_PUSH_TYPE, job.push_type.clone());
+        if let Some(bearer) = bearer {
+            headers.insert(http::header::AUTHORIZATION, bearer.clone());
+        }
+        if let Some(value) = header(channel.as_str()) {
+            headers.insert(APNS_CHANNEL_ID, value);
+        }
+        for (name, value) in [(APNS_PRIORITY, &job.priority), (APNS_EXPIRATION, &job.expiration)] {
+            if let Some(value) = value {
+                headers.insert(name, value.clone());
+            }
+        }
+        request
+    }
+}
+
+/// The path of a broadcast, before the bundle id.
+const BROADCAST_PATH: &str = "/4/broadcasts/apps/";
+const APNS_CHANNEL_ID: HeaderName = HeaderName::from_static("apns-channel-id");
 
 /// The path of a request, before the device token.
 const DEVICE_PATH: &str = "/3/device/";

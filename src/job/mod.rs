@@ -4,11 +4,15 @@
 //! This module does no I/O. A `Job` can only be built by [`decode`], so code that
 //! holds one never re-checks a token, a topic or the payload size.
 
+mod live_activity;
 mod payload;
 mod types;
 
+pub use live_activity::Event;
 pub use payload::MAX_BODY_BYTES;
-pub use types::{ApnsId, AppName, CollapseId, DeviceToken, JobId, Priority, PushType, Topic};
+pub use types::{
+    ApnsId, AppName, ChannelId, CollapseId, DeviceToken, JobId, Priority, PushType, Topic,
+};
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -23,8 +27,12 @@ pub const MAX_TOKENS: usize = 10_000;
 pub struct Job {
     pub id: JobId,
     pub app: AppName,
-    /// Distinct device tokens, in the order the publisher gave them.
+    /// Distinct device tokens, in the order the publisher gave them; empty
+    /// for a channel job.
     pub tokens: Vec<DeviceToken>,
+    /// The broadcast channel of a channel job (CONTRACT §7), which names no
+    /// token: one request to the channel reaches its subscribers.
+    pub channel: Option<ChannelId>,
     /// `None` means "the app's configured default topic".
     pub topic: Option<Topic>,
     pub push_type: PushType,
@@ -51,8 +59,10 @@ pub enum JobError {
         field: &'static str,
         problem: String,
     },
-    #[error("exactly one of `token` and `tokens` is required")]
+    #[error("exactly one of `token`, `tokens` and `channel` is required")]
     TokenCount,
+    #[error("a channel job {0}")]
+    Channel(&'static str),
     #[error("`payload` cannot be combined with the convenience field `{0}`")]
     PayloadAndConvenience(&'static str),
     #[error("`apns_id` is only allowed with a single `token`")]
@@ -119,6 +129,10 @@ struct Wire<'a> {
     mutable_content: Option<&'a RawValue>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    channel: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    live_activity: Option<&'a RawValue>,
 }
 
 /// Reads one field's raw JSON as `T`, naming the field when it has the wrong type.
@@ -139,6 +153,14 @@ fn typed<'a, T: Deserialize<'a>>(
 /// Decodes and validates one message body. `message_id` is the AMQP property,
 /// which becomes the job id when the body has none.
 pub fn decode(body: &[u8], message_id: Option<&str>) -> Result<Job, JobError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    decode_at(body, message_id, now)
+}
+
+/// [`decode`] at `now` (unix seconds): a Live Activity's default `timestamp`.
+pub fn decode_at(body: &[u8], message_id: Option<&str>, now: u64) -> Result<Job, JobError> {
     if body.len() > MAX_BODY_BYTES {
         return Err(JobError::BodyTooLarge(body.len()));
     }
@@ -171,21 +193,36 @@ pub fn decode(body: &[u8], message_id: Option<&str>) -> Result<Job, JobError> {
         Some(app) => AppName::parse(app)?,
         None => AppName::default(),
     };
-    let tokens = match (
+    let (tokens, channel) = match (
         typed::<String>("token", wire.token, "a string")?,
         typed::<Vec<String>>("tokens", wire.tokens, "an array of strings")?,
+        typed::<String>("channel", wire.channel, "a string")?,
     ) {
-        (Some(token), None) => vec![DeviceToken::parse("token", &token)?],
-        (None, Some(list)) => parse_tokens(&list)?,
+        (Some(token), None, None) => (vec![DeviceToken::parse("token", &token)?], None),
+        (None, Some(list), None) => (parse_tokens(&list)?, None),
+        (None, None, Some(channel)) => (Vec::new(), Some(ChannelId::parse(channel)?)),
         _ => return Err(JobError::TokenCount),
     };
+    let live_activity = wire.live_activity.is_some_and(|raw| raw.get() != "null");
     let topic = typed::<String>("topic", wire.topic, "a string")?
         .map(Topic::parse)
         .transpose()?;
     let push_type = typed::<String>("push_type", wire.push_type, "a string")?
         .map(|p| PushType::parse(&p))
         .transpose()?
-        .unwrap_or(PushType::Alert);
+        // A Live Activity, or a broadcast (which is always one), unless the
+        // job says otherwise, which the rules below then refuse.
+        .unwrap_or(if live_activity || channel.is_some() {
+            PushType::LiveActivity
+        } else {
+            PushType::Alert
+        });
+    if live_activity && push_type != PushType::LiveActivity {
+        return Err(JobError::field(
+            "live_activity",
+            format!("needs push_type liveactivity, not {push_type}"),
+        ));
+    }
     let priority = typed::<i64>("priority", wire.priority, "an integer")?
         .map(Priority::parse)
         .transpose()?;
@@ -204,8 +241,15 @@ pub fn decode(body: &[u8], message_id: Option<&str>) -> Result<Job, JobError> {
         return Err(JobError::ApnsIdWithTokens);
     }
 
-    let payload = payload::build(&wire)?;
-    let limit = push_type.payload_limit();
+    let built = payload::build(&wire, now)?;
+    let payload = built.bytes;
+    let limit = match &channel {
+        Some(_) => {
+            channel_rules(push_type, &collapse_id, apns_id.is_some(), built.event)?;
+            BROADCAST_PAYLOAD_LIMIT
+        }
+        None => push_type.payload_limit(),
+    };
     if payload.len() > limit {
         return Err(JobError::PayloadTooLarge {
             size: payload.len(),
@@ -218,6 +262,7 @@ pub fn decode(body: &[u8], message_id: Option<&str>) -> Result<Job, JobError> {
         id,
         app,
         tokens,
+        channel,
         topic,
         push_type,
         priority,
@@ -226,6 +271,43 @@ pub fn decode(body: &[u8], message_id: Option<&str>) -> Result<Job, JobError> {
         apns_id,
         payload,
     })
+}
+
+/// APNs' payload limit for a broadcast (CONTRACT §7).
+pub const BROADCAST_PAYLOAD_LIMIT: usize = 5120;
+
+/// What a channel job must be: a Live Activity update or end, with no
+/// header that only a device push has (CONTRACT §7).
+fn channel_rules(
+    push_type: PushType,
+    collapse_id: &Option<CollapseId>,
+    apns_id: bool,
+    event: Option<Event>,
+) -> Result<(), JobError> {
+    if push_type != PushType::LiveActivity {
+        return Err(JobError::Channel(
+            "is a Live Activity broadcast: its push_type can only be liveactivity",
+        ));
+    }
+    if collapse_id.is_some() {
+        return Err(JobError::Channel(
+            "cannot have `collapse_id`: APNs does not collapse broadcasts",
+        ));
+    }
+    if apns_id {
+        return Err(JobError::Channel(
+            "cannot have `apns_id`: it is only allowed with a single `token`",
+        ));
+    }
+    match event {
+        Some(Event::Update | Event::End) => Ok(()),
+        Some(Event::Start) => Err(JobError::Channel(
+            "cannot start a Live Activity: a broadcast may only update or end one",
+        )),
+        None => Err(JobError::Channel(
+            "must be a Live Activity update or end: give `live_activity` with event update or end (or `aps.event` in `payload`)",
+        )),
+    }
 }
 
 /// The body of a dead letter or retry that carries only `tokens` of the job.

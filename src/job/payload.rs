@@ -4,6 +4,7 @@
 //! made it before through a `serde_json::Value`, is the reference the tests
 //! compare it with (`a2_reference` below).
 
+use super::live_activity::{Event, LiveActivity};
 use super::{JobError, Wire, typed};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -91,7 +92,15 @@ enum SoundField {
     Object(SoundObject),
 }
 
-pub(super) fn build(wire: &Wire<'_>) -> Result<Bytes, JobError> {
+/// A job's APNs payload, and the Live Activity event it carries (from
+/// `live_activity`, or `aps.event` of a verbatim payload), which decides
+/// whether it may go to a channel.
+pub(super) struct Built {
+    pub bytes: Bytes,
+    pub event: Option<Event>,
+}
+
+pub(super) fn build(wire: &Wire<'_>, now: u64) -> Result<Built, JobError> {
     let convenience = [
         ("alert", wire.alert),
         ("badge", wire.badge),
@@ -101,6 +110,7 @@ pub(super) fn build(wire: &Wire<'_>) -> Result<Bytes, JobError> {
         ("content_available", wire.content_available),
         ("mutable_content", wire.mutable_content),
         ("data", wire.data),
+        ("live_activity", wire.live_activity),
     ];
     match wire.payload.filter(|raw| raw.get() != "null") {
         Some(raw) => {
@@ -109,20 +119,45 @@ pub(super) fn build(wire: &Wire<'_>) -> Result<Bytes, JobError> {
             }
             verbatim(raw.get())
         }
-        None => convenience_payload(wire),
+        None => convenience_payload(wire, now),
     }
 }
 
-fn verbatim(raw: &str) -> Result<Bytes, JobError> {
+fn verbatim(raw: &str) -> Result<Built, JobError> {
     let object: Map<String, Value> = serde_json::from_str(raw)
         .map_err(|_| JobError::field("payload", "must be a JSON object"))?;
     match object.get("aps") {
-        Some(Value::Object(_)) => Ok(Bytes::copy_from_slice(raw.as_bytes())),
+        Some(Value::Object(aps)) => Ok(Built {
+            bytes: Bytes::copy_from_slice(raw.as_bytes()),
+            event: aps.get("event").and_then(Value::as_str).and_then(Event::parse),
+        }),
         _ => Err(JobError::field("payload", "must hold an `aps` object")),
     }
 }
 
-fn convenience_payload(wire: &Wire<'_>) -> Result<Bytes, JobError> {
+fn convenience_payload(wire: &Wire<'_>, now: u64) -> Result<Built, JobError> {
+    let live = wire
+        .live_activity
+        .filter(|raw| raw.get() != "null")
+        .map(|raw| LiveActivity::parse(raw, now))
+        .transpose()?;
+    if live.is_some() {
+        // A Live Activity's `aps` holds its own keys, an alert and a sound:
+        // Apple ignores the others there, so they are refused, not dropped.
+        let beside = [
+            ("badge", wire.badge),
+            ("category", wire.category),
+            ("thread_id", wire.thread_id),
+            ("content_available", wire.content_available),
+            ("mutable_content", wire.mutable_content),
+        ];
+        if let Some((name, _)) = beside.iter().find(|(_, v)| v.is_some()) {
+            return Err(JobError::field(
+                "live_activity",
+                format!("cannot be combined with `{name}`; only `alert`, `sound` and `data` go beside it"),
+            ));
+        }
+    }
     let alert = text_or(
         "alert",
         wire.alert,
@@ -179,6 +214,7 @@ fn convenience_payload(wire: &Wire<'_>) -> Result<Bytes, JobError> {
         category: category.as_deref(),
         mutable_content: (mutable_content == Some(true)).then_some(1),
         thread_id: thread_id.as_deref(),
+        live: live.as_ref().map(|(live, _)| live),
     };
     let mut out = Vec::with_capacity(256 + wire.data.map_or(0, |d| d.get().len()));
     out.extend_from_slice(b"{\"aps\":");
@@ -194,7 +230,10 @@ fn convenience_payload(wire: &Wire<'_>) -> Result<Bytes, JobError> {
         minified(value.get(), &mut out);
     }
     out.push(b'}');
-    Ok(Bytes::from(out))
+    Ok(Built {
+        bytes: Bytes::from(out),
+        event: live.map(|(_, event)| event),
+    })
 }
 
 /// A key of `data`, borrowed from the message body unless it has escapes.
@@ -246,6 +285,9 @@ struct Aps<'a> {
     mutable_content: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
     thread_id: Option<&'a str>,
+    /// A Live Activity's keys, beside the others in `aps`.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    live: Option<&'a LiveActivity>,
 }
 
 #[derive(Serialize)]
@@ -297,7 +339,7 @@ enum SoundOut<'a> {
 
 /// Appends `json` (valid JSON, as `serde_json` checked it) without the
 /// whitespace between its tokens; strings are copied as they are.
-fn minified(json: &str, out: &mut Vec<u8>) {
+pub(super) fn minified(json: &str, out: &mut Vec<u8>) {
     let json = json.trim_matches([' ', '\t', '\n', '\r']);
     // A string, number or literal is one token: there is no whitespace to
     // take out of it (inside a string it is content), so it is one copy, and
@@ -456,7 +498,7 @@ mod tests {
 
     fn written(body: &str) -> Value {
         let wire: Wire<'_> = serde_json::from_str(body).unwrap();
-        let bytes = convenience_payload(&wire).unwrap();
+        let bytes = convenience_payload(&wire, 0).unwrap().bytes;
         serde_json::from_slice(&bytes).unwrap()
     }
 
@@ -501,7 +543,7 @@ mod tests {
             (r#"{"data":{"aps":{}}}"#, "data"),
         ] {
             let wire: Wire<'_> = serde_json::from_str(body).unwrap();
-            match convenience_payload(&wire) {
+            match convenience_payload(&wire, 0).map(|b| b.bytes) {
                 Err(JobError::Field { field: f, .. }) => assert_eq!(f, field, "{body}"),
                 other => panic!("{body}: {other:?}"),
             }
@@ -512,7 +554,7 @@ mod tests {
     fn data_values_keep_their_spelling_without_whitespace() {
         let body = r#"{"data": { "n" : 1.50 , "list" : [ 1 , "a b" , { "x" : null } ] , "big": 123456789012345678901234567890 }}"#;
         let wire: Wire<'_> = serde_json::from_str(body).unwrap();
-        let bytes = convenience_payload(&wire).unwrap();
+        let bytes = convenience_payload(&wire, 0).unwrap().bytes;
         assert_eq!(
             std::str::from_utf8(&bytes).unwrap(),
             r#"{"aps":{},"big":123456789012345678901234567890,"list":[1,"a b",{"x":null}],"n":1.50}"#

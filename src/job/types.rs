@@ -72,6 +72,26 @@ impl Topic {
     pub fn into_string(self) -> String {
         self.0
     }
+
+    /// The topic a job of `push_type` is sent to when it names none: this
+    /// one (the app's bundle id) with the suffix Apple requires for that push
+    /// type, unless it already ends with it (CONTRACT §7).
+    pub fn for_push_type(&self, push_type: PushType) -> Topic {
+        match push_type.topic_suffix() {
+            Some(suffix) if !self.0.ends_with(suffix) => Topic(format!("{}{suffix}", self.0)),
+            _ => self.clone(),
+        }
+    }
+
+    /// The bundle id: this topic without any push type's suffix, for the
+    /// broadcast path `/4/broadcasts/apps/<bundle id>`.
+    pub fn bundle_id(&self) -> &str {
+        PushType::ALL
+            .iter()
+            .filter_map(|p| p.topic_suffix())
+            .find_map(|suffix| self.0.strip_suffix(suffix).filter(|b| !b.is_empty()))
+            .unwrap_or(&self.0)
+    }
 }
 
 impl fmt::Display for Topic {
@@ -142,6 +162,27 @@ impl PushType {
                     ),
                 )
             })
+    }
+
+    /// Its place in [`PushType::ALL`], for tables made per push type.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The suffix Apple requires on the bundle id for this push type's
+    /// `apns-topic`; `None` where the bare bundle id is the topic.
+    pub fn topic_suffix(self) -> Option<&'static str> {
+        match self {
+            PushType::Alert | PushType::Background | PushType::Mdm => None,
+            PushType::Voip => Some(".voip"),
+            PushType::Complication => Some(".complication"),
+            PushType::FileProvider => Some(".pushkit.fileprovider"),
+            PushType::LiveActivity => Some(".push-type.liveactivity"),
+            PushType::Location => Some(".location-query"),
+            PushType::PushToTalk => Some(".voip-ptt"),
+            PushType::Widgets => Some(".push-type.widgets"),
+            PushType::Controls => Some(".push-type.controls"),
+        }
     }
 
     /// APNs' payload limit in bytes: 5120 for VoIP, 4096 for everything else.
@@ -319,5 +360,42 @@ impl ApnsId {
     /// Lower-case hyphenated form, as APNs echoes it.
     pub fn to_header(self) -> String {
         self.0.hyphenated().to_string()
+    }
+}
+
+/// A broadcast channel's id, exactly as APNs returned it in `apns-channel-id`
+/// (base64 text): 1 to 64 bytes, each a printable character that may travel
+/// in a header.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ChannelId(String);
+
+impl ChannelId {
+    pub fn parse(raw: String) -> Result<Self, JobError> {
+        if raw.is_empty() || raw.len() > 64 {
+            return Err(JobError::field(
+                "channel",
+                format!("is {} bytes; a channel id has 1 to 64", raw.len()),
+            ));
+        }
+        if !raw.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(JobError::field(
+                "channel",
+                format!(
+                    "is {}; a channel id is printable text without spaces",
+                    crate::bounded::quote(&raw)
+                ),
+            ));
+        }
+        Ok(ChannelId(raw))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ChannelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }

@@ -468,7 +468,7 @@ proptest! {
         }
         let settlement = Settlement {
             attempt,
-            feedback: vec![Feedback { token: token(1), reason: reason.clone(), timestamp_ms: None }],
+            feedback: vec![Feedback { recipient: crate::outcome::Recipient::Token(token(1)), reason: reason.clone(), timestamp_ms: None }],
             dead_letters: vec![DeadLetter { tokens: None, reason: reason.clone(), detail: detail.clone() }],
             retry: Some(Retry { tokens: vec![token(2)], tier: attempt as usize, detail }),
         };
