@@ -63,6 +63,8 @@ async fn run(connections: usize, total: usize, concurrency: usize, dir: &std::pa
     }
     let config = AppConfig {
         endpoint: Endpoint::parse(&format!("https://127.0.0.1:{port}")).unwrap(),
+        broadcast_endpoint: None,
+        channels_endpoint: Endpoint::parse_channels("production").unwrap(),
         ca_file: Some(ca),
         auth: Auth::Token {
             key_file: key,

@@ -45,6 +45,61 @@ pub enum Command {
     /// Publish one push job, checked by the worker's own decoder first; prints
     /// the job id once the broker confirmed it.
     Send(Box<SendArgs>),
+    /// Create, list, show and delete an app's broadcast channels for Live
+    /// Activities, on APNs' channel management endpoint
+    /// (MISIVA_APNS_CHANNELS_ENDPOINT). Exit 0, 1 when APNs refused (its
+    /// reason printed), 2 on bad input.
+    Channels {
+        #[command(subcommand)]
+        command: ChannelsCommand,
+    },
+}
+
+/// What `misiva channels` does.
+#[derive(Debug, Subcommand)]
+pub enum ChannelsCommand {
+    /// Creates a channel and prints its id (alone on stdout without --json).
+    Create {
+        #[command(flatten)]
+        target: ChannelsTarget,
+        /// What APNs keeps for devices that were away: none, or the latest
+        /// broadcast (then broadcasts may have an expiration).
+        #[arg(long, default_value = "none", value_parser = ["none", "latest"])]
+        storage: String,
+    },
+    /// The ids of the app's channels, one per line.
+    List {
+        #[command(flatten)]
+        target: ChannelsTarget,
+    },
+    /// One channel's settings.
+    Show {
+        /// The channel id, as `create` printed it.
+        id: String,
+        #[command(flatten)]
+        target: ChannelsTarget,
+    },
+    /// Deletes a channel: broadcasts to it are then refused
+    /// (ChannelNotRegistered). Asks first on a terminal.
+    Delete {
+        id: String,
+        #[command(flatten)]
+        target: ChannelsTarget,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// Whose channels, and how to print them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChannelsTarget {
+    /// The app (credentials profile) whose bundle id owns the channels.
+    #[arg(long, default_value = "default")]
+    pub app: String,
+    /// One JSON document on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// What reading the dead-letter queue does to it; every `dlq` subcommand's
@@ -255,4 +310,12 @@ pub struct SimArgs {
     /// Extra host name for the server certificate.
     #[arg(long)]
     pub hostname: Vec<String>,
+    /// Also serve channel management (Apple: api-manage-broadcast, port
+    /// 2196) on this address.
+    #[arg(long)]
+    pub channels_listen: Option<SocketAddr>,
+    /// Refuse device pushes whose topic lacks the suffix their push type
+    /// needs (400 BadTopic), as Apple does.
+    #[arg(long)]
+    pub strict_topics: bool,
 }

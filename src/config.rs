@@ -613,7 +613,10 @@ impl Config {
                 "MISIVA_APNS_BROADCAST_ENDPOINT",
                 &mut default.broadcast_endpoint,
             ),
-            ("MISIVA_APNS_CHANNELS_ENDPOINT", &mut default.channels_endpoint),
+            (
+                "MISIVA_APNS_CHANNELS_ENDPOINT",
+                &mut default.channels_endpoint,
+            ),
             ("MISIVA_APNS_KEY_ID", &mut default.key_id),
             ("MISIVA_APNS_TEAM_ID", &mut default.team_id),
             ("MISIVA_APNS_CERT_PASSWORD", &mut default.cert_password),

@@ -76,8 +76,11 @@ pub struct Letter {
     pub lane: &'static str,
     pub first_seen: Option<String>,
     pub failed_at: Option<String>,
-    /// Device tokens in the body (`None` when the body is not a job).
+    /// Device tokens in the body (`None` when the body is not a job, or is
+    /// a channel job).
     pub tokens: Option<usize>,
+    /// A channel job's channel (CONTRACT §7).
+    pub channel: Option<String>,
     /// The alert's title and body, or the start of the body.
     pub summary: String,
     pub bytes: usize,
@@ -107,8 +110,14 @@ impl Letter {
                 (None, Some(serde_json::Value::Array(list))) => Some(list.len()),
                 _ => None,
             });
+        let channel = body
+            .as_ref()
+            .and_then(|b| b.get("channel"))
+            .and_then(|v| v.as_str())
+            .map(|c| bounded::cut(c, bounded::SHORT_STRING_BYTES).to_owned());
         Letter {
             position,
+            channel,
             job_id,
             message_id: raw.message_id.clone(),
             reason: raw.text(REASON).unwrap_or_else(|| NO_REASON.to_owned()),
@@ -353,7 +362,10 @@ pub fn render_list(letters: &[Letter]) -> String {
             cell(l.app.as_deref().unwrap_or("-"), 10),
             l.lane,
             l.attempts.map_or("-".into(), |a| a.to_string()),
-            l.tokens.map_or("-".into(), |t| t.to_string()),
+            match (&l.channel, l.tokens) {
+                (Some(_), _) => "chan".to_owned(),
+                (None, tokens) => tokens.map_or("-".into(), |t| t.to_string()),
+            },
             cell(l.job_id.as_deref().unwrap_or("-"), 24),
             l.summary
         );
@@ -377,6 +389,7 @@ pub fn render_one(l: &Letter) -> String {
         ("first seen", opt(&l.first_seen)),
         ("failed at", opt(&l.failed_at)),
         ("tokens", l.tokens.map_or("-".into(), |t| t.to_string())),
+        ("channel", opt(&l.channel)),
         ("bytes", l.bytes.to_string()),
         ("replayed", l.replayed.to_string()),
         ("reads", l.deliveries.to_string()),

@@ -7,6 +7,7 @@ mod amqp;
 pub mod apns;
 pub mod app;
 mod bounded;
+pub mod channels;
 pub mod cli;
 pub mod config;
 pub mod dispatch;

@@ -124,6 +124,17 @@ async fn run() -> ExitCode {
                 },
             }
         }
+        Command::Channels { command } => {
+            init_logs_from_env();
+            let config = match Config::load(cli.config) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("misiva: configuration error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            misiva::channels::run(&config, command).await
+        }
         Command::Run => {
             let config = match Config::load(cli.config) {
                 Ok(config) => config,

@@ -111,7 +111,9 @@ pub fn classify(answer: &ApnsAnswer) -> TokenOutcome {
 /// rest is as for a device push.
 pub fn classify_broadcast(answer: &ApnsAnswer) -> TokenOutcome {
     let ApnsAnswer::Status {
-        code, reason: Some(reason), ..
+        code,
+        reason: Some(reason),
+        ..
     } = answer
     else {
         return classify(answer);
@@ -517,6 +519,76 @@ mod tests {
             TokenOutcome::Credentials { renew: false, .. } => Kind::Credentials,
             TokenOutcome::Transient { .. } => Kind::Transient,
         }
+    }
+
+    /// CONTRACT §7's table of broadcast answers.
+    #[test]
+    fn broadcast_answers_follow_the_channel_table() {
+        use Kind::*;
+        let table = [
+            (status(200, ""), Delivered),
+            (status(400, "ChannelNotRegistered"), Feedback),
+            (status(404, "ChannelNotRegistered"), Feedback),
+            (status(400, "BadChannelId"), Feedback),
+            (status(410, "ChannelNotRegistered"), Feedback),
+            (status(400, "FeatureNotEnabled"), Permanent),
+            (status(400, "MissingChannelId"), Permanent),
+            (status(400, "BadExpirationDate"), Permanent),
+            (status(400, "BadPriority"), Permanent),
+            (status(400, "BadRequestParams"), Permanent),
+            (status(400, "BadRequestPayload"), Permanent),
+            (status(413, "PayloadTooLarge"), Permanent),
+            (status(400, "TopicDisallowed"), Permanent),
+            (status(400, "BadDeviceToken"), Permanent),
+            (status(400, "DeviceTokenNotForTopic"), Permanent),
+            (status(404, "BadPath"), Permanent),
+            (status(403, "InvalidProviderToken"), Credentials),
+            (status(403, "ExpiredProviderToken"), Renew),
+            (status(429, "TooManyRequests"), Transient),
+            (status(500, "InternalServerError"), Transient),
+            (status(503, "ServiceUnavailable"), Transient),
+            (ApnsAnswer::Transport("GOAWAY".into()), Transient),
+        ];
+        for (answer, expected) in table {
+            assert_eq!(kind(&classify_broadcast(&answer)), expected, "{answer:?}");
+        }
+    }
+
+    #[test]
+    fn a_broadcast_settles_the_whole_job() {
+        let channel = ChannelId::parse("dHN0LXNyY2gtY2hubA==".into()).unwrap();
+        let policy = RetryPolicy::default();
+        let settle = |answer: ApnsAnswer, attempt| {
+            settle_broadcast(&channel, classify_broadcast(&answer), attempt, policy)
+        };
+        assert_eq!(
+            settle(status(200, ""), 1),
+            Settlement {
+                attempt: 1,
+                ..Settlement::default()
+            }
+        );
+        let gone = settle(status(400, "ChannelNotRegistered"), 1);
+        assert_eq!(
+            gone.feedback,
+            vec![Feedback {
+                recipient: Recipient::Channel(channel.clone()),
+                reason: "ChannelNotRegistered".into(),
+                timestamp_ms: None,
+            }]
+        );
+        assert!(gone.dead_letters.is_empty() && gone.retry.is_none());
+        let refused = settle(status(400, "BadExpirationDate"), 1);
+        assert_eq!(refused.dead_letters.len(), 1);
+        assert_eq!(refused.dead_letters[0].reason, "bad_expiration_date");
+        assert_eq!(refused.dead_letters[0].tokens, None);
+        let busy = settle(status(503, "ServiceUnavailable"), 2);
+        let retry = busy.retry.expect("a 503 is retried");
+        assert!(retry.tokens.is_empty());
+        assert_eq!(retry.tier, 1);
+        let last = settle(status(503, "ServiceUnavailable"), policy.max_attempts);
+        assert!(last.retry.is_none());
+        assert_eq!(last.dead_letters[0].reason, RETRIES_EXHAUSTED);
     }
 
     /// Apple's full list of statuses and reasons, plus the unknowns.

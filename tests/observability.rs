@@ -76,7 +76,7 @@ fn exported() -> BTreeSet<String> {
         error: "",
     });
     emit(events::NotificationAnswered {
-                target: "token",
+        target: "token",
         app: &app,
         answer: &ApnsAnswer::Transport(String::new()),
         elapsed: Duration::ZERO,

@@ -406,7 +406,9 @@ async fn a_place_in_flight_is_held_until_its_answer() {
     let sends: futures_util::stream::FuturesUnordered<_> = slots
         .into_iter()
         .zip(&all)
-        .map(|(slot, token)| client.send_reserved(&job, token, slot, far))
+        .map(|(slot, token)| {
+            client.send_reserved(&job, misiva::apns::Recipient::Device(token), slot, far)
+        })
         .collect();
     let full_while_in_flight = async {
         tokio::time::sleep(Duration::from_millis(200)).await;

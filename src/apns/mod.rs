@@ -6,6 +6,7 @@ mod auth;
 mod breaker;
 mod connection;
 mod cork;
+pub mod manage;
 mod pool;
 mod tls;
 
@@ -106,7 +107,11 @@ impl JobRequest {
         JobRequest::with_topic(job, topic, default_topic)
     }
 
-    fn with_topic(job: &Job, topic: Option<HeaderValue>, default_topic: Option<&Topic>) -> JobRequest {
+    fn with_topic(
+        job: &Job,
+        topic: Option<HeaderValue>,
+        default_topic: Option<&Topic>,
+    ) -> JobRequest {
         let broadcast = job.channel.is_some();
         JobRequest {
             topic,
@@ -145,6 +150,49 @@ impl JobRequest {
 /// ASCII, so conversion to a header value cannot fail; `.ok()` keeps it total.
 fn header(value: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(value).ok()
+}
+
+/// An app's credentials: its provider token (token auth), and the TLS
+/// configuration with its client certificate (certificate auth) and CA.
+fn credentials(
+    app: &str,
+    config: &AppConfig,
+) -> Result<(Option<ProviderToken>, Arc<rustls::ClientConfig>), SetupError> {
+    let tls_err = |source| SetupError::Tls {
+        app: app.to_owned(),
+        source,
+    };
+    let (token, identity) = match &config.auth {
+        Auth::Token {
+            key_file,
+            key_id,
+            team_id,
+        } => {
+            let key = SigningKey::from_file(key_file).map_err(|source| SetupError::Key {
+                app: app.to_owned(),
+                source,
+            })?;
+            (
+                Some(ProviderToken::new(
+                    app,
+                    key,
+                    key_id.clone(),
+                    team_id.clone(),
+                )),
+                None,
+            )
+        }
+        Auth::Certificate {
+            cert_file,
+            password,
+        } => {
+            let password = password.as_ref().map(|p| p.expose().as_str());
+            let identity = ClientIdentity::from_file(cert_file, password).map_err(tls_err)?;
+            (None, Some(identity))
+        }
+    };
+    let tls = client_config(config.ca_file.as_deref(), identity).map_err(tls_err)?;
+    Ok((token, tls))
 }
 
 /// The client of one app.
@@ -265,40 +313,7 @@ impl ApnsClient {
     ) -> Result<ApnsClient, SetupError> {
         // First, so that every part below labels its metrics with this app.
         let metrics = AppMetrics::new(app);
-        let tls_err = |source| SetupError::Tls {
-            app: app.to_owned(),
-            source,
-        };
-        let (token, identity) = match &config.auth {
-            Auth::Token {
-                key_file,
-                key_id,
-                team_id,
-            } => {
-                let key = SigningKey::from_file(key_file).map_err(|source| SetupError::Key {
-                    app: app.to_owned(),
-                    source,
-                })?;
-                (
-                    Some(ProviderToken::new(
-                        app,
-                        key,
-                        key_id.clone(),
-                        team_id.clone(),
-                    )),
-                    None,
-                )
-            }
-            Auth::Certificate {
-                cert_file,
-                password,
-            } => {
-                let password = password.as_ref().map(|p| p.expose().as_str());
-                let identity = ClientIdentity::from_file(cert_file, password).map_err(tls_err)?;
-                (None, Some(identity))
-            }
-        };
-        let tls = client_config(config.ca_file.as_deref(), identity).map_err(tls_err)?;
+        let (token, tls) = credentials(app, config)?;
         let topic = config
             .topic
             .clone()
@@ -326,12 +341,13 @@ impl ApnsClient {
         let broadcast = match &config.broadcast_endpoint {
             None => None,
             Some(endpoint) => {
-                let authority = http::uri::Authority::try_from(endpoint.authority()).map_err(
-                    |_| SetupError::Endpoint {
-                        app: app.to_owned(),
-                        authority: endpoint.authority(),
-                    },
-                )?;
+                let authority =
+                    http::uri::Authority::try_from(endpoint.authority()).map_err(|_| {
+                        SetupError::Endpoint {
+                            app: app.to_owned(),
+                            authority: endpoint.authority(),
+                        }
+                    })?;
                 let target = Target {
                     host: endpoint.host().to_owned(),
                     port: endpoint.port(),
@@ -545,10 +561,8 @@ impl ApnsClient {
             {
                 // Boxed: a rare path, which would otherwise add the renewed
                 // token and the first answer to every request's future.
-                return Box::pin(self.send_one(job, to, || {
-                    self.request(job, to, Some(&renewed))
-                }))
-                .await;
+                return Box::pin(self.send_one(job, to, || self.request(job, to, Some(&renewed))))
+                    .await;
             }
             answer
         }
@@ -691,7 +705,10 @@ impl ApnsClient {
         if let Some(value) = header(channel.as_str()) {
             headers.insert(APNS_CHANNEL_ID, value);
         }
-        for (name, value) in [(APNS_PRIORITY, &job.priority), (APNS_EXPIRATION, &job.expiration)] {
+        for (name, value) in [
+            (APNS_PRIORITY, &job.priority),
+            (APNS_EXPIRATION, &job.expiration),
+        ] {
             if let Some(value) = value {
                 headers.insert(name, value.clone());
             }

@@ -92,7 +92,10 @@ impl LiveActivity {
         }
         let fields: Fields<'_> = serde_json::from_str(raw.get()).map_err(|e| {
             let text = e.to_string();
-            match text.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
+            match text
+                .strip_prefix("unknown field `")
+                .and_then(|r| r.split('`').next())
+            {
                 Some(name) => problem(format!(
                     "has an unknown key {}",
                     crate::bounded::quote(name)
@@ -152,8 +155,9 @@ impl LiveActivity {
             )));
         }
         if let Some(channel) = &fields.input_push_channel {
-            super::ChannelId::parse(channel.clone())
-                .map_err(|_| problem("`input_push_channel` must be a channel id (1 to 64 printable characters)"))?;
+            super::ChannelId::parse(channel.clone()).map_err(|_| {
+                problem("`input_push_channel` must be a channel id (1 to 64 printable characters)")
+            })?;
         }
         if fields.relevance_score.is_some_and(|s| !s.is_finite()) {
             return Err(problem("`relevance_score` must be a number"));

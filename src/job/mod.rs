@@ -385,3 +385,6 @@ fn parse_tokens(list: &[String]) -> Result<Vec<DeviceToken>, JobError> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod tests_live;

@@ -129,7 +129,10 @@ fn verbatim(raw: &str) -> Result<Built, JobError> {
     match object.get("aps") {
         Some(Value::Object(aps)) => Ok(Built {
             bytes: Bytes::copy_from_slice(raw.as_bytes()),
-            event: aps.get("event").and_then(Value::as_str).and_then(Event::parse),
+            event: aps
+                .get("event")
+                .and_then(Value::as_str)
+                .and_then(Event::parse),
         }),
         _ => Err(JobError::field("payload", "must hold an `aps` object")),
     }
@@ -154,7 +157,9 @@ fn convenience_payload(wire: &Wire<'_>, now: u64) -> Result<Built, JobError> {
         if let Some((name, _)) = beside.iter().find(|(_, v)| v.is_some()) {
             return Err(JobError::field(
                 "live_activity",
-                format!("cannot be combined with `{name}`; only `alert`, `sound` and `data` go beside it"),
+                format!(
+                    "cannot be combined with `{name}`; only `alert`, `sound` and `data` go beside it"
+                ),
             ));
         }
     }

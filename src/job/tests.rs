@@ -166,7 +166,7 @@ fn every_rule_rejects_with_a_clear_error() {
         ),
         (
             r#"{"alert":"no token"}"#.into(),
-            "exactly one of `token` and `tokens`",
+            "exactly one of `token`, `tokens` and `channel`",
         ),
         (
             format!(r#"{{"token":"{T1}","tokens":["{T2}"]}}"#),

@@ -43,6 +43,8 @@ async fn serve(args: SimArgs) -> anyhow::Result<()> {
         idle_timeout: args.idle_timeout_secs.map(Duration::from_secs),
         certificate_auth: args.cert_auth_dir.is_some(),
         token_max_age: Duration::from_secs(args.token_max_age_secs),
+        strict_topics: args.strict_topics,
+        channels_listen: args.channels_listen,
     })
     .await?;
     std::fs::write(&args.ca_out, sim.ca_pem())?;
@@ -57,6 +59,9 @@ async fn serve(args: SimArgs) -> anyhow::Result<()> {
         std::fs::write(dir.join("client.pem"), issued.pem)?;
         std::fs::write(dir.join("client.p12"), issued.p12)?;
         tracing::info!(dir = %dir.display(), "certificate auth: client.pem and client.p12 (password \"misiva\") written");
+    }
+    if let Some(channels) = sim.channels_endpoint() {
+        tracing::info!(%channels, "channel management listening (MISIVA_APNS_CHANNELS_ENDPOINT)");
     }
     tracing::info!(endpoint = %sim.endpoint(), ca = %args.ca_out.display(), key_id = %args.key_id, team_id = %args.team_id, "APNs simulator ready");
 

@@ -15,7 +15,10 @@ use tokio::time::Instant;
 /// A notification the simulator answered 200.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
+    /// The device token; empty for a broadcast.
     pub token: String,
+    /// The channel of a broadcast.
+    pub channel: Option<String>,
     pub apns_id: String,
     pub topic: String,
     pub push_type: Option<String>,
@@ -96,12 +99,12 @@ impl Drop for InFlight<'_> {
     }
 }
 
-struct Rejection {
-    status: u16,
-    reason: &'static str,
+pub(crate) struct Rejection {
+    pub(crate) status: u16,
+    pub(crate) reason: &'static str,
 }
 
-const fn reject(status: u16, reason: &'static str) -> Rejection {
+pub(crate) const fn reject(status: u16, reason: &'static str) -> Rejection {
     Rejection { status, reason }
 }
 
@@ -190,7 +193,7 @@ fn respond(status: StatusCode, apns_id: &str, body: Bytes) -> Response<Body> {
     response
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Rejection> {
+pub(crate) fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Rejection> {
     let mut values = headers.get_all(name).iter();
     match (values.next(), values.next()) {
         (None, _) => Ok(None),
@@ -209,6 +212,33 @@ async fn check(
     if request.method() != Method::POST {
         return Err(reject(405, "MethodNotAllowed"));
     }
+    if let Some(bundle) = request.uri().path().strip_prefix("/4/broadcasts/apps/") {
+        if bundle.is_empty() || bundle.contains('/') {
+            return Err(reject(404, "BadPath"));
+        }
+        let bundle = bundle.to_owned();
+        let key_id = authenticate(state, connection, request.headers())?;
+        let broadcast = super::channels::check_broadcast(state, &bundle, request).await?;
+        if state.record {
+            *lock(&state.requests)
+                .entry(format!("channel:{}", broadcast.channel))
+                .or_default() += 1;
+        }
+        injected_error(faults)?;
+        return Ok(Accepted {
+            token: String::new(),
+            channel: Some(broadcast.channel),
+            apns_id: String::new(),
+            topic: bundle,
+            push_type: Some("liveactivity".to_owned()),
+            priority: broadcast.priority,
+            expiration: broadcast.expiration,
+            collapse_id: None,
+            key_id,
+            payload: broadcast.payload,
+            received_at_us: now_us(),
+        });
+    }
     let token = match request.uri().path().strip_prefix("/3/device/") {
         Some("") => return Err(reject(400, "MissingDeviceToken")),
         Some(token) if !token.contains('/') => token.to_owned(),
@@ -221,6 +251,9 @@ async fn check(
     let push_type = header(headers, "apns-push-type")?;
     if push_type.is_some_and(|p| !PUSH_TYPES.contains(&p)) {
         return Err(reject(400, "InvalidPushType"));
+    }
+    if state.strict_topics && !topic_fits(topic, push_type.unwrap_or("alert")) {
+        return Err(reject(400, "BadTopic"));
     }
     let priority = header(headers, "apns-priority")?;
     if priority.is_some_and(|p| !matches!(p, "10" | "5" | "1")) {
@@ -253,6 +286,7 @@ async fn check(
     };
     let accepted = Accepted {
         token: token.clone(),
+        channel: None,
         apns_id: String::new(),
         topic: topic.to_owned(),
         push_type: push_type.map(str::to_owned),
@@ -283,6 +317,16 @@ async fn check(
     if let Some((_, status, reason)) = PREFIXES.iter().find(|(p, _, _)| lower.starts_with(p)) {
         return Err(reject(*status, reason));
     }
+    injected_error(faults)?;
+    Ok(Accepted {
+        payload: body,
+        received_at_us: now_us(),
+        ..accepted
+    })
+}
+
+/// The injected error of an otherwise valid request, at the configured rate.
+fn injected_error(faults: &super::Faults) -> Result<(), Rejection> {
     if faults.error_rate > 0.0 && fastrand::f64() < faults.error_rate {
         return Err(match faults.error_status {
             500 => reject(500, "InternalServerError"),
@@ -290,18 +334,42 @@ async fn check(
             _ => reject(503, "ServiceUnavailable"),
         });
     }
-    Ok(Accepted {
-        payload: body,
-        received_at_us: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or_default(),
-        ..accepted
-    })
+    Ok(())
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or_default()
+}
+
+/// Apple's rule for `apns-topic` (checked when the simulator is strict): a
+/// push type with a suffix needs a topic ending with it; the others need
+/// one ending with none of them.
+fn topic_fits(topic: &str, push_type: &str) -> bool {
+    let suffix = |p: &str| match p {
+        "voip" => Some(".voip"),
+        "complication" => Some(".complication"),
+        "fileprovider" => Some(".pushkit.fileprovider"),
+        "liveactivity" => Some(".push-type.liveactivity"),
+        "location" => Some(".location-query"),
+        "pushtotalk" => Some(".voip-ptt"),
+        "widgets" => Some(".push-type.widgets"),
+        "controls" => Some(".push-type.controls"),
+        _ => None,
+    };
+    match suffix(push_type) {
+        Some(wanted) => topic.ends_with(wanted),
+        None => !PUSH_TYPES
+            .iter()
+            .filter_map(|p| suffix(p))
+            .any(|s| topic.ends_with(s)),
+    }
 }
 
 /// Checks the provider token; returns its key id.
-fn authenticate(
+pub(crate) fn authenticate(
     state: &State,
     connection: &ConnectionState,
     headers: &HeaderMap,

@@ -5,10 +5,12 @@
 //! prefix, injects faults on demand and counts what it accepted.
 
 mod certs;
+mod channels;
 mod handler;
 mod idle;
 
 pub use certs::ClientCertificate;
+pub use channels::ChannelInfo;
 pub use handler::{Accepted, PREFIXES};
 
 use crate::jwt::{KeyError, public_key_from_pem};
@@ -102,6 +104,12 @@ pub struct SimConfig {
     /// Age past which a provider token is answered `ExpiredProviderToken`
     /// (Apple: one hour). Tests shorten it to make tokens expire while jobs flow.
     pub token_max_age: Duration,
+    /// Refuse a device push whose topic lacks its push type's suffix, or
+    /// has one it should not (`400 BadTopic`), as Apple does.
+    pub strict_topics: bool,
+    /// Where channel management listens (Apple: its own host and port);
+    /// `None`: no management listener.
+    pub channels_listen: Option<SocketAddr>,
 }
 
 /// A provider-token event the simulator saw, for tests of renewal timing.
@@ -135,6 +143,8 @@ impl Default for SimConfig {
             idle_timeout: None,
             certificate_auth: false,
             token_max_age: Duration::from_secs(3600),
+            strict_topics: false,
+            channels_listen: None,
         }
     }
 }
@@ -165,12 +175,17 @@ pub(crate) struct State {
     token_max_age: AtomicU64,
     started: std::time::Instant,
     token_events: Mutex<Vec<TokenEvent>>,
+    strict_topics: bool,
+    /// Broadcast channels, made through the management listener.
+    channels: Mutex<channels::Store>,
 }
 
 /// A running simulator. Dropping it stops accepting connections.
 #[derive(Debug)]
 pub struct Simulator {
     addr: SocketAddr,
+    /// The channel management listener's address, when there is one.
+    channels_addr: Option<SocketAddr>,
     ca_pem: String,
     state: Arc<State>,
     /// Sends new fault knobs to the request handlers.
@@ -178,7 +193,7 @@ pub struct Simulator {
     /// Issues client certificates in certificate-auth mode.
     client_issuer: Option<rcgen::Issuer<'static, rcgen::KeyPair>>,
     /// Ends the accept loop when the simulator is dropped.
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _stop: watch::Sender<()>,
 }
 
 impl Simulator {
@@ -205,18 +220,39 @@ impl Simulator {
             token_max_age: AtomicU64::new(config.token_max_age.as_secs()),
             started: std::time::Instant::now(),
             token_events: Mutex::new(Vec::new()),
+            strict_topics: config.strict_topics,
+            channels: Mutex::new(channels::Store::new()),
         });
-        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let (stop, stopped) = watch::channel(());
+        let acceptor = TlsAcceptor::from(certs.server_config);
+        let channels_addr = match config.channels_listen {
+            None => None,
+            Some(listen) => {
+                let listener = TcpListener::bind(listen).await?;
+                let addr = listener.local_addr()?;
+                tokio::spawn(accept_loop(
+                    listener,
+                    acceptor.clone(),
+                    config.max_streams,
+                    state.clone(),
+                    Listener::Management,
+                    stopped.clone(),
+                ));
+                Some(addr)
+            }
+        };
         tokio::spawn(accept_loop(
             listener,
-            TlsAcceptor::from(certs.server_config),
+            acceptor,
             config.max_streams,
             state.clone(),
+            Listener::Push,
             stopped,
         ));
         tracing::info!(%addr, "APNs simulator listening");
         Ok(Simulator {
             addr,
+            channels_addr,
             ca_pem: certs.ca_pem,
             state,
             faults: faults_tx,
@@ -232,6 +268,26 @@ impl Simulator {
     /// `https://127.0.0.1:<port>`, the value for `MISIVA_APNS_ENDPOINT`.
     pub fn endpoint(&self) -> String {
         format!("https://127.0.0.1:{}", self.addr.port())
+    }
+
+    /// `https://127.0.0.1:<port>` of channel management, the value for
+    /// `MISIVA_APNS_CHANNELS_ENDPOINT`, when it listens.
+    pub fn channels_endpoint(&self) -> Option<String> {
+        self.channels_addr
+            .map(|addr| format!("https://127.0.0.1:{}", addr.port()))
+    }
+
+    /// Every channel, by (bundle id, channel id).
+    pub fn channels(&self) -> BTreeMap<(String, String), ChannelInfo> {
+        lock(&self.state.channels).clone()
+    }
+
+    /// Deletes a channel as if another tool had: broadcasts to it are then
+    /// answered `ChannelNotRegistered`.
+    pub fn delete_channel(&self, bundle: &str, channel: &str) -> bool {
+        lock(&self.state.channels)
+            .remove(&(bundle.to_owned(), channel.to_owned()))
+            .is_some()
     }
 
     /// The PEM of the CA that signed the server certificate.
@@ -319,16 +375,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Which of Apple's services a listener plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    /// Device pushes and broadcasts.
+    Push,
+    /// Channel management.
+    Management,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     max_streams: u32,
     state: Arc<State>,
-    mut stopped: tokio::sync::oneshot::Receiver<()>,
+    kind: Listener,
+    mut stopped: watch::Receiver<()>,
 ) {
     loop {
         let (tcp, peer) = tokio::select! {
-            _ = &mut stopped => return,
+            // Ends when the simulator is dropped (its sender with it).
+            _ = stopped.changed() => return,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -363,9 +430,12 @@ async fn accept_loop(
                     let state = state.clone();
                     let connection = connection.clone();
                     async move {
-                        Ok::<_, std::convert::Infallible>(
-                            handler::handle(&state, &connection, request).await,
-                        )
+                        Ok::<_, std::convert::Infallible>(match kind {
+                            Listener::Push => handler::handle(&state, &connection, request).await,
+                            Listener::Management => {
+                                channels::manage(&state, &connection, request).await
+                            }
+                        })
                     }
                 })
             };

@@ -304,6 +304,8 @@ impl SimFixture {
     pub fn app_config(&self) -> AppConfig {
         AppConfig {
             endpoint: Endpoint::parse(&self.sim.endpoint()).unwrap(),
+            broadcast_endpoint: None,
+            channels_endpoint: Endpoint::parse_channels("production").unwrap(),
             ca_file: Some(self.ca_file.clone()),
             auth: Auth::Token {
                 key_file: self.key_file.clone(),
