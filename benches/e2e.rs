@@ -24,7 +24,8 @@
 //! (default `warn`, so that figures compare with the history; the chart runs
 //! `info`, which adds each job's span). `--shards N` runs the worker with
 //! `MISIVA_SHARDS=N` and publishes through the shard exchange (the ceiling
-//! stays one queue's).
+//! stays one queue's). `--channels PCT` sends that share of single-token
+//! jobs as Live Activity broadcasts (channel jobs) of the same size.
 //!
 //! `--campaign` measures the urgent lane instead: a campaign of
 //! `--campaign-jobs` (2,000) jobs of `--fanout` (1,000) tokens is queued,
@@ -86,8 +87,32 @@ fn now_us() -> u64 {
         .as_micros() as u64
 }
 
+/// The broadcast channel of `--channels PCT` runs, made in the simulator.
+static CHANNEL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Per cent of single-token jobs sent as channel jobs (`--channels PCT`).
+fn channel_share() -> usize {
+    arg("--channels", 0).min(100)
+}
+
 /// A job of about 1 KB: an alert and some custom data, like a typical app's.
+/// With `--channels PCT`, that share of single-token jobs are Live Activity
+/// broadcasts of the same size instead.
 fn job(index: usize, fanout: usize) -> Vec<u8> {
+    if fanout == 0
+        && index % 100 < channel_share()
+        && let Some(channel) = CHANNEL.get()
+    {
+        return serde_json::json!({
+            "id": format!("bench-{index}"),
+            "channel": channel,
+            "live_activity": {"event": "update", "content_state": {"order": index, "status": "shipped"}},
+            "alert": {"title": "Your order has shipped", "body": "Order 1234 left the warehouse and arrives on Friday."},
+            "data": {"published_us": now_us(), "order": index, "note": "x".repeat(700)},
+        })
+        .to_string()
+        .into_bytes();
+    }
     let padding = "x".repeat(700);
     let tokens: Vec<String> = (0..fanout.max(1))
         .map(|k| format!("{:064x}", index * fanout.max(1) + k + 1))
@@ -545,6 +570,9 @@ async fn main() {
     .await
     .unwrap();
     std::fs::write(dir.path().join("ca.pem"), sim.ca_pem()).unwrap();
+    if channel_share() > 0 {
+        let _ = CHANNEL.set(sim.create_channel("com.example.bench", 0));
+    }
     let conn = Connection::connect(&url(), ConnectionProperties::default())
         .await
         .unwrap();
@@ -556,7 +584,8 @@ async fn main() {
     }
 
     println!(
-        "end-to-end benchmark: {jobs} jobs, {notifications} notifications (fan-out {fanout}), {} shard(s), prefetch {prefetch} × {consumers} consumers, ~1 KB jobs, worker log filter {}",
+        "end-to-end benchmark: {jobs} jobs, {notifications} notifications (fan-out {fanout}, {}% of single-token jobs broadcasts), {} shard(s), prefetch {prefetch} × {consumers} consumers, ~1 KB jobs, worker log filter {}",
+        if fanout == 0 { channel_share() } else { 0 },
         shards(),
         text_arg("--log").unwrap_or_else(|| "warn".into())
     );

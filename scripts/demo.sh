@@ -22,7 +22,7 @@ cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; w
 trap cleanup EXIT
 
 MISIVA_LOG=info MISIVA_LOG_FORMAT=text "$bin" apns-sim --listen 127.0.0.1:2197 --ca-out "$demo/sim-ca.pem" \
-  --key-file "$demo/AuthKey_SIMKEY0001.p8" --show-deliveries 2>"$demo/sim.log" &
+  --key-file "$demo/AuthKey_SIMKEY0001.p8" --show-deliveries --channels-listen 127.0.0.1:2196 2>"$demo/sim.log" &
 pids+=($!)
 for _ in $(seq 1 50); do [ -s "$demo/sim-ca.pem" ] && grep -q "ready" "$demo/sim.log" && break; sleep 0.1; done
 
@@ -32,6 +32,7 @@ export MISIVA_APNS_CA_FILE="$demo/sim-ca.pem"
 export MISIVA_APNS_KEY_FILE="$demo/AuthKey_SIMKEY0001.p8"
 export MISIVA_APNS_KEY_ID=SIMKEY0001 MISIVA_APNS_TEAM_ID=SIMTEAM001
 export MISIVA_APNS_TOPIC=com.example.demo
+export MISIVA_APNS_CHANNELS_ENDPOINT=https://127.0.0.1:2196
 export MISIVA_LOG_FORMAT=text MISIVA_ADMIN_ADDR="$admin"
 "$bin" run 2>"$demo/worker.log" &
 worker=$!
@@ -44,6 +45,15 @@ echo "== publishing examples/jobs.jsonl (6 jobs, 7 notifications) =="
 metric() { curl -s "http://$admin/metrics" | awk -v n="$1" '$1 ~ "^"n {s+=$2} END {print s+0}'; }
 for _ in $(seq 1 100); do
   [ "$(metric misiva_jobs_acked_total)" -ge 6 ] 2>/dev/null && break; sleep 0.1
+done
+echo
+echo "== a Live Activity broadcast: misiva channels create, then one channel job =="
+channel="$("$bin" channels create --storage latest)"
+echo "channel $channel"
+printf '{"id":"match-7-goal","channel":"%s","live_activity":{"event":"update","content_state":{"home":2,"away":1}},"alert":{"title":"Goal!"}}\n' "$channel" |
+  "$bin" publish -
+for _ in $(seq 1 100); do
+  [ "$(metric misiva_jobs_acked_total)" -ge 7 ] 2>/dev/null && break; sleep 0.1
 done
 echo
 echo "== what APNs (the simulator) received =="

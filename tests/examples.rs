@@ -115,3 +115,37 @@ async fn python_node_and_shell_publishers_reach_apns() {
     assert_eq!(worker.metric("misiva_jobs_dead_lettered_total", &[]), 0.0);
     worker.terminate().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_broadcast_example_updates_a_channel() {
+    let sim = SimFixture::start(SimConfig {
+        record: true,
+        channels_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..Default::default()
+    })
+    .await;
+    let channel = support::create_channel(&sim, "latest");
+    let queue = unique_queue("broadcast-example");
+    let mut worker = Worker::start(&sim, &queue, &[]);
+    worker.ready().await;
+    let id = run(
+        &root().join("target/py/bin/python3"),
+        &[&root().join("examples/python/broadcast.py")],
+        &queue,
+        "",
+        &[("CHANNEL", channel.clone())],
+    );
+    assert!(id.starts_with("py-broadcast-"), "{id}");
+    wait_for(Duration::from_secs(30), "the broadcast accepted", || {
+        sim.sim.accepted_count() == 1
+    })
+    .await;
+    let accepted = sim.sim.accepted();
+    assert_eq!(accepted[0].channel.as_deref(), Some(channel.as_str()));
+    let payload: serde_json::Value = serde_json::from_slice(&accepted[0].payload).unwrap();
+    assert_eq!(payload["aps"]["event"], "update");
+    assert_eq!(payload["aps"]["content-state"]["home"], 2);
+    assert_eq!(payload["aps"]["alert"]["title"], "Goal!");
+    assert_eq!(worker.metric("misiva_jobs_dead_lettered_total", &[]), 0.0);
+    worker.terminate().await;
+}

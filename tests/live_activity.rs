@@ -31,39 +31,13 @@ fn channels_endpoint(sim: &SimFixture) -> String {
         .expect("channel management listens")
 }
 
-/// `misiva channels ARGS` with the test app's credentials: (exit code,
-/// stdout, stderr).
+/// `misiva channels ARGS` with the test app's credentials.
 fn channels(sim: &SimFixture, args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_misiva"))
-        .arg("channels")
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("MISIVA_AMQP_URL", &broker().url)
-        .env("MISIVA_APNS_ENDPOINT", sim.sim.endpoint())
-        .env("MISIVA_APNS_CHANNELS_ENDPOINT", channels_endpoint(sim))
-        .env("MISIVA_APNS_CA_FILE", &sim.ca_file)
-        .env("MISIVA_APNS_KEY_FILE", &sim.key_file)
-        .env("MISIVA_APNS_KEY_ID", support::KEY_ID)
-        .env("MISIVA_APNS_TEAM_ID", support::TEAM_ID)
-        .env("MISIVA_APNS_TOPIC", TOPIC)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    support::misiva_channels(sim, args)
 }
 
-/// Creates a channel; returns its id (what `create` prints alone).
 fn create(sim: &SimFixture, storage: &str) -> String {
-    let (code, out, err) = channels(sim, &["create", "--storage", storage]);
-    assert_eq!(code, 0, "{err}");
-    let id = out.trim().to_owned();
-    assert_eq!(out, format!("{id}\n"), "the id alone on stdout");
-    id
+    support::create_channel(sim, storage)
 }
 
 fn start_worker(sim: &SimFixture, queue: &str) -> Worker {

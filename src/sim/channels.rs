@@ -24,7 +24,7 @@ pub(crate) type Store = BTreeMap<(String, String), ChannelInfo>;
 const BROADCAST_LIMIT: usize = 5120;
 
 /// A new channel id: 16 random bytes in base64, as Apple's look.
-fn new_channel_id() -> String {
+pub(crate) fn new_channel_id() -> String {
     use base64::Engine;
     let bytes: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
     base64::engine::general_purpose::STANDARD.encode(bytes)

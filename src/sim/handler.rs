@@ -143,6 +143,7 @@ pub(crate) async fn handle(
             if state.log_deliveries {
                 tracing::info!(
                     token = %accepted.token,
+                    channel = accepted.channel.as_deref().unwrap_or("-"),
                     topic = %accepted.topic,
                     push_type = accepted.push_type.as_deref().unwrap_or("-"),
                     payload = %String::from_utf8_lossy(&accepted.payload),

@@ -282,6 +282,19 @@ impl Simulator {
         lock(&self.state.channels).clone()
     }
 
+    /// Makes a channel for `bundle` directly, as `misiva channels create`
+    /// would through the management listener (benchmarks use it).
+    pub fn create_channel(&self, bundle: &str, storage: u8) -> String {
+        let id = channels::new_channel_id();
+        lock(&self.state.channels).insert(
+            (bundle.to_owned(), id.clone()),
+            ChannelInfo {
+                storage: storage.min(1),
+            },
+        );
+        id
+    }
+
     /// Deletes a channel as if another tool had: broadcasts to it are then
     /// answered `ChannelNotRegistered`.
     pub fn delete_channel(&self, bundle: &str, channel: &str) -> bool {

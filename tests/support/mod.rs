@@ -776,3 +776,49 @@ pub async fn publish_routed(conn: &Connection, exchange: &str, messages: &[(Stri
     let keyed = messages.iter().map(|(k, b)| (k.as_str(), b.as_slice()));
     publish_to(conn, exchange, keyed, properties).await;
 }
+
+// ---------- Live Activity channels ----------
+
+/// The simulator's channel management address (it must have been started
+/// with `channels_listen`).
+pub fn channels_endpoint(sim: &SimFixture) -> String {
+    sim.sim
+        .channels_endpoint()
+        .expect("the simulator serves channel management")
+}
+
+/// `misiva channels ARGS` with the test app's credentials: (exit code,
+/// stdout, stderr).
+pub fn misiva_channels(sim: &SimFixture, args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_misiva"))
+        .arg("channels")
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("MISIVA_AMQP_URL", &broker().url)
+        .env("MISIVA_APNS_ENDPOINT", sim.sim.endpoint())
+        .env("MISIVA_APNS_CHANNELS_ENDPOINT", channels_endpoint(sim))
+        .env("MISIVA_APNS_CA_FILE", &sim.ca_file)
+        .env("MISIVA_APNS_KEY_FILE", &sim.key_file)
+        .env("MISIVA_APNS_KEY_ID", KEY_ID)
+        .env("MISIVA_APNS_TEAM_ID", TEAM_ID)
+        .env("MISIVA_APNS_TOPIC", TOPIC)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Creates a channel with `misiva channels create`; returns its id, which
+/// the command prints alone.
+pub fn create_channel(sim: &SimFixture, storage: &str) -> String {
+    let (code, out, err) = misiva_channels(sim, &["create", "--storage", storage]);
+    assert_eq!(code, 0, "{err}");
+    let id = out.trim().to_owned();
+    assert_eq!(out, format!("{id}\n"), "the id alone on stdout");
+    id
+}
