@@ -424,6 +424,20 @@ fn every_values_file_lints_renders_and_validates() {
             let loaded = loaded
                 .unwrap_or_else(|e| panic!("{name}: the worker refuses its misiva.toml: {e}"));
             assert!(loaded.apps.contains_key("default"), "{name}");
+            if config.contains("broadcast_endpoint") {
+                // The values' endpoints of Live Activities reach the worker.
+                let app = &loaded.apps["default"];
+                assert_eq!(
+                    app.broadcast_endpoint.as_ref().map(|e| e.authority()),
+                    Some("apns-proxy.internal:8443".to_owned()),
+                    "{name}"
+                );
+                assert_eq!(
+                    app.channels_endpoint.host(),
+                    "api-manage-broadcast.sandbox.push.apple.com",
+                    "{name}"
+                );
+            }
             for scaled in kind(&docs, "ScaledObject") {
                 check_keda_counts_every_shard(scaled, &loaded, &name);
             }

@@ -75,6 +75,12 @@ retry_delays = [{{- range $i, $d := .Values.retryDelays }}{{ if $i }}, {{ end }}
 
 [apps.{{ $name | quote }}]
 endpoint = {{ $app.endpoint | default "production" | quote }}
+{{- with $app.broadcastEndpoint }}
+broadcast_endpoint = {{ . | quote }}
+{{- end }}
+{{- with $app.channelsEndpoint }}
+channels_endpoint = {{ . | quote }}
+{{- end }}
 {{- with $app.topic }}
 topic = {{ . | quote }}
 {{- end }}
