@@ -344,6 +344,13 @@ struct FileApp {
     keepalive_secs: Option<u64>,
 }
 
+/// The work queue's own delivery limit: past it, the broker dead-letters a
+/// message itself. The worker parks poison earlier (`MISIVA_MAX_DELIVERIES`,
+/// below this); the broker's limit catches what kills a worker before it can
+/// (a process abort while reading the message). 20 is also RabbitMQ 4's
+/// default, made explicit so that 3.x behaves the same.
+pub const BROKER_DELIVERY_LIMIT: u32 = 20;
+
 pub const DEFAULT_PREFETCH: u16 = 500;
 /// Urgent jobs are mostly single-token and few: 100 unacked per consumer
 /// carries thousands a second at APNs' usual round trip.
@@ -577,14 +584,14 @@ impl Config {
         };
         let max_deliveries =
             number("MISIVA_MAX_DELIVERIES", file.max_deliveries.map(u64::from))?.unwrap_or(10);
-        if !(1..u64::from(crate::amqp::BROKER_DELIVERY_LIMIT)).contains(&max_deliveries) {
+        if !(1..u64::from(BROKER_DELIVERY_LIMIT)).contains(&max_deliveries) {
             return Err(invalid(
                 "MISIVA_MAX_DELIVERIES",
                 max_deliveries.to_string(),
                 format!(
                     "expected 1 to {}: the work queue's own delivery limit is {}, and the worker must park a poison message before the broker does",
-                    crate::amqp::BROKER_DELIVERY_LIMIT - 1,
-                    crate::amqp::BROKER_DELIVERY_LIMIT
+                    BROKER_DELIVERY_LIMIT - 1,
+                    BROKER_DELIVERY_LIMIT
                 ),
             ));
         }

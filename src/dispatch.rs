@@ -5,7 +5,7 @@
 use crate::apns::{Apns, JobRequest, Recipient};
 use crate::job;
 use crate::lane::Lane;
-use crate::outcome::{self, RetryPolicy, Settlement, classify};
+use crate::outcome::{self, RetryPolicy, Settlement, Verdict, classify};
 use crate::trace::TraceParent;
 use futures_util::StreamExt;
 use std::sync::Arc;
@@ -47,19 +47,6 @@ pub fn job_span(
         trace_id = trace.map(|t| t.trace_id.as_str()),
         parent_span_id = trace.map(|t| t.parent_id.as_str()),
     )
-}
-
-/// The settlement of one delivery and what its dead letters and feedback
-/// events must say about the job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
-    pub settlement: Settlement,
-    pub app: String,
-    pub job_id: Option<String>,
-    /// Shared with the app's client when it is the app's default topic.
-    pub topic: Option<Arc<str>>,
-    /// Notifications APNs accepted for this delivery.
-    pub delivered: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -105,18 +92,17 @@ impl Dispatcher {
         );
         let Some(client) = self.apns.client(job.app.as_str()) else {
             let verdict = Verdict {
-                settlement: outcome::reject_job(
+                app: job.app.to_string(),
+                topic: job.topic.as_ref().map(|t| Arc::from(t.as_str())),
+                ..Verdict::rejected(
                     attempt,
                     outcome::UNKNOWN_APP,
                     format!(
                         "no credentials are configured for app {:?}",
                         job.app.as_str()
                     ),
-                ),
-                app: job.app.to_string(),
-                job_id: Some(job.id.to_string()),
-                topic: job.topic.as_ref().map(|t| Arc::from(t.as_str())),
-                delivered: 0,
+                    Some(job.id.to_string()),
+                )
             };
             return (verdict, span);
         };
@@ -162,13 +148,12 @@ impl Dispatcher {
 
     /// The verdict of a body that is not a valid job: dead-lettered as `invalid_job`.
     fn invalid(&self, attempt: u32, message_id: Option<&str>, e: job::JobError) -> Verdict {
-        Verdict {
-            settlement: outcome::reject_job(attempt, outcome::INVALID_JOB, e.to_string()),
-            app: job::AppName::default().to_string(),
-            job_id: message_id.map(str::to_owned),
-            topic: None,
-            delivered: 0,
-        }
+        Verdict::rejected(
+            attempt,
+            outcome::INVALID_JOB,
+            e.to_string(),
+            message_id.map(str::to_owned),
+        )
     }
 
     /// The verdict of a job that waited `max_hold` for room among its app's

@@ -582,6 +582,21 @@ impl InternalEvent for NotificationAnswered<'_> {
     }
 }
 
+/// APNs answered a broadcast and named it with `apns-unique-id`. Logged
+/// inside the job's span, so the line carries the job id, which is how an
+/// operator finds the broadcast in Apple's delivery logs (CONTRACT §7).
+#[derive(Debug)]
+pub struct BroadcastAnswered<'a> {
+    pub unique_id: &'a str,
+    pub status: u16,
+}
+
+impl InternalEvent for BroadcastAnswered<'_> {
+    fn emit(self) {
+        tracing::info!(apns_unique_id = %self.unique_id, status = self.status, "broadcast answered");
+    }
+}
+
 /// A request APNs did not process was sent again on another connection.
 #[derive(Debug)]
 pub struct NotificationResent<'a> {
@@ -596,22 +611,15 @@ impl InternalEvent for NotificationResent<'_> {
     }
 }
 
-/// The label of a connection actor's state.
-pub fn connection_state_label(state: crate::apns::State) -> &'static str {
-    match state {
-        crate::apns::State::Connecting => "connecting",
-        crate::apns::State::Ready => "ready",
-        crate::apns::State::Draining => "draining",
-        crate::apns::State::Dead => "stopped",
-    }
-}
-
 /// A connection actor changed state (`from` is `None` for a new actor).
+/// The states come as their labels, made by the connection actor
+/// (`apns::State::label`), so that this module knows none of its types;
+/// `None` for `to` is a stopped actor, which no longer counts anywhere.
 #[derive(Debug)]
 pub struct ConnectionState<'a> {
     pub app: &'a Arc<str>,
-    pub from: Option<crate::apns::State>,
-    pub to: crate::apns::State,
+    pub from: Option<&'static str>,
+    pub to: Option<&'static str>,
 }
 
 impl InternalEvent for ConnectionState<'_> {
@@ -621,16 +629,15 @@ impl InternalEvent for ConnectionState<'_> {
             m.connections
                 .get_or_create(&AppState {
                     app: self.app.clone(),
-                    state: connection_state_label(from),
+                    state: from,
                 })
                 .dec();
         }
-        // A stopped actor no longer counts anywhere.
-        if self.to != crate::apns::State::Dead {
+        if let Some(to) = self.to {
             m.connections
                 .get_or_create(&AppState {
                     app: self.app.clone(),
-                    state: connection_state_label(self.to),
+                    state: to,
                 })
                 .inc();
         }

@@ -264,6 +264,35 @@ pub struct Settlement {
     pub retry: Option<Retry>,
 }
 
+/// The settlement of one delivery and what its dead letters and feedback
+/// events must say about the job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub settlement: Settlement,
+    pub app: String,
+    pub job_id: Option<String>,
+    /// Shared with the app's client when it is the app's default topic.
+    pub topic: Option<std::sync::Arc<str>>,
+    /// Notifications APNs accepted for this delivery.
+    pub delivered: usize,
+}
+
+impl Verdict {
+    /// The verdict of a job that cannot even be attempted (invalid, unknown
+    /// app, poison, panic): one dead letter of the whole body, with `reason`
+    /// and a bounded `detail`, for the default app unless the caller names
+    /// the job's own.
+    pub fn rejected(attempt: u32, reason: &str, detail: String, job_id: Option<String>) -> Verdict {
+        Verdict {
+            settlement: reject_job(attempt, reason, detail),
+            app: crate::job::AppName::default().into_string(),
+            job_id,
+            topic: None,
+            delivered: 0,
+        }
+    }
+}
+
 /// The dead-letter reason of a job that failed validation.
 pub const INVALID_JOB: &str = "invalid_job";
 /// The dead-letter reason of a job whose `app` has no credentials here.

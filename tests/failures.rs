@@ -76,7 +76,6 @@ async fn a_broken_settlement_never_sends_a_token_twice() {
     )
     .await;
     let first_requeue = outage.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
     admin
         .queue_bind(
             feedback.as_str().into(),
@@ -340,6 +339,9 @@ async fn a_slow_delivery_is_never_acked_by_a_later_batched_ack() {
         ("MISIVA_CONSUMERS", "1"),
         ("MISIVA_PREFETCH", "300"),
         ("MISIVA_FAULT_SLOW_ON", "slow-delivery"),
+        // Longer than the test waits: the slow delivery is still in flight
+        // when the worker is killed, however slow the machine.
+        ("MISIVA_FAULT_SLOW_MS", "120000"),
     ];
     let mut worker = Worker::start(&sim, &queue, &env);
     worker.ready().await;
@@ -361,8 +363,15 @@ async fn a_slow_delivery_is_never_acked_by_a_later_batched_ack() {
         sim.sim.accepted_count() >= 450
     })
     .await;
-    // Well within the slow delivery's 3 s, well past the 1 ms ack delay.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every fast job's ack has reached the broker: only the slow delivery
+    // is unacked (the ack task acks the deliveries done behind it one by
+    // one after 100 ms).
+    wait_for(
+        Duration::from_secs(20),
+        "only the slow delivery unacked",
+        || broker().counts(&queue) == Some((0, 1)),
+    )
+    .await;
     assert_eq!(sim.sim.requests_by_token().get(&token(999)), None);
     worker.kill9();
 

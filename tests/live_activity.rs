@@ -342,6 +342,17 @@ async fn channels_are_managed_and_broadcasts_flow_beside_device_pushes() {
         10_000.0
     );
 
+    // Each accepted broadcast's apns-unique-id is logged with its job's id.
+    let answered = worker.log_lines("broadcast answered");
+    assert_eq!(answered.len(), 1000);
+    assert!(
+        answered
+            .iter()
+            .all(|l| l.contains("job_id=\"b-") && l.contains("apns_unique_id=")),
+        "{:?}",
+        answered.first()
+    );
+
     // A channel deleted behind the worker's back: the job is settled with a
     // feedback event naming the channel and the job.
     assert!(sim.sim.delete_channel(TOPIC, &ids[0]));

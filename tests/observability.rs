@@ -85,7 +85,7 @@ fn exported() -> BTreeSet<String> {
     emit(events::ConnectionState {
         app: &name,
         from: None,
-        to: misiva::apns::State::Ready,
+        to: misiva::apns::State::Ready.label(),
     });
     emit(events::ConnectionOpened {
         app: &name,

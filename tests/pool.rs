@@ -223,19 +223,20 @@ async fn after_a_stall_the_pool_replaces_the_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pings_keep_an_idle_connection_open() {
     let sim = SimFixture::start(SimConfig {
-        idle_timeout: Some(Duration::from_millis(2500)),
+        idle_timeout: Some(Duration::from_millis(1000)),
         ..Default::default()
     })
     .await;
     let one = tokens(2, 40_000);
 
-    // With a PING every second, six idle seconds do not close the connection.
+    // With a PING every 250 ms, 2.5 idle seconds (the simulator's idle
+    // limit two and a half times over) do not close the connection.
     let mut app = config(&sim, 1);
-    app.keepalive = Duration::from_secs(1);
+    app.keepalive = Duration::from_millis(250);
     let client = ApnsClient::new("default", &app).await.unwrap();
     let job = request(&client, "ping");
     assert_eq!(client.send(&job, &one[0]).await, ok());
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(client.send(&job, &one[1]).await, ok());
     assert_eq!(sim.sim.connections(), 1, "the idle connection was kept");
 
@@ -244,7 +245,7 @@ async fn pings_keep_an_idle_connection_open() {
     app.keepalive = Duration::from_secs(60);
     let client = ApnsClient::new("default", &app).await.unwrap();
     assert_eq!(client.send(&job, &one[0]).await, ok());
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(client.send(&job, &one[1]).await, ok());
     assert_eq!(
         sim.sim.connections(),

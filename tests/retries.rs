@@ -191,8 +191,19 @@ async fn an_outage_pauses_consumption_instead_of_burning_attempts() {
     publish(&conn, &queue, &bodies).await;
 
     // Without the breaker, 100+200+400×5 ms of tiers would exhaust 8 attempts
-    // in under 3 s. Four seconds of outage:
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // in under 3 s. First the breaker must open; then the outage lasts four
+    // seconds in all (the duration of the scenario, not a wait for a state).
+    let outage = std::time::Instant::now();
+    wait_for(Duration::from_secs(10), "the breaker to open", || {
+        worker.metric("misiva_breaker_open", &[]) == 1.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4).saturating_sub(outage.elapsed())).await;
+    assert_eq!(
+        worker.metric("misiva_breaker_open", &[]),
+        1.0,
+        "the breaker stays open while APNs fails"
+    );
     let ready = support::ready_now(&conn, &queue).await;
     let requests: u32 = sim.sim.requests_by_token().values().sum();
     println!(

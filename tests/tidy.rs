@@ -255,3 +255,89 @@ fn only_the_edges_read_files() {
         }
     }
 }
+
+/// Every channel is bounded (ARCHITECTURE.md): an unbounded queue turns a
+/// slow consumer into memory growth instead of back-pressure.
+#[test]
+fn no_unbounded_channels() {
+    for (path, text) in files() {
+        let code = code_only(&text);
+        for unbounded in [
+            "unbounded_channel",
+            "UnboundedSender",
+            "mpsc::unbounded",
+            "std::sync::mpsc",
+        ] {
+            assert!(
+                !code.contains(unbounded),
+                "{path} uses {unbounded}: every channel must be bounded (tokio::sync::mpsc::channel(n))"
+            );
+        }
+    }
+}
+
+/// The code map of ARCHITECTURE.md names every source file and every test
+/// file, so that a reader finds each one there.
+#[test]
+fn the_code_map_lists_every_source_and_test_file() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let map = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    let mut paths = Vec::new();
+    sources(&root.join("src"), &mut paths);
+    for entry in std::fs::read_dir(root.join("tests")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            paths.push(path);
+        }
+    }
+    paths.push(root.join("tests/support/mod.rs"));
+    let mut missing: Vec<String> = paths
+        .iter()
+        .map(|p| p.strip_prefix(root).unwrap().to_string_lossy().into_owned())
+        .filter(|rel| !map.contains(&format!("`{rel}`")))
+        .collect();
+    missing.sort();
+    missing.dedup();
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md's code map does not name: {missing:?}"
+    );
+}
+
+/// `panic = "abort"` in a profile would turn the per-job `catch_unwind`
+/// (a panicking job is dead-lettered as `worker_panic`, the consumer goes
+/// on) into the death of the whole process.
+#[test]
+fn panics_are_never_set_to_abort() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in ["Cargo.toml", ".cargo/config.toml"] {
+        let Ok(text) = std::fs::read_to_string(root.join(file)) else {
+            continue;
+        };
+        let table: toml::Table = text.parse().unwrap();
+        let mut stack = vec![(file.to_owned(), toml::Value::Table(table))];
+        while let Some((at, value)) = stack.pop() {
+            match value {
+                toml::Value::Table(table) => {
+                    for (key, value) in table {
+                        if key == "panic" {
+                            assert_ne!(
+                                value.as_str(),
+                                Some("abort"),
+                                "{at}.{key}: panic = \"abort\" would kill the worker on a job's panic"
+                            );
+                        }
+                        stack.push((format!("{at}.{key}"), value));
+                    }
+                }
+                toml::Value::String(s) if s.contains("panic=abort") => {
+                    panic!("{at}: {s:?} sets panic=abort");
+                }
+                toml::Value::Array(items) => {
+                    stack.extend(items.into_iter().map(|v| (at.clone(), v)));
+                }
+                _ => {}
+            }
+        }
+    }
+}

@@ -11,11 +11,11 @@ use super::publisher::{SettleError, SettlementChannel};
 use super::wire::{self, short};
 use super::{AmqpError, Broker, Topology};
 use crate::bounded;
-use crate::dispatch::{Dispatcher, Inbound, Verdict, job_span};
+use crate::dispatch::{Dispatcher, Inbound, job_span};
 use crate::events;
-use crate::job;
 use crate::lane::Lane;
 use crate::outcome;
+use crate::outcome::Verdict;
 use crate::trace::TraceParent;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
@@ -323,7 +323,7 @@ impl Consumer {
         let earlier_deliveries = wire::count_header(headers, wire::DELIVERY_COUNT).unwrap_or(0);
         let own_span = || job_span(message_id, None, None, trace);
         if earlier_deliveries >= u64::from(self.max_deliveries) {
-            let verdict = rejected(
+            let verdict = Verdict::rejected(
                 attempt,
                 outcome::POISON,
                 format!(
@@ -331,7 +331,7 @@ impl Consumer {
                     earlier_deliveries.saturating_add(1),
                     self.max_deliveries
                 ),
-                message_id,
+                message_id.map(str::to_owned),
             );
             return (verdict, own_span());
         }
@@ -360,11 +360,11 @@ impl Consumer {
                 let span = own_span();
                 let text = panic_message(panic.as_ref());
                 span.in_scope(|| tracing::error!(consumer = self.index, panic = %bounded::detail(&text), "processing a job panicked; dead-lettering it as worker_panic"));
-                let verdict = rejected(
+                let verdict = Verdict::rejected(
                     attempt,
                     outcome::WORKER_PANIC,
                     format!("processing this job panicked: {text}"),
-                    message_id,
+                    message_id.map(str::to_owned),
                 );
                 (verdict, span)
             }
@@ -626,16 +626,6 @@ fn settle_backoff(failures: u32) -> Duration {
     Duration::from_millis(100)
         .saturating_mul(1u32 << failures.saturating_sub(1).min(10))
         .min(Duration::from_secs(5))
-}
-
-fn rejected(attempt: u32, reason: &str, detail: String, message_id: Option<&str>) -> Verdict {
-    Verdict {
-        settlement: outcome::reject_job(attempt, reason, detail),
-        app: job::AppName::default().to_string(),
-        job_id: message_id.map(str::to_owned),
-        topic: None,
-        delivered: 0,
-    }
 }
 
 /// Identifies a message across its redeliveries: its body and message id.

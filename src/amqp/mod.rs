@@ -11,7 +11,7 @@ mod wire;
 pub use consumer::{Consumer, Counters, Unsettled};
 pub use dlq::{DeadLetterQueue, Held, Released};
 pub use publisher::JobPublisher;
-pub use topology::{BROKER_DELIVERY_LIMIT, Declared, Topology, TopologyError, declare};
+pub use topology::{Declared, Topology, TopologyError, declare};
 
 use crate::config::Secret;
 

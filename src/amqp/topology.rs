@@ -171,13 +171,6 @@ pub enum TopologyError {
     Amqp(#[from] AmqpError),
 }
 
-/// The work queue's own delivery limit: past it, the broker dead-letters a
-/// message itself. The worker parks poison earlier (`MISIVA_MAX_DELIVERIES`,
-/// below this); the broker's limit catches what kills a worker before it can
-/// (a process abort while reading the message). 20 is also RabbitMQ 4's
-/// default, made explicit so that 3.x behaves the same.
-pub const BROKER_DELIVERY_LIMIT: u32 = 20;
-
 fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(value.into())
 }
@@ -210,7 +203,7 @@ fn work_queue_arguments(topology: &Topology) -> FieldTable {
     args.insert(short("x-overflow"), text("reject-publish"));
     args.insert(
         short("x-delivery-limit"),
-        AMQPValue::LongLongInt(i64::from(BROKER_DELIVERY_LIMIT)),
+        AMQPValue::LongLongInt(i64::from(crate::config::BROKER_DELIVERY_LIMIT)),
     );
     args
 }

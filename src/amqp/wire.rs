@@ -12,10 +12,9 @@
 use super::Topology;
 use super::publisher::Outgoing;
 use crate::bounded;
-use crate::dispatch::Verdict;
 use crate::job;
 use crate::lane::Lane;
-use crate::outcome::{Feedback, Recipient};
+use crate::outcome::{Feedback, Recipient, Verdict};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use time::OffsetDateTime;

@@ -314,7 +314,10 @@ impl Link {
             // only fails (or waits) when the connection itself cannot open streams.
             let mut sender = self.sender.clone().ready().await.map_err(not_taken)?;
             // An error here means no stream was made: nothing was sent.
-            let (response, mut stream) = sender.send_request(build(), false).map_err(not_taken)?;
+            let request = build();
+            // A broadcast's answer names it (`apns-unique-id`): reported below.
+            let broadcast = request.uri().path().starts_with("/4/");
+            let (response, mut stream) = sender.send_request(request, false).map_err(not_taken)?;
             let failed = |e: h2::Error| {
                 if never_processed(&e) {
                     Exchange::NotProcessed(format!("APNs did not process the request: {e}"))
@@ -334,6 +337,14 @@ impl Link {
             })?;
             let response = response.await.map_err(failed)?;
             let status = response.status().as_u16();
+            if broadcast
+                && let Some(unique_id) = response
+                    .headers()
+                    .get("apns-unique-id")
+                    .and_then(|v| v.to_str().ok())
+            {
+                events::emit(events::BroadcastAnswered { unique_id, status });
+            }
             let mut answer = response.into_body();
             // APNs' error bodies are a few dozen bytes; anything past the limit is
             // not APNs, and is not kept in memory.
@@ -385,6 +396,19 @@ pub enum State {
     Draining,
     /// The actor has stopped.
     Dead,
+}
+
+impl State {
+    /// The metric label of the state; `None` for a stopped actor, which is
+    /// counted in no state.
+    pub fn label(self) -> Option<&'static str> {
+        match self {
+            State::Connecting => Some("connecting"),
+            State::Ready => Some("ready"),
+            State::Draining => Some("draining"),
+            State::Dead => None,
+        }
+    }
 }
 
 /// Handle to one connection actor.
@@ -477,15 +501,15 @@ async fn run(
         if from != to {
             events::emit(events::ConnectionState {
                 app: &app,
-                from: Some(from),
-                to,
+                from: from.label(),
+                to: to.label(),
             });
         }
     };
     events::emit(events::ConnectionState {
         app: &app,
         from: None,
-        to: State::Connecting,
+        to: State::Connecting.label(),
     });
     let streams = events::metrics()
         .streams_in_use
@@ -662,11 +686,33 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        for failures in 1..40 {
-            let wait = backoff(failures);
-            assert!(wait <= MAX_BACKOFF);
-            assert!(wait >= Duration::from_millis(100));
+        // Each wait is drawn between half its ceiling and the ceiling, and
+        // the ceiling doubles with each failure up to MAX_BACKOFF: the
+        // shortest wait after n failures is at least the longest after
+        // n - 2, until the cap.
+        for failures in 1..40u32 {
+            let draws: Vec<Duration> = (0..200).map(|_| backoff(failures)).collect();
+            let (low, high) = (*draws.iter().min().unwrap(), *draws.iter().max().unwrap());
+            let ceiling = Duration::from_millis(100)
+                .saturating_mul(1u32 << failures.min(10))
+                .min(MAX_BACKOFF);
+            assert!(high <= ceiling, "{failures}: {high:?} over {ceiling:?}");
+            assert!(
+                low >= ceiling / 2,
+                "{failures}: {low:?} under half of {ceiling:?}"
+            );
+            if failures >= 2 && ceiling < MAX_BACKOFF {
+                let before =
+                    Duration::from_millis(100).saturating_mul(1u32 << (failures - 2).min(10));
+                assert!(
+                    low >= before,
+                    "{failures}: {low:?} does not grow past {before:?}"
+                );
+            }
         }
-        assert!(backoff(20) >= MAX_BACKOFF / 2);
+        assert!(
+            backoff(1) < backoff(30),
+            "the cap is far above the first wait"
+        );
     }
 }

@@ -139,6 +139,7 @@ pub(crate) async fn handle(
     match check(state, connection, request, apns_id, &faults).await {
         Ok(mut accepted) => {
             accepted.apns_id = echo_id.clone();
+            let accepted_broadcast = accepted.channel.is_some();
             state.accepted_count.fetch_add(1, Ordering::Relaxed);
             if state.log_deliveries {
                 tracing::info!(
@@ -158,7 +159,14 @@ pub(crate) async fn handle(
                 connection.reset.notify_one();
                 std::future::pending::<()>().await;
             }
-            respond(StatusCode::OK, &echo_id, Bytes::new())
+            let mut response = respond(StatusCode::OK, &echo_id, Bytes::new());
+            if accepted_broadcast {
+                // Apple names each broadcast it accepts.
+                if let Ok(v) = http::HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+                    response.headers_mut().insert("apns-unique-id", v);
+                }
+            }
+            response
         }
         Err(Rejection { status, reason }) => {
             *lock(&state.rejected)

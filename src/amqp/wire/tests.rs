@@ -510,7 +510,22 @@ proptest! {
     #[test]
     fn counters_never_panic(value in any_value()) {
         let mut headers = FieldTable::default();
-        headers.insert(short(ATTEMPTS), value);
-        let _ = count_header(Some(&headers), ATTEMPTS);
+        headers.insert(short(ATTEMPTS), value.clone());
+        let read = count_header(Some(&headers), ATTEMPTS);
+        // A count is read from an integer of any width, or from text holding
+        // one, when it is not negative; anything else is no count.
+        let expected = match &value {
+            AMQPValue::ShortShortInt(n) => u64::try_from(*n).ok(),
+            AMQPValue::ShortShortUInt(n) => Some(u64::from(*n)),
+            AMQPValue::ShortInt(n) => u64::try_from(*n).ok(),
+            AMQPValue::ShortUInt(n) => Some(u64::from(*n)),
+            AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+            AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+            AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+            AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().and_then(|t| t.trim().parse::<i64>().ok()).and_then(|n| u64::try_from(n).ok()),
+            AMQPValue::ShortString(s) => s.as_str().trim().parse::<i64>().ok().and_then(|n| u64::try_from(n).ok()),
+            _ => None,
+        };
+        prop_assert_eq!(read, expected, "{:?}", value);
     }
 }
