@@ -395,6 +395,23 @@ fn retries_go_to_their_tier_with_the_unsettled_tokens() {
     assert_eq!(header(&out[0].properties, LAST_ERROR), Some(&long("503")));
 }
 
+/// A counter header as publishers and brokers write it: an integer of any
+/// width and sign, the same as text, or any other value.
+fn any_count() -> impl Strategy<Value = AMQPValue> {
+    prop_oneof![
+        any::<i8>().prop_map(AMQPValue::ShortShortInt),
+        any::<u8>().prop_map(AMQPValue::ShortShortUInt),
+        any::<i16>().prop_map(AMQPValue::ShortInt),
+        any::<u16>().prop_map(AMQPValue::ShortUInt),
+        any::<i32>().prop_map(AMQPValue::LongInt),
+        any::<u32>().prop_map(AMQPValue::LongUInt),
+        any::<i64>().prop_map(AMQPValue::LongLongInt),
+        any::<i64>().prop_map(|n| long(&format!(" {n} "))),
+        any::<i64>().prop_map(|n| AMQPValue::ShortString(short(&n.to_string()))),
+        any_value(),
+    ]
+}
+
 fn any_value() -> impl Strategy<Value = AMQPValue> {
     let leaf = prop_oneof![
         any::<i64>().prop_map(AMQPValue::LongLongInt),
@@ -508,7 +525,7 @@ proptest! {
 
     /// Counter headers never panic, whatever their type or value.
     #[test]
-    fn counters_never_panic(value in any_value()) {
+    fn counters_never_panic(value in any_count()) {
         let mut headers = FieldTable::default();
         headers.insert(short(ATTEMPTS), value.clone());
         let read = count_header(Some(&headers), ATTEMPTS);
