@@ -3,9 +3,8 @@
 //!
 //! `h2` flushes its transport whenever it chains a DATA frame of more than
 //! 256 bytes instead of copying it, which for APNs payloads is every request:
-//! the benchmark showed one `writev` (and one TLS record, and one TCP segment
-//! for the peer to read) per notification, even with hundreds of requests
-//! queued. [`Corked`] sits between `h2` and TLS: writes are copied into one
+//! one `writev` (and one TLS record, and one TCP segment for the peer to
+//! read) per notification, however many requests are queued. [`Corked`] sits between `h2` and TLS: writes are copied into one
 //! buffer and the connection's flushes are deferred; the task that drives the
 //! connection writes the buffer out once per pass ([`Cork::poll_drain`]), after
 //! `h2` has queued everything it had. Every byte `h2` hands over is written in

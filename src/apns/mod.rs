@@ -441,13 +441,13 @@ impl ApnsClient {
     /// there is some now; else the weight to [`admit`](Self::admit) it with.
     /// A job of one token needs none: its memory is bounded by the prefetch.
     ///
-    /// Why: a consumer holds up to `prefetch` deliveries, and every delivery
-    /// was decoded and started at once. A backlog of 1,000-token jobs then had
-    /// a thousand jobs in progress (each taking a place in turn, all finishing
+    /// Why: a consumer holds up to `prefetch` deliveries. Were each decoded
+    /// and started at once, a backlog of 1,000-token jobs would have a
+    /// thousand jobs in progress (each taking a place in turn, all finishing
     /// at the end), their decoded tokens about five times the bodies' size:
-    /// 360 MiB for the default prefetch, past the chart's memory limit, so a
-    /// replica was killed and its redeliveries killed the next one. Jobs
-    /// admitted by room finish in order, and the rest wait as bodies.
+    /// hundreds of MiB, past the chart's memory limit, and a replica killed
+    /// for it hands its deliveries to the next one, which dies the same way.
+    /// Jobs admitted by room finish in order, and the rest wait as bodies.
     pub fn try_admit(&self, lane: Lane, tokens: usize) -> Result<Room, u32> {
         if tokens < 2 {
             return Ok(Room { _permit: None });
@@ -658,8 +658,8 @@ impl ApnsClient {
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(http::uri::Scheme::HTTPS);
         parts.authority = Some(self.inner.authority.clone());
-        // Pushed, not `format!`ed: the formatting machinery was a quarter of
-        // building a request's head in the pool benchmark's profile.
+        // Pushed, not `format!`ed: this runs once per notification, and the
+        // formatting machinery costs more than the copy itself.
         let mut path = String::with_capacity(DEVICE_PATH.len() + token.as_str().len());
         path.push_str(DEVICE_PATH);
         path.push_str(token.as_str());

@@ -1,8 +1,9 @@
 //! Building the APNs payload of a job: the verbatim `payload` object, or the
 //! convenience fields (`alert`, `badge`, ...) written into `aps`. The
-//! convenience payload is written straight to bytes; `a2`'s builder, which
-//! made it before through a `serde_json::Value`, is the reference the tests
-//! compare it with (`a2_reference` below).
+//! convenience payload is written straight to bytes, without a
+//! `serde_json::Value` in between (decoding is on every delivery's path);
+//! `a2`'s builder is the reference the tests compare it with
+//! (`a2_reference` below).
 
 use super::live_activity::{Event, LiveActivity};
 use super::{JobError, Wire, typed};
@@ -380,8 +381,9 @@ mod tests {
     use a2::request::notification::{DefaultNotificationBuilder, NotificationBuilder};
     use proptest::prelude::*;
 
-    /// The convenience payload as `a2`'s builder makes it (what the worker
-    /// sent before it wrote the payload itself), plus the keys a2 0.10 lacks.
+    /// The convenience payload as `a2`'s builder makes it, plus the keys
+    /// a2 0.10 lacks: an independent writer of Apple's format to compare ours
+    /// with.
     fn a2_reference(body: &str) -> Value {
         let wire: Wire<'_> = serde_json::from_str(body).unwrap();
         let alert = typed::<AlertField>("alert", wire.alert, "").unwrap();
