@@ -286,21 +286,24 @@ async fn channels_are_managed_and_broadcasts_flow_beside_device_pushes() {
     let queue = unique_queue("broadcast");
     let mut worker = start_worker(&sim, &queue);
     worker.ready().await;
-    // 1,000 broadcasts among 1,000 ten-token jobs (10,000 device pushes).
+    // 1,000 broadcasts among 10,000 single-token jobs: one after every ten.
     let mut bodies = Vec::new();
     let mut tokens = HashSet::new();
-    for n in 0..1000u64 {
-        let list: Vec<String> = (0..10).map(|i| token(n * 10 + i)).collect();
-        tokens.extend(list.iter().cloned());
+    for n in 0..10_000u64 {
+        tokens.insert(token(n));
         bodies.push(
-            json!({"id": format!("t-{n}"), "tokens": list, "alert": "hi"})
+            json!({"id": format!("t-{n}"), "token": token(n), "alert": "hi"})
                 .to_string()
                 .into_bytes(),
         );
-        let channel = &ids[(n % 3) as usize];
-        let mut job = json!({"id": format!("b-{n}"), "channel": channel,
-            "live_activity": {"event": "update", "content_state": {"n": n}}});
-        if n % 3 == 2 {
+        if n % 10 != 9 {
+            continue;
+        }
+        let b = n / 10;
+        let channel = &ids[(b % 3) as usize];
+        let mut job = json!({"id": format!("b-{b}"), "channel": channel,
+            "live_activity": {"event": "update", "content_state": {"n": b}}});
+        if b % 3 == 2 {
             // The channel that keeps the latest message takes an expiration.
             job["expiration"] = json!(4_000_000_000u64);
         }
