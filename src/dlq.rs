@@ -231,7 +231,7 @@ pub fn parse_instant(raw: &str, now: OffsetDateTime) -> Result<OffsetDateTime, S
         .and_then(|n| n.parse::<u64>().ok())
         .map(|d| Duration::from_secs(d.saturating_mul(86_400)));
     let ago = days
-        .or_else(|| crate::config::parse_duration(raw))
+        .or_else(|| crate::duration::parse_duration(raw))
         .ok_or_else(|| {
             format!(
                 "{:?} is neither an RFC 3339 time nor a duration such as 30m, 2h or 7d",

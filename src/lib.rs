@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod dispatch;
 mod dlq;
+mod duration;
 pub mod events;
 pub mod job;
 pub mod jwt;

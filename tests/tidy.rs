@@ -101,21 +101,78 @@ fn only_the_apns_shell_the_simulator_and_admin_speak_http2_and_tls() {
     }
 }
 
+/// The pure core: the files that hold the contract's rules without I/O.
+fn pure(path: &str) -> bool {
+    path.starts_with("job/")
+        || path.starts_with("amqp/wire/")
+        || [
+            "outcome.rs",
+            "bounded.rs",
+            "amqp/wire.rs",
+            "amqp/acks.rs",
+            "amqp/names.rs",
+            "dlq.rs",
+            "trace.rs",
+            "lane.rs",
+            "duration.rs",
+        ]
+        .contains(&path)
+}
+
+/// The pure core imports only the pure core: a rule that needs a socket, a
+/// file or the clock of an effectful module cannot hide behind an import.
+#[test]
+fn the_pure_core_imports_only_the_pure_core() {
+    let pure_modules = [
+        "job", "outcome", "bounded", "dlq", "trace", "lane", "duration",
+    ];
+    let pure_amqp = ["wire", "acks", "names"];
+    for (path, text) in files().into_iter().filter(|(p, _)| pure(p)) {
+        let code = code_only(&text);
+        for (at, _) in code.match_indices("crate::") {
+            let rest = &code[at + "crate::".len()..];
+            let module: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if module == "amqp" {
+                let inner: String = rest["amqp::".len().min(rest.len())..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(
+                    pure_amqp.contains(&inner.as_str()),
+                    "{path} (pure core) imports crate::amqp::{inner}, which is not pure"
+                );
+            } else {
+                assert!(
+                    pure_modules.contains(&module.as_str()),
+                    "{path} (pure core) imports crate::{module}, which is not pure"
+                );
+            }
+        }
+        // `super` of a file directly in `amqp/` is `amqp`, whose other
+        // modules are the effectful shell.
+        if path.starts_with("amqp/") && path.matches('/').count() == 1 {
+            for (at, _) in code.match_indices("super::") {
+                let module: String = code[at + "super::".len()..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                // Inside the file's own test module, `super` is the file.
+                let in_tests = code[..at].contains("mod tests");
+                assert!(
+                    pure_amqp.contains(&module.as_str()) || in_tests,
+                    "{path} (pure core) imports super::{module}, which is not pure"
+                );
+            }
+        }
+    }
+}
+
 /// The pure core decides; it never waits, reads files or opens sockets.
 #[test]
 fn the_pure_core_does_no_io() {
-    let pure = |p: &str| {
-        p.starts_with("job/")
-            || [
-                "outcome.rs",
-                "bounded.rs",
-                "amqp/wire.rs",
-                "amqp/acks.rs",
-                "dlq.rs",
-                "trace.rs",
-            ]
-            .contains(&p)
-    };
     for (path, text) in files().into_iter().filter(|(p, _)| pure(p)) {
         for io in [
             "std::fs", "std::net", "tokio", ".await", "File::", "std::env",

@@ -27,7 +27,8 @@
 //! published into it. More than that is reported as unconfirmed, never as
 //! done.
 
-use super::publisher::{ConfirmChannel, Outgoing, PublishError};
+use super::publisher::{ConfirmChannel, PublishError};
+use super::wire::Outgoing;
 use super::wire::{self, short};
 use super::{AmqpError, Broker, Topology};
 use crate::dlq::{HeaderValue, RawLetter};

@@ -4,14 +4,16 @@
 mod acks;
 mod consumer;
 mod dlq;
+mod names;
 mod publisher;
 mod topology;
 mod wire;
 
 pub use consumer::{Consumer, Counters, Unsettled};
 pub use dlq::{DeadLetterQueue, Held, Released};
+pub use names::Topology;
 pub use publisher::JobPublisher;
-pub use topology::{Declared, Topology, TopologyError, declare};
+pub use topology::{Declared, TopologyError, declare};
 
 use crate::config::Secret;
 

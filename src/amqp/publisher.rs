@@ -1,12 +1,12 @@
 //! Publishing with publisher confirms: a publish counts only once the broker
 //! has confirmed it, so the original delivery can be acked without risk.
 
+use super::wire::Outgoing;
 use super::wire::short;
 use super::{AmqpError, Broker, Topology};
 use crate::lane::Lane;
 use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::ShortString;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::Mutex as AsyncMutex;
@@ -168,15 +168,6 @@ pub(crate) enum SettleError {
     /// The channel could not be reopened: the consumer must end.
     #[error("cannot reopen the settlement channel: {0}")]
     Reopen(AmqpError),
-}
-
-/// One message of a settlement. Every name in it is a bounded short string.
-#[derive(Debug, Clone)]
-pub(crate) struct Outgoing {
-    pub exchange: ShortString,
-    pub routing_key: ShortString,
-    pub body: Vec<u8>,
-    pub properties: BasicProperties,
 }
 
 /// Publishes jobs to the work queue with confirms: `misiva publish`, the demo,

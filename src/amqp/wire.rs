@@ -9,8 +9,7 @@
 //! publisher's `CC`, `expiration` or `user_id` can never route, expire or
 //! break them.
 
-use super::Topology;
-use super::publisher::Outgoing;
+use super::names::Topology;
 use crate::bounded;
 use crate::job;
 use crate::lane::Lane;
@@ -473,6 +472,15 @@ impl Republish<'_> {
         };
         body.to_string().into_bytes()
     }
+}
+
+/// One message of a settlement. Every name in it is a bounded short string.
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    pub exchange: ShortString,
+    pub routing_key: ShortString,
+    pub body: Vec<u8>,
+    pub properties: BasicProperties,
 }
 
 #[cfg(test)]
