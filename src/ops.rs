@@ -28,7 +28,9 @@ fn exit_code(e: &anyhow::Error) -> i32 {
 }
 
 pub async fn dlq(config: Config, command: DlqCommand) -> i32 {
-    match run_dlq(&config, command).await {
+    // Boxed: a command's future is made once, and it holds every
+    // subcommand's state (several KiB).
+    match Box::pin(run_dlq(&config, command)).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("misiva dlq: {e:#}");
@@ -227,8 +229,8 @@ async fn run_dlq(config: &Config, command: DlqCommand) -> anyhow::Result<i32> {
                 code
             }
         }
-        DlqCommand::Replay(args) => replay(config, r, &args).await?,
-        DlqCommand::Purge(args) => purge(name, r, &args).await?,
+        DlqCommand::Replay(args) => Box::pin(replay(config, r, &args)).await?,
+        DlqCommand::Purge(args) => Box::pin(purge(name, r, &args)).await?,
     };
     broker.close().await;
     Ok(code)

@@ -183,7 +183,9 @@ impl ChannelManager {
         channel: Option<&str>,
         body: Bytes,
     ) -> Result<(http::HeaderMap, Bytes), ManageError> {
-        let exchange = self.exchange(method, what, channel, body);
+        // Boxed: the connection's handshakes make this future several KiB,
+        // and a command runs it once.
+        let exchange = Box::pin(self.exchange(method, what, channel, body));
         let (status, headers, body) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
             .map_err(|_| {
