@@ -77,7 +77,7 @@ type Io = super::cork::Corked<Tls>;
 impl Target {
     /// Connects, and spawns the task that drives the connection (reads and
     /// writes its frames, pings it) until it ends or `health` says it stalled;
-    /// `health` is set to [`ENDED`] when it ends.
+    /// `health` is set to [`Condition::Ended`] when it ends.
     async fn connect(&self, health: Arc<Health>) -> Result<SendRequest<Bytes>, ConnectError> {
         let addr = format!("{}:{}", self.host, self.port);
         let tcp = TcpStream::connect(&addr)
@@ -113,7 +113,7 @@ impl Target {
         let keepalive = self.keepalive;
         tokio::spawn(async move {
             let error = drive(connection, drain, keepalive, &health.stalled).await;
-            health.state.store(ENDED, Ordering::Relaxed);
+            health.mark(Condition::Ended);
             events::emit(events::ConnectionClosed {
                 app: &app,
                 addr: &addr,
@@ -216,12 +216,28 @@ fn woken() -> impl std::future::Future<Output = ()> {
     })
 }
 
-/// The connection is usable.
-const HEALTHY: u8 = 0;
-/// A request on it got no answer in time: it is closed and replaced.
-const STALLED: u8 = 1;
-/// It ended, or refused new streams (GOAWAY).
-const ENDED: u8 = 2;
+/// How a connection is doing. Ordered: a connection only ever moves down
+/// the list, and `Ended` wins over `Stalled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+enum Condition {
+    /// The connection is usable.
+    Healthy = 0,
+    /// A request on it got no answer in time: it is closed and replaced.
+    Stalled = 1,
+    /// It ended, or refused new streams (GOAWAY).
+    Ended = 2,
+}
+
+impl Condition {
+    fn from_u8(raw: u8) -> Condition {
+        match raw {
+            0 => Condition::Healthy,
+            1 => Condition::Stalled,
+            _ => Condition::Ended,
+        }
+    }
+}
 
 /// One live HTTP/2 connection as callers use it: cloned per request.
 #[derive(Clone)]
@@ -233,8 +249,8 @@ pub struct Link {
 /// How a connection is doing, shared by its link and the task that drives it.
 #[derive(Default)]
 struct Health {
-    /// [`HEALTHY`], [`STALLED`] or [`ENDED`]; set by callers and by the
-    /// connection's task, read by callers and by the actor.
+    /// A [`Condition`], as its `u8` (an atomic, so that callers, the
+    /// connection's task and the actor share it without a lock).
     state: AtomicU8,
     /// Woken once, when a request on the connection gets no answer in time.
     stalled: tokio::sync::Notify,
@@ -246,29 +262,35 @@ struct LinkShared {
     streams: Gauge,
 }
 
+impl Health {
+    fn condition(&self) -> Condition {
+        Condition::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    /// Moves the connection down to `condition`, never back up.
+    fn mark(&self, condition: Condition) {
+        let before = Condition::from_u8(self.state.fetch_max(condition as u8, Ordering::Relaxed));
+        if condition == Condition::Stalled && before == Condition::Healthy {
+            self.stalled.notify_one();
+        }
+    }
+}
+
 impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Link")
-            .field("health", &self.shared.health.state.load(Ordering::Relaxed))
+            .field("health", &self.shared.health.condition())
             .finish_non_exhaustive()
     }
 }
 
 impl Link {
     fn usable(&self) -> bool {
-        self.shared.health.state.load(Ordering::Relaxed) == HEALTHY
+        self.shared.health.condition() == Condition::Healthy
     }
 
-    fn mark(&self, health: u8) {
-        // Never back to healthy, and ENDED wins over STALLED.
-        let before = self
-            .shared
-            .health
-            .state
-            .fetch_max(health, Ordering::Relaxed);
-        if health == STALLED && before == HEALTHY {
-            self.shared.health.stalled.notify_one();
-        }
+    fn mark(&self, condition: Condition) {
+        self.shared.health.mark(condition);
     }
 
     /// Sends one request (the headers, then `body` as its only data frame)
@@ -289,7 +311,7 @@ impl Link {
             let _in_use = super::Counted::new(&self.shared.streams);
             match timeout(deadline, self.round_trip(build, body)).await {
                 Err(_) => {
-                    self.mark(STALLED);
+                    self.mark(Condition::Stalled);
                     Exchange::Answered(ApnsAnswer::Transport(format!(
                         "no answer from APNs within {deadline:?}"
                     )))
@@ -307,7 +329,7 @@ impl Link {
     ) -> impl Future<Output = Result<(u16, Bytes), Exchange>> {
         async move {
             let not_taken = |e: h2::Error| {
-                self.mark(ENDED);
+                self.mark(Condition::Ended);
                 Exchange::NotProcessed(format!("the APNs connection took no new request: {e}"))
             };
             // A fresh handle has no stream of its own waiting to open, so this
@@ -523,7 +545,7 @@ async fn run(
             continue;
         }
         if let Some(old) = current {
-            if old.shared.health.state.load(Ordering::Relaxed) == STALLED {
+            if old.shared.health.condition() == Condition::Stalled {
                 tracing::warn!(host = %target.host, "an APNs request got no answer in time; replacing the connection");
                 set_state(State::Draining);
             }
