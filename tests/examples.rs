@@ -6,14 +6,10 @@
 mod support;
 
 use misiva::sim::SimConfig;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-use support::{SimFixture, Worker, broker, token, unique_queue, wait_for};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use support::{SimFixture, Worker, broker, root, token, unique_queue, wait_for};
 
 /// Runs one example with the broker, queue and token in its environment;
 /// returns the job id it printed.

@@ -87,15 +87,10 @@ async fn a_broken_settlement_never_sends_a_token_twice() {
         .await
         .unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ready_now(&conn, &feedback).await < 40 {
-        assert!(
-            Instant::now() < deadline,
-            "feedback:\n{}",
-            worker.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::wait_until(Duration::from_secs(60), "40 feedback events", || async {
+        ready_now(&conn, &feedback).await >= 40
+    })
+    .await;
     wait_for(Duration::from_secs(30), "the work queue to settle", || {
         broker().counts(&queue) == Some((0, 0))
     })
@@ -172,11 +167,10 @@ async fn a_message_that_kills_its_consumer_is_parked_as_poison() {
     }
     publish(&conn, &queue, &bodies).await;
     let dead_queue = format!("{queue}.dead");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ready_now(&conn, &dead_queue).await < 1 {
-        assert!(Instant::now() < deadline, "{}", worker.log_text());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::wait_until(Duration::from_secs(60), "the dead letter", || async {
+        ready_now(&conn, &dead_queue).await >= 1
+    })
+    .await;
     wait_for(Duration::from_secs(30), "the normal jobs", || {
         sim.sim.accepted_count() >= 20
     })

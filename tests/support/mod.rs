@@ -35,7 +35,8 @@ pub fn special_token(prefix: &str, n: u64) -> String {
     format!("{prefix}{:056x}", n)
 }
 
-fn root() -> PathBuf {
+/// The repository's root.
+pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
@@ -598,6 +599,21 @@ fn signal(pid: u32, name: &str) {
         .arg(format!("-{name}"))
         .arg(pid.to_string())
         .status();
+}
+
+/// Polls the asynchronous condition `done` every 50 ms until it holds, or
+/// fails the test after `limit` (for conditions that ask the broker itself,
+/// like [`ready_now`]).
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Polls `done` every 50 ms until it holds, or fails the test after `limit`.
