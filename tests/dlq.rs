@@ -19,20 +19,7 @@ use support::{
 
 /// Runs `misiva ARGS` with only a broker URL and queue name: no credentials.
 fn misiva(queue: &str, args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_misiva"))
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("MISIVA_AMQP_URL", &broker().url)
-        .env("MISIVA_QUEUE", queue)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    support::misiva_broker_only(queue, args)
 }
 
 fn json_lines(text: &str) -> Vec<Value> {

@@ -8,7 +8,6 @@ mod support;
 use misiva::sim::{Faults, SimConfig};
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 use support::{
     SimFixture, TOPIC, Worker, broker, drain, header, publish, token, unique_queue, wait_for,
@@ -216,22 +215,7 @@ async fn invalid_combinations_are_dead_lettered_before_any_request() {
         [((400, "BadExpirationDate".to_owned()), 1)].into()
     );
     // `misiva dlq show` names the channel of a channel job.
-    let (code, out, err) = {
-        let output = Command::new(env!("CARGO_BIN_EXE_misiva"))
-            .args(["dlq", "show", "expiring"])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("MISIVA_AMQP_URL", &broker().url)
-            .env("MISIVA_QUEUE", &queue)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        (
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
+    let (code, out, err) = support::misiva_broker_only(&queue, &["dlq", "show", "expiring"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&format!("channel: {none}")), "{out}");
     assert!(out.contains("reason: bad_expiration_date"), "{out}");

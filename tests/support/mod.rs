@@ -806,22 +806,38 @@ pub fn channels_endpoint(sim: &SimFixture) -> String {
 /// `misiva channels ARGS` with the test app's credentials: (exit code,
 /// stdout, stderr).
 pub fn misiva_channels(sim: &SimFixture, args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_misiva"))
-        .arg("channels")
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("MISIVA_AMQP_URL", &broker().url)
-        .env("MISIVA_APNS_ENDPOINT", sim.sim.endpoint())
-        .env("MISIVA_APNS_CHANNELS_ENDPOINT", channels_endpoint(sim))
-        .env("MISIVA_APNS_CA_FILE", &sim.ca_file)
-        .env("MISIVA_APNS_KEY_FILE", &sim.key_file)
-        .env("MISIVA_APNS_KEY_ID", KEY_ID)
-        .env("MISIVA_APNS_TEAM_ID", TEAM_ID)
-        .env("MISIVA_APNS_TOPIC", TOPIC)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    output_of(
+        Command::new(env!("CARGO_BIN_EXE_misiva"))
+            .arg("channels")
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("MISIVA_AMQP_URL", &broker().url)
+            .env("MISIVA_APNS_ENDPOINT", sim.sim.endpoint())
+            .env("MISIVA_APNS_CHANNELS_ENDPOINT", channels_endpoint(sim))
+            .env("MISIVA_APNS_CA_FILE", &sim.ca_file)
+            .env("MISIVA_APNS_KEY_FILE", &sim.key_file)
+            .env("MISIVA_APNS_KEY_ID", KEY_ID)
+            .env("MISIVA_APNS_TEAM_ID", TEAM_ID)
+            .env("MISIVA_APNS_TOPIC", TOPIC),
+    )
+}
+
+/// `misiva ARGS` with only a broker URL and a queue name: no credentials.
+pub fn misiva_broker_only(queue: &str, args: &[&str]) -> (i32, String, String) {
+    output_of(
+        Command::new(env!("CARGO_BIN_EXE_misiva"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("MISIVA_AMQP_URL", &broker().url)
+            .env("MISIVA_QUEUE", queue),
+    )
+}
+
+/// Runs `command` to its end, with no input: (exit code, stdout, stderr).
+pub fn output_of(command: &mut Command) -> (i32, String, String) {
+    let output = command.stdin(Stdio::null()).output().unwrap();
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
