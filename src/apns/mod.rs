@@ -608,19 +608,8 @@ impl ApnsClient {
             Recipient::Device(token) => token,
             Recipient::Channel(channel) => return self.broadcast_request(job, channel, bearer),
         };
-        let mut request = http::Request::new(());
-        *request.method_mut() = http::Method::POST;
-        *request.uri_mut() = self.uri(token);
+        let mut request = post(self.uri(token), job, bearer);
         let headers = request.headers_mut();
-        headers.reserve(8);
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(APNS_PUSH_TYPE, job.push_type.clone());
-        if let Some(bearer) = bearer {
-            headers.insert(http::header::AUTHORIZATION, bearer.clone());
-        }
         let optional = [
             (APNS_TOPIC, &job.topic),
             (APNS_PRIORITY, &job.priority),
@@ -690,18 +679,12 @@ impl ApnsClient {
                 .clone()
                 .unwrap_or_else(|| http::uri::PathAndQuery::from_static(BROADCAST_PATH)),
         );
-        let mut request = http::Request::new(());
-        *request.method_mut() = http::Method::POST;
-        *request.uri_mut() = http::Uri::from_parts(parts).unwrap_or_default();
-        let headers = request.headers_mut();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
+        let mut request = post(
+            http::Uri::from_parts(parts).unwrap_or_default(),
+            job,
+            bearer,
         );
-        headers.insert(APNS_PUSH_TYPE, job.push_type.clone());
-        if let Some(bearer) = bearer {
-            headers.insert(http::header::AUTHORIZATION, bearer.clone());
-        }
+        let headers = request.headers_mut();
         if let Some(value) = header(channel.as_str()) {
             headers.insert(APNS_CHANNEL_ID, value);
         }
@@ -715,6 +698,25 @@ impl ApnsClient {
         }
         request
     }
+}
+
+/// The head every request to APNs starts with, device push or broadcast:
+/// `POST uri`, the content type, the job's push type and the provider token.
+fn post(uri: http::Uri, job: &JobRequest, bearer: Option<&HeaderValue>) -> http::Request<()> {
+    let mut request = http::Request::new(());
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = uri;
+    let headers = request.headers_mut();
+    headers.reserve(8);
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(APNS_PUSH_TYPE, job.push_type.clone());
+    if let Some(bearer) = bearer {
+        headers.insert(http::header::AUTHORIZATION, bearer.clone());
+    }
+    request
 }
 
 /// The path of a broadcast, before the bundle id.

@@ -355,7 +355,9 @@ fn now_us() -> u64 {
 
 /// Apple's rule for `apns-topic` (checked when the simulator is strict): a
 /// push type with a suffix needs a topic ending with it; the others need
-/// one ending with none of them.
+/// one ending with none of them. Written out here, not taken from
+/// `job::PushType`: the simulator stands for Apple, and a wrong suffix in the
+/// worker's table must not pass because both sides read the same one.
 fn topic_fits(topic: &str, push_type: &str) -> bool {
     let suffix = |p: &str| match p {
         "voip" => Some(".voip"),
