@@ -102,14 +102,14 @@ fn observability(c: &mut Criterion) {
                 queue: &queue,
                 lane: misiva::lane::Lane::Normal,
             });
-            app.in_flight.inc();
+            let place = app.in_flight().hold();
             emit(events::NotificationAnswered {
                 target: "token",
                 app: &app,
                 answer: black_box(&ok),
                 elapsed: Duration::from_micros(800),
             });
-            app.in_flight.dec();
+            drop(place);
             emit(events::JobAcked {
                 app: black_box("bench"),
                 lane: misiva::lane::Lane::Normal,

@@ -120,7 +120,7 @@ pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
 pub async fn serve(addr: &str, readiness: Arc<Readiness>) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    tracing::info!(addr = %local, "admin endpoint listening");
+    crate::events::emit(crate::events::AdminListening { addr: local });
     let places = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
@@ -130,7 +130,7 @@ pub async fn serve(addr: &str, readiness: Arc<Readiness>) -> std::io::Result<Soc
             let tcp = match listener.accept().await {
                 Ok((tcp, _)) => tcp,
                 Err(e) => {
-                    tracing::warn!(error = %e, "admin endpoint: accept failed; pausing");
+                    crate::events::emit(crate::events::AdminAcceptFailed { error: &e });
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }

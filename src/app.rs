@@ -67,7 +67,7 @@ async fn connect(config: &Config, name: &str) -> Result<Broker, amqp::AmqpError>
             Ok(broker) => return Ok(broker),
             Err(e) if attempt < 15 => {
                 attempt += 1;
-                tracing::warn!(error = %e, attempt, "RabbitMQ not reachable yet; retrying");
+                events::emit(events::BrokerUnreachable { attempt, error: &e });
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(e) => return Err(e),
@@ -80,11 +80,10 @@ pub async fn topology(config: &Config) -> Result<(), RunError> {
     let broker = connect(config, "misiva topology").await?;
     let declared = amqp::declare(&broker, &Topology::from_config(config)).await?;
     for queue in &declared.retired {
-        tracing::warn!(
-            %queue,
-            shards = config.shards,
-            "this shard is beyond MISIVA_SHARDS: it is out of the shard exchange; workers consume it until it is empty"
-        );
+        events::emit(events::RetiredShardFound {
+            queue,
+            shards: config.shards,
+        });
     }
     broker.close().await;
     Ok(())
@@ -114,7 +113,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         // An unreachable APNs at start is not fatal (it may come back); a wrong
         // CA or endpoint shows here early, in the log.
         if let Err(e) = client.probe().await {
-            tracing::warn!(%app, error = %e, "APNs endpoint check failed");
+            events::emit(events::ApnsProbeFailed { app, error: &e });
         }
     }
     // The first connection and declaration happen before the tree: a queue that
@@ -141,7 +140,6 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         config: Arc::new(config),
         topology,
         dispatcher: Arc::new(Dispatcher::new(apns, policy, max_hold)),
-        counters: Arc::new(amqp::Counters::default()),
         unsettled: Arc::new(amqp::Unsettled::default()),
         first_connection: Arc::new(std::sync::Mutex::new(Some(first))),
         next_node: Arc::new(AtomicUsize::new(0)),
@@ -169,31 +167,22 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let (supervisor, _handle) = Supervisor::new(root);
     let tree = tokio::spawn(supervisor.run(stop_rx));
     tokio::pin!(tree);
-    tracing::info!(
-        consumers = parts.config.consumers,
-        shards = parts.config.shards,
-        queue = %parts.config.queue,
-        "worker running"
-    );
+    events::emit(events::WorkerRunning {
+        consumers: parts.config.consumers,
+        shards: parts.config.shards,
+        queue: &parts.config.queue,
+    });
 
     let result = tokio::select! {
         signal = shutdown_signal() => {
-            tracing::info!(%signal, "stopping: no new deliveries, settling those in flight");
+            events::emit(events::Stopping { signal });
             parts.readiness.set_stopping();
             let _ = stop_tx.send(true);
             (&mut tree).await
         }
         result = &mut tree => result,
     };
-    let counters = &parts.counters;
-    tracing::info!(
-        delivered = counters.delivered.load(Ordering::Relaxed),
-        acked = counters.acked.load(Ordering::Relaxed),
-        retried = counters.retried.load(Ordering::Relaxed),
-        dead_lettered = counters.dead_lettered.load(Ordering::Relaxed),
-        feedback = counters.feedback.load(Ordering::Relaxed),
-        "worker stopped"
-    );
+    events::emit(events::WorkerStopped);
     match result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(RunError::GaveUp(e)),
@@ -212,7 +201,6 @@ struct Parts {
     config: Arc<Config>,
     topology: Arc<Topology>,
     dispatcher: Arc<Dispatcher>,
-    counters: Arc<amqp::Counters>,
     unsettled: Arc<amqp::Unsettled>,
     /// The connection made (and used to declare) before the tree started; the
     /// connection child's first run takes it instead of connecting again.
@@ -384,7 +372,11 @@ async fn connection_child(parts: Parts, mut ctx: ChildContext) -> Result<(), Chi
     };
     parts.current.send_replace(Some(broker.clone()));
     parts.readiness.set_connected(true);
-    events::emit(events::BrokerConnection { up: true, again });
+    events::emit(if again {
+        events::BrokerLink::Reconnected
+    } else {
+        events::BrokerLink::Connected
+    });
     ctx.ready();
     // lapin records `connection.blocked` in the connection's status but tells
     // no one; a look every second is enough for a gauge and an alert.
@@ -409,10 +401,7 @@ async fn connection_child(parts: Parts, mut ctx: ChildContext) -> Result<(), Chi
         }
     };
     parts.readiness.set_connected(false);
-    events::emit(events::BrokerConnection {
-        up: false,
-        again: false,
-    });
+    events::emit(events::BrokerLink::Lost);
     parts.current.send_replace(None);
     result
 }
@@ -437,7 +426,6 @@ async fn consumer_child(
         prefetch: feed.prefetch,
         topology: parts.topology.clone(),
         dispatcher: parts.dispatcher.clone(),
-        counters: parts.counters.clone(),
         max_deliveries: parts.config.max_deliveries,
         unsettled: parts.unsettled.clone(),
     };

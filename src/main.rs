@@ -148,7 +148,7 @@ async fn run() -> ExitCode {
             match result {
                 Ok(()) => 0,
                 Err(e) => {
-                    tracing::error!(error = %e, "misiva stopped with an error");
+                    misiva::events::emit(misiva::events::WorkerFailed { error: &e });
                     e.exit_code()
                 }
             }

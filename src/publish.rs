@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 pub async fn run(config_file: Option<PathBuf>, file: &Path, lane: Lane) -> i32 {
     match publish(config_file, file, lane).await {
         Ok(count) => {
-            tracing::info!(count, "jobs published");
+            crate::events::emit(crate::events::JobsPublished { count });
             0
         }
         Err(e) => {

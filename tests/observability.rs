@@ -22,7 +22,7 @@ fn exported() -> BTreeSet<String> {
     // A family shows in the exposition once it has a series: one event of
     // each kind gives every family one.
     let app = events::AppMetrics::new("docs");
-    let name: Arc<str> = app.app.clone();
+    let name: Arc<str> = app.app().clone();
     let queue: Arc<str> = Arc::from("misiva.jobs");
     let lane = misiva::lane::Lane::Normal;
     emit(events::JobReceived {
@@ -101,7 +101,7 @@ fn exported() -> BTreeSet<String> {
         key_id: "",
         rejected: false,
     });
-    emit(events::Breaker::Opened {
+    emit(events::BreakerChanged::Opened {
         app: &name,
         failures: 1,
     });

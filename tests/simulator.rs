@@ -31,7 +31,7 @@ impl Client {
             port: sim.sim.addr().port(),
             tls: client_config(Some(&sim.ca_file), None).unwrap(),
             keepalive: Duration::from_secs(60),
-            app: "test".into(),
+            metrics: misiva::events::AppMetrics::new("test"),
         };
         Client {
             connection: Connection::start(target),

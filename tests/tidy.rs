@@ -398,3 +398,40 @@ fn panics_are_never_set_to_abort() {
         }
     }
 }
+
+/// Log lines and metrics come only from `events` (ARCHITECTURE.md): code
+/// elsewhere says what happened with `events::emit`, so the log and the
+/// metric never disagree. The generic supervisor keeps its own log lines
+/// for its lifecycle (it knows nothing of Misiva; its restarts are counted
+/// through an event), and the APNs simulator is a separate program whose
+/// log is its product.
+#[test]
+fn log_lines_and_metrics_come_only_from_events() {
+    let exempt =
+        |p: &str| p.starts_with("events/") || p.starts_with("supervisor/") || p.starts_with("sim/");
+    for (path, text) in files() {
+        if exempt(&path) {
+            continue;
+        }
+        let code = code_only(&text);
+        for level in ["trace", "debug", "info", "warn", "error", "event"] {
+            // `info_span!` and the like make spans, which carry context
+            // into the events' lines; only the line macros are refused.
+            let line = format!("{level}!(");
+            let found = code.match_indices(&line).any(|(i, _)| {
+                !code[..i]
+                    .chars()
+                    .next_back()
+                    .is_some_and(|c| c.is_alphanumeric() || c == '_')
+            });
+            assert!(
+                !found,
+                "{path} writes a log line ({level}!) itself: emit an event from src/events/ instead"
+            );
+        }
+        assert!(
+            !names(&text, "prometheus_client"),
+            "{path} touches a metric itself (prometheus_client): emit an event from src/events/ instead"
+        );
+    }
+}

@@ -10,7 +10,6 @@ use super::acks::{AckWindow, Frame, Settled};
 use super::publisher::{SettleError, SettlementChannel};
 use super::wire::{self, short};
 use super::{AmqpError, Broker, Topology};
-use crate::bounded;
 use crate::dispatch::{Dispatcher, Inbound, job_span};
 use crate::events;
 use crate::lane::Lane;
@@ -26,7 +25,6 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
@@ -62,16 +60,6 @@ impl ConsumerExit {
     }
 }
 
-/// Counters shared by every consumer, for logs now and metrics later.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub acked: AtomicU64,
-    pub retried: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub feedback: AtomicU64,
-    pub delivered: AtomicU64,
-}
-
 /// One consumer's settings and shared parts.
 #[derive(Debug, Clone)]
 pub struct Consumer {
@@ -84,7 +72,6 @@ pub struct Consumer {
     pub prefetch: u16,
     pub topology: Arc<Topology>,
     pub dispatcher: Arc<Dispatcher>,
-    pub counters: Arc<Counters>,
     /// Deliveries of one message before it is dead-lettered as poison.
     pub max_deliveries: u32,
     /// Verdicts waiting for their settlement to go through.
@@ -124,13 +111,17 @@ impl Consumer {
             )
             .await
             .map_err(AmqpError::Channel)?;
-        tracing::info!(consumer = this.index, queue = %this.queue, prefetch = this.prefetch, "consuming");
+        events::emit(events::ConsumerStarted {
+            consumer: this.index,
+            queue: &this.queue,
+            prefetch: this.prefetch,
+        });
         on_ready();
 
         // Settled deliveries go to one ack task, which sends their acks in
         // order, batched (see `acks`).
         let (acks, settled) = mpsc::channel(usize::from(this.prefetch) + 1);
-        let ack_task = tokio::spawn(ack_loop(settled, this.counters.clone(), this.index));
+        let ack_task = tokio::spawn(ack_loop(settled, this.index));
         // The deliveries in flight, at most `prefetch` of them, run inside
         // this task rather than one task each: no task to allocate, register
         // and join per delivery. Each holds the consumer's parts by `Arc`, so
@@ -186,7 +177,10 @@ impl Consumer {
             // Stop new deliveries first, then let the ones in flight settle.
             let cancel = channel.basic_cancel(short(&tag), BasicCancelOptions::default());
             if let Some(Err(e)) = broker.unless_lost(cancel).await {
-                tracing::warn!(consumer = this.index, error = %e, "basic.cancel failed");
+                events::emit(events::CancelFailed {
+                    consumer: this.index,
+                    error: &e,
+                });
             }
         }
         // With the connection gone, the deliveries in flight can settle
@@ -200,11 +194,10 @@ impl Consumer {
                 tokio::time::timeout(grace, async { while in_flight.next().await.is_some() {} })
                     .await;
             if drained.is_err() {
-                tracing::warn!(
-                    consumer = this.index,
-                    left = in_flight.len(),
-                    "grace period over; unsettled deliveries return to the queue"
-                );
+                events::emit(events::GraceOver {
+                    consumer: this.index,
+                    left: in_flight.len(),
+                });
             }
             // Whatever is left is dropped unsettled.
             drop(in_flight);
@@ -368,7 +361,12 @@ impl Consumer {
             Err(panic) => {
                 let span = own_span();
                 let text = panic_message(panic.as_ref());
-                span.in_scope(|| tracing::error!(consumer = self.index, panic = %bounded::detail(&text), "processing a job panicked; dead-lettering it as worker_panic"));
+                span.in_scope(|| {
+                    events::emit(events::JobPanicked {
+                        consumer: self.index,
+                        panic: &text,
+                    })
+                });
                 let verdict = Verdict::rejected(
                     attempt,
                     outcome::WORKER_PANIC,
@@ -449,13 +447,6 @@ impl Consumer {
         }
 
         let settlement = &verdict.settlement;
-        let counters = &self.counters;
-        counters
-            .delivered
-            .fetch_add(verdict.delivered as u64, Ordering::Relaxed);
-        counters
-            .feedback
-            .fetch_add(settlement.feedback.len() as u64, Ordering::Relaxed);
         let job_id = verdict.job_id.as_deref();
         for feedback in &settlement.feedback {
             events::emit(events::FeedbackPublished {
@@ -471,11 +462,7 @@ impl Consumer {
                 detail: &dead.detail,
             });
         }
-        counters
-            .dead_lettered
-            .fetch_add(settlement.dead_letters.len() as u64, Ordering::Relaxed);
         if let Some(retry) = &settlement.retry {
-            counters.retried.fetch_add(1, Ordering::Relaxed);
             events::emit(events::JobRetried {
                 app: &verdict.app,
                 job_id,

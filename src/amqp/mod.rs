@@ -9,7 +9,7 @@ mod publisher;
 mod topology;
 mod wire;
 
-pub use consumer::{Consumer, Counters, Unsettled};
+pub use consumer::{Consumer, Unsettled};
 pub use dlq::{DeadLetterQueue, Held, Released};
 pub use names::Topology;
 pub use publisher::JobPublisher;
@@ -188,7 +188,7 @@ impl Broker {
     pub async fn close(&self) {
         let closing = self.connection.close(200, wire::short("bye"));
         if let Some(Err(e)) = self.unless_lost(closing).await {
-            tracing::debug!(error = %e, "closing the RabbitMQ connection");
+            crate::events::emit(crate::events::BrokerCloseFailed { error: &e });
         }
     }
 }

@@ -148,7 +148,7 @@ impl SettlementChannel {
                     .await
                     .map_err(SettleError::Reopen)?;
                 *self.current.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
-                tracing::info!("settlement channel reopened");
+                crate::events::emit(crate::events::SettlementChannelReopened);
             }
         }
         Err(SettleError::Publish(error))

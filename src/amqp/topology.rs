@@ -6,6 +6,7 @@ use super::names::{Topology, shard_exchange_name, shard_name};
 use super::wire::short;
 use super::{AmqpError, Broker};
 use crate::config::Config;
+use crate::events;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 
@@ -415,12 +416,7 @@ async fn declare_retry_tier(
     declare_queue(broker, name, retry_tier_arguments(back, delay, true))
         .await?
         .map_err(|e| classify("queue", name, e))?;
-    tracing::warn!(
-        queue = %name,
-        "this retry tier is a classic queue from an earlier version: it lives on one node and \
-         moves jobs back to the work queue at most once. Migrate it when it is empty \
-         (docs/operations.md, \"Migrating the retry tiers\")"
-    );
+    events::emit(events::EarlierQueue::ClassicRetryTier { queue: name });
     Ok(())
 }
 
@@ -443,14 +439,10 @@ async fn declare_work_queue(broker: &Broker, topology: &Topology) -> Result<(), 
     declare_queue(broker, name, quorum())
         .await?
         .map_err(|e| classify("queue", name, e))?;
-    tracing::warn!(
-        queue = %name,
-        missing = %SAFETY_ARGUMENTS.join(", "),
-        "the work queue was declared by an earlier version without broker-side dead-lettering; \
-         a message that crashes workers before they can park it may be dropped by RabbitMQ 4 \
-         after 20 deliveries. Add the arguments with a policy (see docs/operations.md, \
-         \"Migrating the work queue\")"
-    );
+    events::emit(events::EarlierQueue::WorkQueueWithoutNet {
+        queue: name,
+        missing: &SAFETY_ARGUMENTS.join(", "),
+    });
     Ok(())
 }
 

@@ -72,7 +72,7 @@ impl Ticket<'_> {
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         if !self.recorded && self.pass == Pass::Probe {
-            events::emit(events::Breaker::ProbeAbandoned {
+            events::emit(events::BreakerChanged::ProbeAbandoned {
                 app: &self.breaker.app,
             });
             self.breaker.record(Pass::Probe, true);
@@ -159,13 +159,13 @@ impl Breaker {
                         until: Instant::now() + pause,
                         pause,
                     };
-                    events::emit(events::Breaker::ProbeFailed {
+                    events::emit(events::BreakerChanged::ProbeFailed {
                         app: &self.app,
                         pause,
                     });
                 } else {
                     *state = State::Closed { failures: 0 };
-                    events::emit(events::Breaker::Closed { app: &self.app });
+                    events::emit(events::BreakerChanged::Closed { app: &self.app });
                 }
                 drop(state);
                 self.changed.notify_waiters();
@@ -178,7 +178,7 @@ impl Breaker {
                         until: Instant::now() + FIRST_PAUSE,
                         pause: FIRST_PAUSE,
                     };
-                    events::emit(events::Breaker::Opened {
+                    events::emit(events::BreakerChanged::Opened {
                         app: &self.app,
                         failures: failures + 1,
                     });

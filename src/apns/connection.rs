@@ -17,7 +17,6 @@ use crate::events;
 use crate::outcome::ApnsAnswer;
 use bytes::Bytes;
 use h2::client::SendRequest;
-use prometheus_client::metrics::gauge::Gauge;
 use rustls::pki_types::ServerName;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -51,8 +50,8 @@ pub struct Target {
     /// middlebox would drop stays open, and one it silently dropped is
     /// noticed before a request is lost on it.
     pub keepalive: Duration,
-    /// The app's metric label.
-    pub app: Arc<str>,
+    /// The app's metrics: its label, and the streams-in-use gauge.
+    pub metrics: events::AppMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,10 +105,10 @@ impl Target {
             .await
             .map_err(|e| ConnectError::H2(addr.clone(), e))?;
         events::emit(events::ConnectionOpened {
-            app: &self.app,
+            app: self.metrics.app(),
             addr: &addr,
         });
-        let app = self.app.clone();
+        let app = self.metrics.app().clone();
         let keepalive = self.keepalive;
         tokio::spawn(async move {
             let error = drive(connection, drain, keepalive, &health.stalled).await;
@@ -259,7 +258,7 @@ struct Health {
 struct LinkShared {
     health: Arc<Health>,
     /// The app's gauge of streams in use.
-    streams: Gauge,
+    streams: events::UnitGauge,
 }
 
 impl Health {
@@ -308,7 +307,7 @@ impl Link {
         async move {
             // Counted down on drop: a caller may give up on the request (a
             // stopping consumer aborts its deliveries) and the gauge must not drift.
-            let _in_use = super::Counted::new(&self.shared.streams);
+            let _in_use = self.shared.streams.hold();
             match timeout(deadline, self.round_trip(build, body)).await {
                 Err(_) => {
                     self.mark(Condition::Stalled);
@@ -517,7 +516,7 @@ async fn run(
     let mut failures: u32 = 0;
     let mut retry_at: Option<Instant> = None;
     let mut last_error = String::new();
-    let app = target.app.clone();
+    let app = target.metrics.app().clone();
     let set_state = |to: State| {
         let from = state.send_replace(to);
         if from != to {
@@ -533,9 +532,7 @@ async fn run(
         from: None,
         to: State::Connecting.label(),
     });
-    let streams = events::metrics()
-        .streams_in_use
-        .get_or_create_owned(&events::AppLabel { app: app.clone() });
+    let streams = target.metrics.streams().clone();
     while let Some(Command::Link { reply }) = commands.recv().await {
         // Callers that queued behind the one whose request brought a new
         // connection get that one.
@@ -546,7 +543,10 @@ async fn run(
         }
         if let Some(old) = current {
             if old.shared.health.condition() == Condition::Stalled {
-                tracing::warn!(host = %target.host, "an APNs request got no answer in time; replacing the connection");
+                events::emit(events::ConnectionStalled {
+                    app: &app,
+                    host: &target.host,
+                });
                 set_state(State::Draining);
             }
             link.send_replace(None);

@@ -265,31 +265,8 @@ pub struct Slot {
     _permit: tokio::sync::OwnedSemaphorePermit,
     /// The normal lane's share, held beside the place itself.
     _normal: Option<tokio::sync::OwnedSemaphorePermit>,
-    in_flight: prometheus_client::metrics::gauge::Gauge,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.in_flight.dec();
-    }
-}
-
-/// One unit on a gauge for as long as it lives: a stream in use, a job
-/// waiting for room. Counted down on drop, so that a caller giving up (a
-/// stopping consumer drops its deliveries) never leaves the gauge drifting.
-pub(super) struct Counted<'a>(&'a prometheus_client::metrics::gauge::Gauge);
-
-impl<'a> Counted<'a> {
-    pub(super) fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
-        gauge.inc();
-        Counted(gauge)
-    }
-}
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
+    /// The place's unit on the app's `notifications_in_flight` gauge.
+    _counted: events::OwnedGaugeUnit,
 }
 
 /// Requests in flight per connection the client allows: APNs' usual
@@ -329,7 +306,7 @@ impl ApnsClient {
             port: config.endpoint.port(),
             tls,
             keepalive: config.keepalive,
-            app: metrics.app.clone(),
+            metrics: metrics.clone(),
         };
         let authority =
             http::uri::Authority::try_from(config.endpoint.authority()).map_err(|_| {
@@ -468,7 +445,7 @@ impl ApnsClient {
     /// Waits for room of `weight` tokens (from [`try_admit`](Self::try_admit)),
     /// in arrival order, counted on the app's `jobs_waiting_for_room` gauge.
     pub async fn admit(&self, lane: Lane, weight: u32) -> Room {
-        let _waiting = Counted::new(&self.inner.metrics.waiting_for_room);
+        let _waiting = self.inner.metrics.waiting_for_room().hold();
         let permit = self
             .room(lane)
             .clone()
@@ -511,11 +488,10 @@ impl ApnsClient {
             .acquire_owned()
             .await
             .expect("the in-flight semaphore is never closed");
-        self.inner.metrics.in_flight.inc();
         Slot {
             _permit: permit,
             _normal: normal,
-            in_flight: self.inner.metrics.in_flight.clone(),
+            _counted: self.inner.metrics.in_flight().hold_owned(),
         }
     }
 

@@ -21,11 +21,7 @@ const STUCK_AFTER: Duration = Duration::from_millis(100);
 /// so that frames go out in order. Under load, one `multiple` ack covers many
 /// deliveries; when the flow pauses, what is pending goes out within
 /// [`ACK_DELAY`]. Ends, after sending what is left, when every sender is gone.
-pub(super) async fn ack_loop(
-    mut done: mpsc::Receiver<Done>,
-    counters: Arc<Counters>,
-    index: usize,
-) {
+pub(super) async fn ack_loop(mut done: mpsc::Receiver<Done>, index: usize) {
     let mut window = AckWindow::default();
     // The ackers of acked deliveries not covered by a sent ack yet; the
     // `multiple` ack is sent with the one of the highest tag.
@@ -49,7 +45,7 @@ pub(super) async fn ack_loop(
             Some(wait) => match tokio::time::timeout(wait, done.recv()).await {
                 Ok(next) => next,
                 Err(_) => {
-                    flush(&mut window, &mut ackers, &counters, index, stuck(&frontier)).await;
+                    flush(&mut window, &mut ackers, index, stuck(&frontier)).await;
                     continue;
                 }
             },
@@ -66,7 +62,12 @@ pub(super) async fn ack_loop(
                     // never be published ends as poison, never requeued
                     // forever (docs/operations.md).
                     if let Err(e) = acker.reject(BasicRejectOptions { requeue: true }).await {
-                        tracing::debug!(consumer = index, error = %e, "reject failed; the channel returns the delivery");
+                        events::emit(events::AckFailed {
+                            consumer: index,
+                            frame: "reject",
+                            deliveries: 1,
+                            error: &e,
+                        });
                     }
                 }
                 _ if how == Settled::Ack => {
@@ -80,16 +81,15 @@ pub(super) async fn ack_loop(
             frontier = (window.frontier(), tokio::time::Instant::now());
         }
         if window.unsent() >= ACK_BATCH || (window.held_back() > 0 && stuck(&frontier)) {
-            flush(&mut window, &mut ackers, &counters, index, stuck(&frontier)).await;
+            flush(&mut window, &mut ackers, index, stuck(&frontier)).await;
         }
     }
-    flush(&mut window, &mut ackers, &counters, index, false).await;
+    flush(&mut window, &mut ackers, index, false).await;
 }
 
 async fn flush(
     window: &mut AckWindow,
     ackers: &mut std::collections::BTreeMap<u64, Acker>,
-    counters: &Counters,
     index: usize,
     stuck: bool,
 ) {
@@ -103,12 +103,13 @@ async fn flush(
             continue;
         };
         match acker.ack(BasicAckOptions { multiple: false }).await {
-            Ok(_) => {
-                counters.acked.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                tracing::debug!(consumer = index, error = %e, "ack failed; the channel returns the delivery");
-            }
+            Ok(_) => events::emit(events::AcksSent { count: 1 }),
+            Err(e) => events::emit(events::AckFailed {
+                consumer: index,
+                frame: "ack",
+                deliveries: 1,
+                error: &e,
+            }),
         }
     }
     let Some(Frame::AckUpTo { tag, count }) = window.flush() else {
@@ -121,11 +122,12 @@ async fn flush(
         return;
     };
     match acker.ack(BasicAckOptions { multiple: true }).await {
-        Ok(_) => {
-            counters.acked.fetch_add(count, Ordering::Relaxed);
-        }
-        Err(e) => {
-            tracing::debug!(consumer = index, error = %e, "ack failed; the channel returns the deliveries");
-        }
+        Ok(_) => events::emit(events::AcksSent { count }),
+        Err(e) => events::emit(events::AckFailed {
+            consumer: index,
+            frame: "ack",
+            deliveries: count,
+            error: &e,
+        }),
     }
 }
