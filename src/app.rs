@@ -441,9 +441,9 @@ async fn consumer_child(
         .run(&broker, stop, parts.config.shutdown_grace, on_ready)
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(()) => Ok(()),
         // The retired shard was deleted: its consumer's work is done.
-        Err(exit) if feed.retired && exit.queue_not_found() => {
+        Err(failed) if feed.retired && failed.queue_not_found() => {
             events::emit(events::RetiredShard {
                 queue: &feed.queue,
                 shards: parts.config.shards,
@@ -451,7 +451,7 @@ async fn consumer_child(
             });
             Ok(())
         }
-        Err(exit) => Err(ChildError::failed(exit)),
+        Err(failed) => Err(ChildError::failed(failed)),
     }
 }
 

@@ -218,10 +218,11 @@ impl Dispatcher {
             let mut tally = Tally::default();
             if let [token] = job.tokens.as_slice() {
                 // Most jobs have one token: no stream, no buffer of futures.
-                let slot = tokio::time::timeout_at(deadline, client.reserve(lane))
+                let place = tokio::time::timeout_at(deadline, client.reserve(lane))
                     .await
                     .ok();
-                let outcome = deliver(client, &request, token, slot, deadline, self.max_hold).await;
+                let outcome =
+                    deliver(client, &request, token, place, deadline, self.max_hold).await;
                 tally.add(0, outcome);
             } else {
                 self.fan_out(&job, client, lane, &request, deadline, &mut tally)
@@ -245,9 +246,9 @@ impl Dispatcher {
     ) -> (outcome::Settlement, usize) {
         let max_hold = self.max_hold;
         let answer = match tokio::time::timeout_at(deadline, client.reserve(lane)).await {
-            Ok(slot) => {
+            Ok(place) => {
                 client
-                    .send_reserved(request, Recipient::Channel(channel), slot, deadline)
+                    .send_reserved(request, Recipient::Channel(channel), place, deadline)
                     .await
             }
             Err(_) => None,
@@ -288,11 +289,11 @@ impl Dispatcher {
                 // Owned, for the same compiler limit.
                 let client = client.clone();
                 async move {
-                    let slot = tokio::time::timeout_at(deadline, client.reserve(lane)).await;
-                    (slot.ok(), index)
+                    let place = tokio::time::timeout_at(deadline, client.reserve(lane)).await;
+                    (place.ok(), index)
                 }
             })
-            .map(|(slot, index)| {
+            .map(|(place, index)| {
                 let token = job.tokens.get(index);
                 // The request's future is made inside the block, not passed
                 // in: a future a block takes and then awaits is kept twice in
@@ -300,7 +301,7 @@ impl Dispatcher {
                 async move {
                     let outcome = match token {
                         Some(token) => {
-                            Some(deliver(client, request, token, slot, deadline, max_hold).await)
+                            Some(deliver(client, request, token, place, deadline, max_hold).await)
                         }
                         None => None,
                     };
@@ -353,15 +354,15 @@ fn deliver(
     client: &crate::apns::ApnsClient,
     request: &JobRequest,
     token: &job::DeviceToken,
-    slot: Option<crate::apns::Slot>,
+    place: Option<crate::apns::Place>,
     deadline: tokio::time::Instant,
     max_hold: std::time::Duration,
 ) -> impl Future<Output = outcome::TokenOutcome> {
     async move {
-        let answer = match slot {
-            Some(slot) => {
+        let answer = match place {
+            Some(place) => {
                 client
-                    .send_reserved(request, Recipient::Device(token), slot, deadline)
+                    .send_reserved(request, Recipient::Device(token), place, deadline)
                     .await
             }
             None => None,

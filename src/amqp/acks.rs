@@ -12,20 +12,20 @@ use std::collections::BTreeMap;
 
 /// How one delivery was settled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Settled {
+pub(crate) enum Disposition {
     /// Everything its settlement needed is confirmed: to be acked.
     Ack,
     /// Returned to the queue: rejected with requeue on its own, at once
     /// (a reject rather than a nack, which RabbitMQ 4.3 no longer counts
     /// as a delivery).
-    Nack,
+    Requeue,
 }
 
 /// A frame to send, in this order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Frame {
     /// `basic.reject` of this tag, with requeue.
-    Nack(u64),
+    Reject(u64),
     /// `basic.ack` with `multiple` up to and including this tag, which is a
     /// delivery to ack; `count` deliveries are acked by it.
     AckUpTo { tag: u64, count: u64 },
@@ -33,12 +33,13 @@ pub(crate) enum Frame {
 
 /// A settled delivery above the frontier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Held {
+enum Pending {
     /// To be acked, not acked yet.
     Ack,
     /// Acked on its own already (a straggler): never named again.
     Sent,
-    Nack,
+    /// To be rejected with requeue.
+    Requeue,
 }
 
 /// The settled deliveries of one channel, by delivery tag.
@@ -46,12 +47,12 @@ enum Held {
 pub(crate) struct AckWindow {
     /// Every tag below this is settled, and its frame decided.
     next_unsettled: u64,
-    /// Settled tags at or above `next_unsettled`.
-    settled: BTreeMap<u64, Held>,
+    /// Disposition tags at or above `next_unsettled`.
+    settled: BTreeMap<u64, Pending>,
     /// Acks covered by the frontier but not sent yet: the highest such tag,
     /// and how many there are.
     unsent: Option<(u64, u64)>,
-    /// Deliveries to ack held back above the frontier (`Held::Ack` entries).
+    /// Deliveries to ack held back above the frontier (`Pending::Ack` entries).
     held_back: usize,
 }
 
@@ -70,26 +71,26 @@ impl Default for AckWindow {
 impl AckWindow {
     /// Records a settlement; returns the frame to send at once, if any (a
     /// nack is never delayed: the broker redelivers it sooner).
-    pub(crate) fn settle(&mut self, tag: u64, how: Settled) -> Option<Frame> {
+    pub(crate) fn settle(&mut self, tag: u64, how: Disposition) -> Option<Frame> {
         if tag < self.next_unsettled {
             return None;
         }
         let held = match how {
-            Settled::Ack => Held::Ack,
-            Settled::Nack => Held::Nack,
+            Disposition::Ack => Pending::Ack,
+            Disposition::Requeue => Pending::Requeue,
         };
-        if self.settled.insert(tag, held).is_none() && held == Held::Ack {
+        if self.settled.insert(tag, held).is_none() && held == Pending::Ack {
             self.held_back += 1;
         }
         while let Some(held) = self.settled.remove(&self.next_unsettled) {
-            if held == Held::Ack {
+            if held == Pending::Ack {
                 self.held_back -= 1;
                 let count = self.unsent.map_or(0, |(_, n)| n);
                 self.unsent = Some((self.next_unsettled, count + 1));
             }
             self.next_unsettled += 1;
         }
-        (how == Settled::Nack).then_some(Frame::Nack(tag))
+        (how == Disposition::Requeue).then_some(Frame::Reject(tag))
     }
 
     /// The deliveries done but held back behind an unsettled one: the tags
@@ -101,8 +102,8 @@ impl AckWindow {
         let mut tags = Vec::with_capacity(self.held_back);
         self.held_back = 0;
         for (tag, held) in &mut self.settled {
-            if *held == Held::Ack {
-                *held = Held::Sent;
+            if *held == Pending::Ack {
+                *held = Pending::Sent;
                 tags.push(*tag);
             }
         }
@@ -141,10 +142,10 @@ mod tests {
     fn a_slow_delivery_holds_back_the_acks_after_it() {
         let mut w = AckWindow::default();
         // 1 is slow; 2 and 3 finish first.
-        assert_eq!(w.settle(2, Settled::Ack), None);
-        assert_eq!(w.settle(3, Settled::Ack), None);
+        assert_eq!(w.settle(2, Disposition::Ack), None);
+        assert_eq!(w.settle(3, Disposition::Ack), None);
         assert_eq!(w.flush(), None, "nothing may be acked while 1 is unsettled");
-        assert_eq!(w.settle(1, Settled::Ack), None);
+        assert_eq!(w.settle(1, Disposition::Ack), None);
         assert_eq!(w.flush(), Some(Frame::AckUpTo { tag: 3, count: 3 }));
         assert_eq!(w.flush(), None);
     }
@@ -152,12 +153,12 @@ mod tests {
     #[test]
     fn a_multiple_ack_never_names_a_nacked_tag() {
         let mut w = AckWindow::default();
-        assert_eq!(w.settle(1, Settled::Ack), None);
-        assert_eq!(w.settle(3, Settled::Nack), Some(Frame::Nack(3)));
-        assert_eq!(w.settle(2, Settled::Ack), None);
+        assert_eq!(w.settle(1, Disposition::Ack), None);
+        assert_eq!(w.settle(3, Disposition::Requeue), Some(Frame::Reject(3)));
+        assert_eq!(w.settle(2, Disposition::Ack), None);
         // Tags 1–3 are settled; the last one to ack is 2.
         assert_eq!(w.flush(), Some(Frame::AckUpTo { tag: 2, count: 2 }));
-        assert_eq!(w.settle(4, Settled::Nack), Some(Frame::Nack(4)));
+        assert_eq!(w.settle(4, Disposition::Requeue), Some(Frame::Reject(4)));
         assert_eq!(w.flush(), None, "only nacks since the last ack");
     }
 
@@ -165,18 +166,18 @@ mod tests {
     fn held_back_deliveries_can_be_acked_one_by_one() {
         let mut w = AckWindow::default();
         for tag in 2..=6 {
-            assert_eq!(w.settle(tag, Settled::Ack), None);
+            assert_eq!(w.settle(tag, Disposition::Ack), None);
         }
         assert_eq!(w.frontier(), 1);
         assert_eq!(w.held_back(), 5);
         assert_eq!(w.stragglers(), vec![2, 3, 4, 5, 6]);
         assert_eq!(w.stragglers(), Vec::<u64>::new(), "each only once");
         // The slow one finishes: only it is left to ack, by itself.
-        assert_eq!(w.settle(1, Settled::Ack), None);
+        assert_eq!(w.settle(1, Disposition::Ack), None);
         assert_eq!(w.flush(), Some(Frame::AckUpTo { tag: 1, count: 1 }));
         // Later deliveries are batched again.
-        assert_eq!(w.settle(7, Settled::Ack), None);
-        assert_eq!(w.settle(8, Settled::Ack), None);
+        assert_eq!(w.settle(7, Disposition::Ack), None);
+        assert_eq!(w.settle(8, Disposition::Ack), None);
         assert_eq!(w.flush(), Some(Frame::AckUpTo { tag: 8, count: 2 }));
     }
 
@@ -197,10 +198,10 @@ mod tests {
             let mut last_ack = 0;
             let mut acked = 0;
             for (i, tag) in order.iter().enumerate() {
-                let how = if nacks.contains(tag) { Settled::Nack } else { Settled::Ack };
+                let how = if nacks.contains(tag) { Disposition::Requeue } else { Disposition::Ack };
                 settled.insert(*tag);
                 if let Some(frame) = w.settle(*tag, how) {
-                    prop_assert_eq!(frame, Frame::Nack(*tag));
+                    prop_assert_eq!(frame, Frame::Reject(*tag));
                 }
                 let mut frames = Vec::new();
                 match flushes[i] {

@@ -6,7 +6,7 @@
 //! consumer's ack task, which acks in order and in batches (or nacks it back to
 //! the queue). Nothing is acked before its outcome is settled.
 
-use super::acks::{AckWindow, Frame, Settled};
+use super::acks::{AckWindow, Disposition, Frame};
 use super::publisher::{SettleError, SettlementChannel};
 use super::wire::{self, short};
 use super::{AmqpError, Broker, Topology};
@@ -35,15 +35,13 @@ mod ack_task;
 mod fault_hooks;
 mod memo;
 
-use ack_task::{Done, ack_loop};
+use ack_task::{AckRequest, ack_loop};
 pub use memo::Unsettled;
 use memo::{memo_key, memo_key_of};
 
-/// Why a consumer stopped.
+/// Why a consumer ended other than on request.
 #[derive(Debug, thiserror::Error)]
-pub enum ConsumerExit {
-    #[error("consumer {0} stopped on request")]
-    Stopped(usize),
+pub enum ConsumerFailed {
     #[error("consumer {index}: the broker ended the consumption ({detail})")]
     Lost { index: usize, detail: String },
     #[error("consumer {index} crashed while processing a delivery: {detail}")]
@@ -52,11 +50,11 @@ pub enum ConsumerExit {
     Amqp(#[from] AmqpError),
 }
 
-impl ConsumerExit {
+impl ConsumerFailed {
     /// Whether the broker refused the consumption because the queue does not
     /// exist (404 NOT_FOUND).
     pub fn queue_not_found(&self) -> bool {
-        matches!(self, ConsumerExit::Amqp(AmqpError::Channel(e)) if e.to_string().contains("NOT_FOUND"))
+        matches!(self, ConsumerFailed::Amqp(AmqpError::Channel(e)) if e.to_string().contains("NOT_FOUND"))
     }
 }
 
@@ -89,7 +87,7 @@ impl Consumer {
         mut stop: watch::Receiver<bool>,
         grace: Duration,
         on_ready: impl FnOnce(),
-    ) -> Result<ConsumerExit, ConsumerExit> {
+    ) -> Result<(), ConsumerFailed> {
         // Shared with every delivery in flight: on a lost connection they
         // are handed to a task of their own and outlive this call.
         let this = Arc::new(self);
@@ -118,7 +116,7 @@ impl Consumer {
         });
         on_ready();
 
-        // Settled deliveries go to one ack task, which sends their acks in
+        // Disposition deliveries go to one ack task, which sends their acks in
         // order, batched (see `acks`).
         let (acks, settled) = mpsc::channel(usize::from(this.prefetch) + 1);
         let ack_task = tokio::spawn(ack_loop(settled, this.index));
@@ -136,7 +134,7 @@ impl Consumer {
             tokio::select! {
                 changed = stop.changed() => {
                     if changed.is_err() || *stop.borrow() {
-                        break ConsumerExit::Stopped(this.index);
+                        break None;
                     }
                 }
                 Some((tag, ended)) = in_flight.next() => {
@@ -151,9 +149,9 @@ impl Consumer {
                             // Named, because `select!` hides the type from inference.
                             let panic: Box<dyn std::any::Any + Send> = panic;
                             let detail = panic_message(panic.as_ref());
-                            break ConsumerExit::Crashed { index: this.index, detail };
+                            break Some(ConsumerFailed::Crashed { index: this.index, detail });
                         }
-                        Ok(Err(detail)) => break ConsumerExit::Lost { index: this.index, detail },
+                        Ok(Err(detail)) => break Some(ConsumerFailed::Lost { index: this.index, detail }),
                         Ok(Ok(())) => {}
                     }
                 }
@@ -164,8 +162,8 @@ impl Consumer {
                         let process = this.clone().process(delivery, publisher.clone(), acks.clone());
                         in_flight.push(std::panic::AssertUnwindSafe(process).catch_unwind().map(move |ended| (tag, ended)));
                     }
-                    Some(Err(e)) => break ConsumerExit::Lost { index: this.index, detail: e.to_string() },
-                    None => break ConsumerExit::Lost { index: this.index, detail: "consumer cancelled".into() },
+                    Some(Err(e)) => break Some(ConsumerFailed::Lost { index: this.index, detail: e.to_string() }),
+                    None => break Some(ConsumerFailed::Lost { index: this.index, detail: "consumer cancelled".into() }),
                 },
             }
         };
@@ -173,7 +171,7 @@ impl Consumer {
         // From here on, nothing awaits a dead connection: every step that
         // talks to the broker gives up as soon as the connection is known
         // lost, because the broker has requeued what is unacked already.
-        if let ConsumerExit::Stopped(_) = exit {
+        if exit.is_none() {
             // Stop new deliveries first, then let the ones in flight settle.
             let cancel = channel.basic_cancel(short(&tag), BasicCancelOptions::default());
             if let Some(Err(e)) = broker.unless_lost(cancel).await {
@@ -228,8 +226,8 @@ impl Consumer {
             let _ = broker.unless_lost(channel.close(200, short("bye"))).await;
         }
         match exit {
-            ConsumerExit::Stopped(_) => Ok(exit),
-            lost => Err(lost),
+            None => Ok(()),
+            Some(failed) => Err(failed),
         }
     }
 
@@ -244,7 +242,7 @@ impl Consumer {
         self: Arc<Self>,
         delivery: Delivery,
         publisher: Arc<SettlementChannel>,
-        acks: mpsc::Sender<Done>,
+        acks: mpsc::Sender<AckRequest>,
     ) -> impl Future<Output = Result<(), String>> + Send + 'static {
         async move {
             events::emit(events::JobReceived {
@@ -389,7 +387,7 @@ impl Consumer {
         delivery: &Delivery,
         verdict: Verdict,
         publisher: &SettlementChannel,
-    ) -> (Result<(), String>, Option<Settled>, Option<Verdict>) {
+    ) -> (Result<(), String>, Option<Disposition>, Option<Verdict>) {
         let outgoing = wire::Republish {
             topology: &self.topology,
             lane: self.lane,
@@ -431,7 +429,7 @@ impl Consumer {
                             error: &e.to_string(),
                         });
                         self.unsettled.remember(memo_key(delivery), verdict);
-                        return (Ok(()), Some(Settled::Nack), None);
+                        return (Ok(()), Some(Disposition::Requeue), None);
                     }
                     let pause = settle_backoff(failures);
                     events::emit(events::SettlementRetried {
@@ -477,7 +475,7 @@ impl Consumer {
             lane: self.lane,
             age: job_age(delivery.properties.timestamp()),
         });
-        (Ok(()), Some(Settled::Ack), Some(verdict))
+        (Ok(()), Some(Disposition::Ack), Some(verdict))
     }
 }
 

@@ -298,12 +298,12 @@ impl Link {
     /// the future: every request future lives in its delivery's future, and
     /// a head held across an await would add its 224 bytes there at every
     /// level of the call chain.
-    pub fn exchange(
+    pub fn request(
         &self,
         build: impl FnOnce() -> http::Request<()>,
         body: Bytes,
         deadline: Duration,
-    ) -> impl Future<Output = Exchange> {
+    ) -> impl Future<Output = RequestEnd> {
         async move {
             // Counted down on drop: a caller may give up on the request (a
             // stopping consumer aborts its deliveries) and the gauge must not drift.
@@ -311,12 +311,12 @@ impl Link {
             match timeout(deadline, self.round_trip(build, body)).await {
                 Err(_) => {
                     self.mark(Condition::Stalled);
-                    Exchange::Answered(ApnsAnswer::Transport(format!(
+                    RequestEnd::Answered(ApnsAnswer::Transport(format!(
                         "no answer from APNs within {deadline:?}"
                     )))
                 }
                 Ok(Err(exchange)) => exchange,
-                Ok(Ok((code, body))) => Exchange::Answered(answer_from(code, &body)),
+                Ok(Ok((code, body))) => RequestEnd::Answered(answer_from(code, &body)),
             }
         }
     }
@@ -325,11 +325,11 @@ impl Link {
         &self,
         build: impl FnOnce() -> http::Request<()>,
         body: Bytes,
-    ) -> impl Future<Output = Result<(u16, Bytes), Exchange>> {
+    ) -> impl Future<Output = Result<(u16, Bytes), RequestEnd>> {
         async move {
             let not_taken = |e: h2::Error| {
                 self.mark(Condition::Ended);
-                Exchange::NotProcessed(format!("the APNs connection took no new request: {e}"))
+                RequestEnd::NotProcessed(format!("the APNs connection took no new request: {e}"))
             };
             // A fresh handle has no stream of its own waiting to open, so this
             // only fails (or waits) when the connection itself cannot open streams.
@@ -341,9 +341,9 @@ impl Link {
             let (response, mut stream) = sender.send_request(request, false).map_err(not_taken)?;
             let failed = |e: h2::Error| {
                 if never_processed(&e) {
-                    Exchange::NotProcessed(format!("APNs did not process the request: {e}"))
+                    RequestEnd::NotProcessed(format!("APNs did not process the request: {e}"))
                 } else {
-                    Exchange::Answered(ApnsAnswer::Transport(format!("APNs request failed: {e}")))
+                    RequestEnd::Answered(ApnsAnswer::Transport(format!("APNs request failed: {e}")))
                 }
             };
             // The body is queued on the stream; the connection's task writes it
@@ -354,7 +354,7 @@ impl Link {
             // sent again. Reported as a failure instead, a request APNs never
             // saw would go to a retry tier and count against the breaker.
             stream.send_data(body, true).map_err(|e| {
-                Exchange::NotProcessed(format!("the request's body was never sent: {e}"))
+                RequestEnd::NotProcessed(format!("the request's body was never sent: {e}"))
             })?;
             let response = response.await.map_err(failed)?;
             let status = response.status().as_u16();
@@ -372,11 +372,11 @@ impl Link {
             let mut read = Vec::new();
             while let Some(chunk) = answer.data().await {
                 let chunk = chunk.map_err(|e| {
-                    Exchange::Answered(ApnsAnswer::Transport(format!("APNs answer cut off: {e}")))
+                    RequestEnd::Answered(ApnsAnswer::Transport(format!("APNs answer cut off: {e}")))
                 })?;
                 let _ = answer.flow_control().release_capacity(chunk.len());
                 if read.len() + chunk.len() > MAX_ANSWER_BYTES {
-                    return Err(Exchange::Answered(ApnsAnswer::Transport(format!(
+                    return Err(RequestEnd::Answered(ApnsAnswer::Transport(format!(
                         "APNs answer cut off: longer than {MAX_ANSWER_BYTES} bytes"
                     ))));
                 }
@@ -397,7 +397,7 @@ enum Command {
 
 /// How one request ended on a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Exchange {
+pub enum RequestEnd {
     /// APNs answered, or the request may have reached APNs and its fate is
     /// unknown (connection lost mid-request, deadline): the caller classifies it.
     Answered(ApnsAnswer),
@@ -496,12 +496,12 @@ impl Connection {
         deadline: Duration,
     ) -> ApnsAnswer {
         let outcome = match self.link().await {
-            Ok(link) => link.exchange(move || request, body, deadline).await,
-            Err(why) => Exchange::NotProcessed(why),
+            Ok(link) => link.request(move || request, body, deadline).await,
+            Err(why) => RequestEnd::NotProcessed(why),
         };
         match outcome {
-            Exchange::Answered(answer) => answer,
-            Exchange::NotProcessed(why) => ApnsAnswer::Transport(why),
+            RequestEnd::Answered(answer) => answer,
+            RequestEnd::NotProcessed(why) => ApnsAnswer::Transport(why),
         }
     }
 }

@@ -12,7 +12,7 @@ mod tls;
 
 pub use auth::ProviderToken;
 pub use breaker::{Breaker, Pass, Ticket};
-pub use connection::{ConnectError, Connection, Exchange, State, Target};
+pub use connection::{ConnectError, Connection, RequestEnd, State, Target};
 pub use pool::Pool;
 pub use tls::{ClientIdentity, TlsError, client_config};
 
@@ -261,7 +261,7 @@ pub fn room_tokens(places: usize) -> usize {
 
 /// A reserved place among an app's requests in flight (see [`ApnsClient::reserve`]).
 #[derive(Debug)]
-pub struct Slot {
+pub struct Place {
     _permit: tokio::sync::OwnedSemaphorePermit,
     /// The normal lane's share, held beside the place itself.
     _normal: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -403,10 +403,10 @@ impl ApnsClient {
     /// Sends the job's notification to one device, after the app's circuit
     /// breaker lets it through.
     pub async fn send(&self, job: &JobRequest, token: &DeviceToken) -> ApnsAnswer {
-        let slot = self.reserve(Lane::Normal).await;
+        let place = self.reserve(Lane::Normal).await;
         let forever = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
         match self
-            .send_reserved(job, Recipient::Device(token), slot, forever)
+            .send_reserved(job, Recipient::Device(token), place, forever)
             .await
         {
             Some(answer) => answer,
@@ -469,7 +469,7 @@ impl ApnsClient {
     /// futures as there are places, however many tokens and jobs wait. The
     /// normal lane first takes its share, so that it never holds the urgent
     /// lane's reserve.
-    pub async fn reserve(&self, lane: Lane) -> Slot {
+    pub async fn reserve(&self, lane: Lane) -> Place {
         let normal = match lane {
             Lane::Urgent => None,
             Lane::Normal => Some(
@@ -488,7 +488,7 @@ impl ApnsClient {
             .acquire_owned()
             .await
             .expect("the in-flight semaphore is never closed");
-        Slot {
+        Place {
             _permit: permit,
             _normal: normal,
             _counted: self.inner.metrics.in_flight().hold_owned(),
@@ -502,7 +502,7 @@ impl ApnsClient {
         &self,
         job: &JobRequest,
         to: Recipient<'_>,
-        slot: Slot,
+        place: Place,
         deadline: tokio::time::Instant,
     ) -> impl Future<Output = Option<ApnsAnswer>> {
         async move {
@@ -510,7 +510,7 @@ impl ApnsClient {
             // takes what it names, so it must be named here: unnamed, the
             // place would be freed as soon as this function returned, and
             // nothing would bound the app's requests in flight.
-            let _slot = slot;
+            let _place = place;
             let ticket = tokio::time::timeout_at(deadline, self.inner.breaker.ticket())
                 .await
                 .ok()?;

@@ -4,7 +4,7 @@
 //! so each connection carries as many streams at once as APNs allows, and FIFO
 //! checkouts spread requests over the connections in turn.
 
-use super::connection::{Connection, Exchange, Link, State, Target};
+use super::connection::{Connection, Link, RequestEnd, State, Target};
 use crate::events::{self, AppMetrics};
 use crate::outcome::ApnsAnswer;
 use bytes::Bytes;
@@ -82,12 +82,12 @@ impl Pool {
                     Err(e) => return ApnsAnswer::Transport(e),
                 };
                 let outcome = match link {
-                    Ok(link) => link.exchange(&build, body.clone(), deadline).await,
-                    Err(why) => Exchange::NotProcessed(why),
+                    Ok(link) => link.request(&build, body.clone(), deadline).await,
+                    Err(why) => RequestEnd::NotProcessed(why),
                 };
                 match outcome {
-                    Exchange::Answered(answer) => return answer,
-                    Exchange::NotProcessed(why) => {
+                    RequestEnd::Answered(answer) => return answer,
+                    RequestEnd::NotProcessed(why) => {
                         events::emit(events::NotificationResent {
                             app: metrics,
                             why: &why,

@@ -88,7 +88,7 @@ impl JobError {
 /// own error, and `payload` can be sent byte for byte as the publisher wrote it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Wire<'a> {
+struct RawJob<'a> {
     #[serde(borrow, default)]
     v: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -172,7 +172,7 @@ pub fn decode_at(body: &[u8], message_id: Option<&str>, now: u64) -> Result<Job,
             "the body must be a JSON object".to_owned(),
         ));
     }
-    let wire: Wire<'_> = serde_json::from_str(text).map_err(wire_error)?;
+    let wire: RawJob<'_> = serde_json::from_str(text).map_err(wire_error)?;
 
     if let Some(v) = typed::<u64>("v", wire.v, "the integer 1")?
         && v != 1

@@ -6,7 +6,7 @@
 //! (`a2_reference` below).
 
 use super::live_activity::{Event, LiveActivity};
-use super::{JobError, Wire, typed};
+use super::{JobError, RawJob, typed};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -101,7 +101,7 @@ pub(super) struct Built {
     pub event: Option<Event>,
 }
 
-pub(super) fn build(wire: &Wire<'_>, now: u64) -> Result<Built, JobError> {
+pub(super) fn build(wire: &RawJob<'_>, now: u64) -> Result<Built, JobError> {
     let convenience = [
         ("alert", wire.alert),
         ("badge", wire.badge),
@@ -139,7 +139,7 @@ fn verbatim(raw: &str) -> Result<Built, JobError> {
     }
 }
 
-fn convenience_payload(wire: &Wire<'_>, now: u64) -> Result<Built, JobError> {
+fn convenience_payload(wire: &RawJob<'_>, now: u64) -> Result<Built, JobError> {
     let live = wire
         .live_activity
         .filter(|raw| raw.get() != "null")
@@ -385,7 +385,7 @@ mod tests {
     /// a2 0.10 lacks: an independent writer of Apple's format to compare ours
     /// with.
     fn a2_reference(body: &str) -> Value {
-        let wire: Wire<'_> = serde_json::from_str(body).unwrap();
+        let wire: RawJob<'_> = serde_json::from_str(body).unwrap();
         let alert = typed::<AlertField>("alert", wire.alert, "").unwrap();
         let sound = typed::<SoundField>("sound", wire.sound, "").unwrap();
         let badge = typed::<u32>("badge", wire.badge, "").unwrap();
@@ -504,7 +504,7 @@ mod tests {
     }
 
     fn written(body: &str) -> Value {
-        let wire: Wire<'_> = serde_json::from_str(body).unwrap();
+        let wire: RawJob<'_> = serde_json::from_str(body).unwrap();
         let bytes = convenience_payload(&wire, 0).unwrap().bytes;
         serde_json::from_slice(&bytes).unwrap()
     }
@@ -549,7 +549,7 @@ mod tests {
             (r#"{"data":["aps"]}"#, "data"),
             (r#"{"data":{"aps":{}}}"#, "data"),
         ] {
-            let wire: Wire<'_> = serde_json::from_str(body).unwrap();
+            let wire: RawJob<'_> = serde_json::from_str(body).unwrap();
             match convenience_payload(&wire, 0).map(|b| b.bytes) {
                 Err(JobError::Field { field: f, .. }) => assert_eq!(f, field, "{body}"),
                 other => panic!("{body}: {other:?}"),
@@ -560,7 +560,7 @@ mod tests {
     #[test]
     fn data_values_keep_their_spelling_without_whitespace() {
         let body = r#"{"data": { "n" : 1.50 , "list" : [ 1 , "a b" , { "x" : null } ] , "big": 123456789012345678901234567890 }}"#;
-        let wire: Wire<'_> = serde_json::from_str(body).unwrap();
+        let wire: RawJob<'_> = serde_json::from_str(body).unwrap();
         let bytes = convenience_payload(&wire, 0).unwrap().bytes;
         assert_eq!(
             std::str::from_utf8(&bytes).unwrap(),

@@ -5,7 +5,7 @@ use super::*;
 
 /// A delivery whose settlement is decided and confirmed: its acker, its tag
 /// and how to settle it with the broker.
-pub(super) type Done = (Acker, u64, Settled);
+pub(super) type AckRequest = (Acker, u64, Disposition);
 
 /// Acks waiting before a `multiple` ack goes out at once; below this, they
 /// go out when no settlement arrived for [`ACK_DELAY`].
@@ -21,7 +21,7 @@ const STUCK_AFTER: Duration = Duration::from_millis(100);
 /// so that frames go out in order. Under load, one `multiple` ack covers many
 /// deliveries; when the flow pauses, what is pending goes out within
 /// [`ACK_DELAY`]. Ends, after sending what is left, when every sender is gone.
-pub(super) async fn ack_loop(mut done: mpsc::Receiver<Done>, index: usize) {
+pub(super) async fn ack_loop(mut done: mpsc::Receiver<AckRequest>, index: usize) {
     let mut window = AckWindow::default();
     // The ackers of acked deliveries not covered by a sent ack yet; the
     // `multiple` ack is sent with the one of the highest tag.
@@ -55,7 +55,7 @@ pub(super) async fn ack_loop(mut done: mpsc::Receiver<Done>, index: usize) {
         let mut item = Some(first);
         while let Some((acker, tag, how)) = item {
             match window.settle(tag, how) {
-                Some(Frame::Nack(_)) => {
+                Some(Frame::Reject(_)) => {
                     // A reject, not a nack: the same on RabbitMQ 3.x to 4.2,
                     // and still counted toward the delivery limit on 4.3,
                     // which stopped counting nacks. So a settlement that can
@@ -70,7 +70,7 @@ pub(super) async fn ack_loop(mut done: mpsc::Receiver<Done>, index: usize) {
                         });
                     }
                 }
-                _ if how == Settled::Ack => {
+                _ if how == Disposition::Ack => {
                     ackers.insert(tag, acker);
                 }
                 _ => {}
