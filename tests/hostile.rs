@@ -326,8 +326,14 @@ async fn hostile_messages_are_each_dead_lettered_once_and_the_worker_never_resta
     let log = worker.log_text();
     assert!(worker.running(), "{log}");
     assert_eq!(worker.readyz(), Some(200));
-    assert!(
-        !log.contains("restarting") && !log.contains("panicked"),
+    assert_eq!(
+        worker.metric("misiva_supervisor_restarts_total", &[]),
+        0.0,
+        "{log}"
+    );
+    assert_eq!(
+        worker.metric("misiva_jobs_dead_lettered_total", &[("reason", "worker_panic")]),
+        0.0,
         "{log}"
     );
     assert!(worker.terminate().await.success());
