@@ -8,7 +8,7 @@
 # Erlang node stays up and its clients' connections are reset), as an upgrade
 # or `rabbitmqctl stop_app` does.
 #
-# Usage: scripts/cluster.sh start|stop|urls|leader QUEUE|transfer-leader QUEUE PORT|stop-node PORT|start-node PORT|stop-app PORT|start-app PORT
+# Usage: scripts/cluster.sh start|ensure|stop|urls|leader QUEUE|transfer-leader QUEUE PORT|stop-node PORT|start-node PORT|stop-app PORT|start-app PORT
 # Environment: MISIVA_CLUSTER_PORT (BASE, default 5691), MISIVA_RABBITMQ (3.10 or 4.0)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -36,12 +36,24 @@ start() {
   echo "cluster: 3 nodes on ports ${ports[*]}" >&2
 }
 
+# The cluster as `start` leaves it, started only if it is not: the first
+# node answers and lists all three as running. The test script starts the
+# cluster in the background while the tests compile; the cluster tests then
+# find it ready.
+ensure() {
+  running="$(node "${ports[0]}" ctl cluster_status 2>/dev/null \
+    | sed -n '/Running Nodes/,/Versions/p' | grep -c '^misiva-' || true)"
+  if [ "$running" = 3 ]; then return 0; fi
+  start
+}
+
 stop() {
   for port in "${ports[@]}"; do node "$port" stop || true; done
 }
 
 case "${1:-}" in
   start) start ;;
+  ensure) ensure ;;
   stop) stop ;;
   urls) printf 'amqp://guest:guest@127.0.0.1:%s/%%2f,' "${ports[@]}" | sed 's/,$//'; echo ;;
   # The port of the node that leads QUEUE.
@@ -63,5 +75,5 @@ case "${1:-}" in
   start-node) node "$2" start ;;
   stop-app) node "$2" ctl stop_app >/dev/null ;;
   start-app) node "$2" ctl start_app >/dev/null ;;
-  *) echo "usage: $0 start|stop|urls|leader QUEUE|transfer-leader QUEUE PORT|stop-node PORT|start-node PORT|stop-app PORT|start-app PORT" >&2; exit 2 ;;
+  *) echo "usage: $0 start|ensure|stop|urls|leader QUEUE|transfer-leader QUEUE PORT|stop-node PORT|start-node PORT|stop-app PORT|start-app PORT" >&2; exit 2 ;;
 esac

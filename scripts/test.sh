@@ -8,24 +8,25 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 export MISIVA_TEST_BROKER_PORT="${MISIVA_TEST_BROKER_PORT:-5699}"
 
-# promtool checks and unit-tests the alert rules (tests/observability.rs).
-if ! command -v promtool >/dev/null 2>&1; then
-  echo "test: installing promtool (Debian's prometheus package)" >&2
+# Debian's packages, in one transaction: RabbitMQ (the 3.10 of Debian 12;
+# scripts/broker.sh builds 4.0's root itself), promtool (tests/observability.rs
+# checks and unit-tests the alert rules) and amqp-tools (amqp-publish, one of
+# the publisher examples tests/examples.rs runs).
+missing=()
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v amqp-publish >/dev/null 2>&1 || missing+=(amqp-tools)
+if [ "${MISIVA_RABBITMQ:-3.10}" != 4.0 ] && [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+  missing+=(rabbitmq-server)
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "test: installing ${missing[*]} (Debian)" >&2
   sudo=""
   if [ "$(id -u)" != 0 ]; then sudo=sudo; fi
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# The publisher examples run in tests/examples.rs: pika (PyPI), amqplib (npm),
-# amqp-publish (Debian's amqp-tools), each installed once into target/ or the system.
-if ! command -v amqp-publish >/dev/null 2>&1; then
-  echo "test: installing amqp-tools (Debian)" >&2
-  sudo=""
-  if [ "$(id -u)" != 0 ]; then sudo=sudo; fi
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends amqp-tools >/dev/null
-fi
+# pika (PyPI) and amqplib (npm) for the publisher examples, once, into target/.
 if [ ! -x target/py/bin/python3 ] || ! target/py/bin/python3 -c "import pika" 2>/dev/null; then
   echo "test: installing pika into target/py" >&2
   python3 -m venv target/py
@@ -40,9 +41,21 @@ fi
 scripts/k8s-tools.sh
 
 MISIVA_BROKER_PORT="$MISIVA_TEST_BROKER_PORT" scripts/broker.sh start
-# The shared node, and the private ones the fault tests stop and restart.
-stop_broker() { MISIVA_BROKER_PORT="$MISIVA_TEST_BROKER_PORT" scripts/broker.sh stop-tests; }
+# The shared node, and the private ones the fault tests stop and restart
+# (the cluster's three included).
+background=()
+stop_broker() {
+  for pid in "${background[@]}"; do kill "$pid" 2>/dev/null || true; done
+  MISIVA_BROKER_PORT="$MISIVA_TEST_BROKER_PORT" scripts/broker.sh stop-tests
+}
 trap stop_broker EXIT
+# The three-node cluster of tests/cluster.rs boots in the background while
+# the tests compile (it takes most of a minute); the cluster tests find it
+# ready, or start it themselves if this failed.
+mkdir -p target
+scripts/cluster.sh ensure >target/cluster-start.log 2>&1 &
+cluster_boot=$!
+background+=("$cluster_boot")
 
 cargo fmt --all -- --check
 # Supply chain: licenses, banned crates and sources (deny.toml). Advisories
@@ -60,8 +73,39 @@ cargo clippy --all-targets --locked -- -D warnings
 cargo clippy --all-targets --locked --features fault-hooks -- -D warnings
 # The API docs build without a warning (broken links, private items).
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
-# --nocapture shows the figures tests print (throughput of the 1,000-job test).
-cargo test --locked --features fault-hooks -- --nocapture
-# The worker again with a single-threaded runtime (MISIVA_RUNTIME_THREADS=1,
-# what a pod limited to one CPU gets): the end-to-end and fault suites.
-MISIVA_RUNTIME_THREADS=1 cargo test --locked --features fault-hooks --test worker --test faults -- --nocapture
+# Every test, in three steps. --nocapture shows the figures tests print
+# (throughput of the 1,000-job test, the cluster's pauses).
+tests=(cargo test --locked --features fault-hooks)
+# Every test file is in one of the steps below.
+listed="apns_sim cluster dlq examples failures faults helm hostile live_activity metrics observability pool retries schema shards simulator supervision tidy urgent worker"
+for file in tests/*.rs; do
+  name="$(basename "$file" .rs)"
+  case " $listed " in *" $name "*) ;; *) echo "test: tests/$name.rs is in no step of scripts/test.sh" >&2; exit 1 ;; esac
+done
+"${tests[@]}" --no-run
+wait "$cluster_boot" || echo "test: the cluster did not start in the background; its tests start it" >&2
+# 1. The cluster tests run beside the quick suites: they have three nodes of
+#    their own, spend their time waiting on those nodes, and bound their
+#    pauses in seconds. The quick suites include the worker again with a
+#    single-threaded runtime (MISIVA_RUNTIME_THREADS=1, what a pod limited
+#    to one CPU gets).
+"${tests[@]}" --test cluster -- --nocapture >target/cluster-tests.log 2>&1 &
+cluster_lane=$!
+background+=("$cluster_lane")
+quick=0
+"${tests[@]}" --doc
+"${tests[@]}" --lib --bins --test apns_sim --test dlq --test examples --test helm \
+  --test hostile --test live_activity --test metrics --test observability --test pool \
+  --test retries --test schema --test simulator --test tidy --test worker -- --nocapture || quick=$?
+if [ "$quick" = 0 ]; then
+  MISIVA_RUNTIME_THREADS=1 "${tests[@]}" --test worker --test faults -- --nocapture || quick=$?
+fi
+cluster=0
+wait "$cluster_lane" || cluster=$?
+cat target/cluster-tests.log
+if [ "$quick" != 0 ] || [ "$cluster" != 0 ]; then exit 1; fi
+# 2. The broker's and the worker's faults, on the shared and private nodes.
+"${tests[@]}" --test failures --test faults --test shards --test supervision -- --nocapture
+# 3. The urgent lane's latency under a campaign, alone on the machine: it
+#    measures a p99.
+"${tests[@]}" --test urgent -- --nocapture

@@ -34,17 +34,19 @@ fn cluster(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// The tests that use the cluster take turns: there is one, started fresh by
-/// the first of them and left running for the next (each test leaves every
-/// node up; `scripts/test.sh` stops the cluster at the end, and so does
-/// `scripts/cluster.sh stop`). Starting it takes most of a minute.
+/// The tests that use the cluster take turns: there is one, started by the
+/// first of them unless it runs already (`scripts/test.sh` starts it in the
+/// background while the tests compile), and left running for the next: each
+/// test leaves every node up. `scripts/test.sh` stops the cluster at the
+/// end, and so does `scripts/cluster.sh stop`. Starting it takes most of a
+/// minute.
 static ONE_CLUSTER: tokio::sync::Mutex<bool> = tokio::sync::Mutex::const_new(false);
 
 /// The cluster, this test's alone while the guard lives.
 async fn the_cluster() -> tokio::sync::MutexGuard<'static, bool> {
     let mut started = ONE_CLUSTER.lock().await;
     if !*started {
-        cluster(&["start"]);
+        cluster(&["ensure"]);
         *started = true;
     }
     started
