@@ -77,7 +77,7 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
 # (throughput of the 1,000-job test, the cluster's pauses).
 tests=(cargo test --locked --features fault-hooks)
 # Every test file is in one of the steps below.
-listed="apns_sim cluster dlq examples failures faults helm hostile live_activity metrics observability pool retries schema shards simulator supervision tidy urgent worker"
+listed="apns_sim apps cluster dlq examples failures faults helm hostile live_activity metrics observability pool retries schema shards simulator supervision tidy urgent worker"
 for file in tests/*.rs; do
   name="$(basename "$file" .rs)"
   case " $listed " in *" $name "*) ;; *) echo "test: tests/$name.rs is in no step of scripts/test.sh" >&2; exit 1 ;; esac
@@ -87,7 +87,7 @@ wait "$cluster_boot" || echo "test: the cluster did not start in the background;
 # 1. The quick suites, and the worker again with a single-threaded runtime
 #    (MISIVA_RUNTIME_THREADS=1, what a pod limited to one CPU gets).
 "${tests[@]}" --doc
-"${tests[@]}" --lib --bins --test apns_sim --test dlq --test examples --test helm \
+"${tests[@]}" --lib --bins --test apns_sim --test apps --test dlq --test examples --test helm \
   --test hostile --test live_activity --test metrics --test observability --test pool \
   --test retries --test schema --test simulator --test tidy --test worker -- --nocapture
 MISIVA_RUNTIME_THREADS=1 "${tests[@]}" --test worker --test faults -- --nocapture
@@ -97,5 +97,11 @@ MISIVA_RUNTIME_THREADS=1 "${tests[@]}" --test worker --test faults -- --nocaptur
 #    its fault must come while a backlog is still draining.
 "${tests[@]}" --test cluster --test failures --test faults --test shards --test supervision -- --nocapture
 # 3. The urgent lane's latency under a campaign, alone on the machine: it
-#    measures a p99.
+#    measures a p99, so the nodes the fault suites left running (the
+#    cluster's three, the private ones) are stopped first; only the shared
+#    node stays.
+scripts/cluster.sh stop >/dev/null 2>&1 || true
+for port in 5697 5696 5694 5689; do
+  MISIVA_BROKER_PORT="$port" scripts/broker.sh stop >/dev/null 2>&1 || true
+done
 "${tests[@]}" --test urgent -- --nocapture

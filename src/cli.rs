@@ -53,6 +53,24 @@ pub enum Command {
         #[command(subcommand)]
         command: ChannelsCommand,
     },
+    /// Check app files offline (CONTRACT §8): every `<app>.toml` of a
+    /// directory is read as an `[apps.<app>]` section and its key or
+    /// certificate loaded. Exit 0, or 2 with every problem listed.
+    Apps {
+        #[command(subcommand)]
+        command: AppsCommand,
+    },
+}
+
+/// What `misiva apps` does.
+#[derive(Debug, Subcommand)]
+pub enum AppsCommand {
+    /// Read and check every app file of DIR, as the worker would load it:
+    /// one line per app (`ok`) and per problem (`problem`), never a secret.
+    Check {
+        /// The directory of `<app>.toml` files (`MISIVA_APPS_DIR`).
+        dir: PathBuf,
+    },
 }
 
 /// What `misiva channels` does.

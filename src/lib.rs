@@ -6,6 +6,7 @@ mod admin;
 mod amqp;
 pub mod apns;
 pub mod app;
+pub mod apps;
 mod bounded;
 pub mod channels;
 pub mod cli;

@@ -124,6 +124,10 @@ async fn run() -> ExitCode {
                 },
             }
         }
+        Command::Apps { command } => {
+            init_logs_from_env();
+            misiva::apps::run(command)
+        }
         Command::Channels { command } => {
             init_logs_from_env();
             let config = match Config::load(cli.config) {

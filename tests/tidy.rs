@@ -303,6 +303,7 @@ fn only_the_edges_read_files() {
         p.starts_with("sim/")
             || [
                 "config/mod.rs",
+                "config/apps_dir.rs",
                 "config/file.rs",
                 "config/tests.rs",
                 "jwt.rs",

@@ -195,6 +195,14 @@ fn credentials(
     Ok((token, tls))
 }
 
+/// Reads and checks an app's credentials without connecting: its key
+/// loads and signs, or its certificate and private key load (with their
+/// password) and, with its CA, make a TLS configuration. For `misiva apps
+/// check`, which must find what the worker would refuse.
+pub fn check_credentials(app: &str, config: &AppConfig) -> Result<(), SetupError> {
+    credentials(app, config).map(|_| ())
+}
+
 /// The client of one app.
 #[derive(Debug, Clone)]
 pub struct ApnsClient {

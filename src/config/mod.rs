@@ -6,6 +6,7 @@
 //! table; `file` is the TOML file's shape and each app's section;
 //! `endpoint`, `runtime` and `secret` are the types those produce.
 
+mod apps_dir;
 mod endpoint;
 mod file;
 mod runtime;
@@ -15,6 +16,7 @@ mod settings;
 mod tests;
 
 pub use crate::duration::{delay_label, parse_duration};
+pub use apps_dir::{AppFileProblem, AppsDir, MAX_APP_NAME, read_apps_dir, valid_app_name};
 pub use endpoint::Endpoint;
 pub use runtime::{runtime_builder, runtime_threads};
 pub use secret::Secret;
