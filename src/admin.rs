@@ -117,7 +117,12 @@ pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
 /// so it is bounded: slow or idle clients are cut off, connections are
 /// capped, and an accept error (out of file descriptors) pauses the loop
 /// instead of spinning it.
-pub async fn serve(addr: &str, readiness: Arc<Readiness>) -> std::io::Result<SocketAddr> {
+/// `apps`, when given, is listed by `GET /apps` (CONTRACT §8).
+pub async fn serve(
+    addr: &str,
+    readiness: Arc<Readiness>,
+    apps: Option<crate::apns::Apns>,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     crate::events::emit(crate::events::AdminListening { addr: local });
@@ -136,12 +141,18 @@ pub async fn serve(addr: &str, readiness: Arc<Readiness>) -> std::io::Result<Soc
                 }
             };
             let readiness = readiness.clone();
+            let apps = apps.clone();
             tokio::spawn(async move {
                 let _place = place;
                 let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
                     let readiness = readiness.clone();
+                    let apps = apps.clone();
                     async move {
-                        Ok::<_, std::convert::Infallible>(answer(request.uri().path(), &readiness))
+                        Ok::<_, std::convert::Infallible>(answer(
+                            request.uri().path(),
+                            &readiness,
+                            apps.as_ref(),
+                        ))
                     }
                 });
                 let connection = hyper::server::conn::http1::Builder::new()
@@ -157,9 +168,24 @@ pub async fn serve(addr: &str, readiness: Arc<Readiness>) -> std::io::Result<Soc
     Ok(local)
 }
 
-fn answer(path: &str, readiness: &Readiness) -> Response<Full<Bytes>> {
+fn answer(
+    path: &str,
+    readiness: &Readiness,
+    apps: Option<&crate::apns::Apns>,
+) -> Response<Full<Bytes>> {
     let (status, body) = match path {
         "/healthz" => (StatusCode::OK, "ok\n"),
+        "/apps" => {
+            // Names, sources, auth kinds, key ids and expiry dates: never a secret.
+            let view = apps.map(crate::apns::Apns::view).unwrap_or_default();
+            let body = serde_json::json!({ "apps": view }).to_string();
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            return response;
+        }
         "/metrics" => {
             let mut response =
                 Response::new(Full::new(Bytes::from(crate::events::metrics().encode())));
@@ -188,7 +214,7 @@ mod tests {
     #[tokio::test]
     async fn slow_and_idle_clients_are_cut_off() {
         let readiness = Readiness::new(1);
-        let addr = serve("127.0.0.1:0", readiness).await.unwrap();
+        let addr = serve("127.0.0.1:0", readiness, None).await.unwrap();
         let mut idle = Vec::new();
         for _ in 0..MAX_CONNECTIONS {
             let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -247,11 +273,11 @@ mod tests {
         r.set_stopping();
         assert!(!r.is_ready());
         drop(b);
-        assert_eq!(answer("/healthz", &r).status(), StatusCode::OK);
+        assert_eq!(answer("/healthz", &r, None).status(), StatusCode::OK);
         assert_eq!(
-            answer("/readyz", &r).status(),
+            answer("/readyz", &r, None).status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
-        assert_eq!(answer("/nope", &r).status(), StatusCode::NOT_FOUND);
+        assert_eq!(answer("/nope", &r, None).status(), StatusCode::NOT_FOUND);
     }
 }

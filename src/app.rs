@@ -4,6 +4,7 @@
 use crate::admin::Readiness;
 use crate::amqp::{self, Broker, Consumer, Topology, TopologyError};
 use crate::apns::{Apns, SetupError};
+use crate::apps::watch::{DirWatch, RESCAN_EVERY};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::events;
@@ -32,6 +33,12 @@ pub enum RunError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("configuration: cannot read MISIVA_APPS_DIR {dir}: {source}")]
+    AppsDir { dir: String, source: std::io::Error },
+    #[error(
+        "configuration: app {app:?} is defined both in {file} and in the configuration file or the environment"
+    )]
+    AppTwice { app: String, file: String },
     #[error("supervision gave up: {0}")]
     GaveUp(ChildError),
 }
@@ -41,6 +48,8 @@ impl RunError {
         match self {
             RunError::Setup(_)
             | RunError::Admin { .. }
+            | RunError::AppsDir { .. }
+            | RunError::AppTwice { .. }
             | RunError::Topology(
                 TopologyError::Conflict { .. } | TopologyError::PluginMissing { .. },
             ) => 2,
@@ -102,18 +111,25 @@ pub async fn topology(config: &Config) -> Result<(), RunError> {
 /// ```
 pub async fn run(config: Config) -> Result<(), RunError> {
     let apns = Apns::from_config(&config).await?;
+    let apps_dir = match &config.apps_dir {
+        Some(dir) => Some(first_scan(dir, &apns)?),
+        None => None,
+    };
     let readiness = Readiness::new(config.consumers * config.shards + config.urgent_consumers);
-    crate::admin::serve(&config.admin_addr, readiness.clone())
+    crate::admin::serve(&config.admin_addr, readiness.clone(), Some(apns.clone()))
         .await
         .map_err(|source| RunError::Admin {
             addr: config.admin_addr.clone(),
             source,
         })?;
-    for (app, client) in apns.iter() {
+    for (app, client) in apns.started() {
         // An unreachable APNs at start is not fatal (it may come back); a wrong
         // CA or endpoint shows here early, in the log.
         if let Err(e) = client.probe().await {
-            events::emit(events::ApnsProbeFailed { app, error: &e });
+            events::emit(events::ApnsProbeFailed {
+                app: &app,
+                error: &e,
+            });
         }
     }
     // The first connection and declaration happen before the tree: a queue that
@@ -139,7 +155,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let parts = Parts {
         config: Arc::new(config),
         topology,
-        dispatcher: Arc::new(Dispatcher::new(apns, policy, max_hold)),
+        dispatcher: Arc::new(Dispatcher::new(apns.clone(), policy, max_hold)),
+        apns,
+        apps_dir,
         unsettled: Arc::new(amqp::Unsettled::default()),
         first_connection: Arc::new(std::sync::Mutex::new(Some(first))),
         next_node: Arc::new(AtomicUsize::new(0)),
@@ -159,6 +177,15 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             max: Duration::from_secs(5),
         },
         children: vec![
+            {
+                let parts = parts.clone();
+                ChildSpec::new(
+                    "apps",
+                    Restart::Permanent,
+                    Shutdown::Graceful(Duration::from_secs(5)),
+                    move |ctx| apps_child(parts.clone(), ctx),
+                )
+            },
             amqp_tree(&parts).into_child(Restart::Permanent, Shutdown::Graceful(parts.stop_time())),
         ],
     };
@@ -190,6 +217,89 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     }
 }
 
+/// Reads `MISIVA_APPS_DIR` once before the tree starts: a directory that
+/// cannot be read, or an app defined both there and in the configuration,
+/// is a configuration error (exit 2). A bad app file is not: it is
+/// reported, and the other apps run.
+fn first_scan(
+    dir: &std::path::Path,
+    apns: &Apns,
+) -> Result<Arc<std::sync::Mutex<DirWatch>>, RunError> {
+    let unreadable = |source| RunError::AppsDir {
+        dir: dir.display().to_string(),
+        source,
+    };
+    for file in crate::config::app_files(dir).map_err(unreadable)? {
+        let app = crate::config::app_of_file(&file);
+        if apns.is_fixed(&app) {
+            return Err(RunError::AppTwice {
+                app,
+                file: file.display().to_string(),
+            });
+        }
+    }
+    let mut state = DirWatch::new(dir.to_owned(), apns.clone());
+    state.rescan().map_err(unreadable)?;
+    Ok(Arc::new(std::sync::Mutex::new(state)))
+}
+
+/// The apps child: passes over `MISIVA_APPS_DIR` (on inotify's word, on
+/// SIGHUP, and every [`RESCAN_EVERY`]), and closes idle apps' clients.
+/// Without a directory it only closes idle clients (and SIGHUP does nothing).
+async fn apps_child(parts: Parts, mut ctx: ChildContext) -> Result<(), ChildError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (nudge_tx, mut nudge) = tokio::sync::mpsc::channel(1);
+    let _inotify = parts.apps_dir.as_ref().and_then(|state| {
+        let dir = lock(state).dir().to_owned();
+        crate::apps::watch::watch(&dir, nudge_tx)
+    });
+    let mut hangup = signal(SignalKind::hangup()).map_err(ChildError::failed)?;
+    ctx.ready();
+    let idle = parts.config.app_idle;
+    let mut rescan = tokio::time::interval(RESCAN_EVERY);
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut idle_check =
+        tokio::time::interval((idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5)));
+    idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = ctx.stopped() => return Ok(()),
+            _ = rescan.tick() => pass(parts.apps_dir.as_ref()).await?,
+            Some(()) = nudge.recv() => {
+                // Writers often touch a file several times in a row (write,
+                // then rename); one pass after they settle sees the result.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                while nudge.try_recv().is_ok() {}
+                pass(parts.apps_dir.as_ref()).await?;
+            }
+            Some(()) = hangup.recv() => pass(parts.apps_dir.as_ref()).await?,
+            _ = idle_check.tick() => {
+                for app in parts.apns.close_idle(idle) {
+                    events::emit(events::AppIdleClosed { app: &app, idle });
+                }
+            }
+        }
+    }
+}
+
+/// One pass over the apps directory, off the runtime's threads: with
+/// thousands of files it is thousands of `stat` calls.
+async fn pass(state: Option<&Arc<std::sync::Mutex<DirWatch>>>) -> Result<(), ChildError> {
+    let Some(state) = state.cloned() else {
+        return Ok(());
+    };
+    tokio::task::spawn_blocking(move || {
+        // An unreadable directory is reported by the pass and changes nothing.
+        let _ = lock(&state).rescan();
+    })
+    .await
+    .map_err(|e| ChildError::failed(format!("the apps directory pass failed: {e}")))
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The name operators (and the fault tests) see in the broker's connection list.
 fn connection_name(config: &Config) -> String {
     format!("misiva worker {} pid {}", config.queue, std::process::id())
@@ -201,6 +311,11 @@ struct Parts {
     config: Arc<Config>,
     topology: Arc<Topology>,
     dispatcher: Arc<Dispatcher>,
+    /// The apps, shared with the dispatcher.
+    apns: Apns,
+    /// `MISIVA_APPS_DIR`'s state between passes, kept across the apps
+    /// child's restarts.
+    apps_dir: Option<Arc<std::sync::Mutex<DirWatch>>>,
     unsettled: Arc<amqp::Unsettled>,
     /// The connection made (and used to declare) before the tree started; the
     /// connection child's first run takes it instead of connecting again.

@@ -290,6 +290,12 @@ pub struct SimArgs {
     pub key_id: String,
     #[arg(long, default_value = "SIMTEAM001")]
     pub team_id: String,
+    /// More keys, of any teams: each `<TEAM_ID>.<KEY_ID>.p8` (or `.pem`,
+    /// the public half) in this directory is accepted beside --key-file.
+    /// Read again every second, so that keys can be added and withdrawn
+    /// while the simulator runs (rotations).
+    #[arg(long)]
+    pub keys_dir: Option<PathBuf>,
     /// SETTINGS_MAX_CONCURRENT_STREAMS per connection.
     #[arg(long, default_value_t = 1000)]
     pub max_streams: u32,

@@ -90,22 +90,30 @@ impl Dispatcher {
             Some(job.tokens.len()),
             inbound.trace,
         );
-        let Some(client) = self.apns.client(job.app.as_str()) else {
-            let verdict = Verdict {
-                app: job.app.to_string(),
-                topic: job.topic.as_ref().map(|t| Arc::from(t.as_str())),
-                ..Verdict::rejected(
-                    attempt,
-                    outcome::UNKNOWN_APP,
-                    format!(
-                        "no credentials are configured for app {:?}",
-                        job.app.as_str()
-                    ),
-                    Some(job.id.to_string()),
-                )
-            };
-            return (verdict, span);
+        let client = match self.apns.client(job.app.as_str()).await {
+            Some(Ok(client)) => client,
+            None => {
+                let verdict = Verdict {
+                    app: job.app.to_string(),
+                    topic: job.topic.as_ref().map(|t| Arc::from(t.as_str())),
+                    ..Verdict::rejected(
+                        attempt,
+                        outcome::UNKNOWN_APP,
+                        format!(
+                            "no credentials are configured for app {:?}",
+                            job.app.as_str()
+                        ),
+                        Some(job.id.to_string()),
+                    )
+                };
+                return (verdict, span);
+            }
+            // The app's key or certificate was readable when its file was
+            // loaded and is not now (changed on disk in between): the job
+            // waits in a retry tier for the watcher to see the change.
+            Some(Err(e)) => return (self.unavailable(job, attempt, &e), span),
         };
+        let client = &client;
         // Room for a many-token job is asked first (see `ApnsClient::admit`).
         // Its wait counts toward `max_hold`, like a wait for a place or the breaker.
         let deadline = tokio::time::Instant::now() + self.max_hold;
@@ -170,6 +178,37 @@ impl Dispatcher {
             self.policy,
         );
         self.verdict(job, client, settlement, 0)
+    }
+
+    /// The verdict of a job whose app's client cannot start now: every
+    /// token to a retry tier, as for a lost request.
+    fn unavailable(&self, job: job::Job, attempt: u32, why: &crate::apns::SetupError) -> Verdict {
+        let answer = crate::outcome::ApnsAnswer::Transport(format!(
+            "the app's credentials cannot be loaded now: {why}"
+        ));
+        let settlement = match &job.channel {
+            Some(channel) => outcome::settle_broadcast(
+                channel,
+                outcome::classify_broadcast(&answer),
+                attempt,
+                self.policy,
+            ),
+            None => {
+                let outcome = classify(&answer);
+                outcome::settle(
+                    job.tokens.iter().map(|token| (token, outcome.clone())),
+                    attempt,
+                    self.policy,
+                )
+            }
+        };
+        Verdict {
+            settlement,
+            app: job.app.into_string(),
+            job_id: Some(job.id.into_string()),
+            topic: job.topic.map(|topic| Arc::from(topic.into_string())),
+            delivered: 0,
+        }
     }
 
     /// The job's parts move into the verdict: no copies.

@@ -321,8 +321,8 @@ async fn two_apps_with_different_keys_never_share_a_connection() {
     config.apps.insert("other".into(), app(&files[1]));
     let apns = Apns::from_config(&config).await.unwrap();
 
-    let a = apns.client("default").unwrap();
-    let b = apns.client("other").unwrap();
+    let a = &apns.client("default").await.unwrap().unwrap();
+    let b = &apns.client("other").await.unwrap().unwrap();
     let (ja, jb) = (request(a, "a"), request(b, "b"));
     let all = tokens(400, 50_000);
     let answers: Vec<ApnsAnswer> = futures_util::stream::iter(all.iter().enumerate())
@@ -377,7 +377,11 @@ async fn certificate_auth_works_with_pem_and_pkcs12() {
     }
     let accepted = sim.sim.accepted();
     assert_eq!(accepted.len(), 2);
-    assert!(accepted.iter().all(|a| a.key_id == "certificate"));
+    assert!(
+        accepted
+            .iter()
+            .all(|a| a.key_id.starts_with("certificate:"))
+    );
 
     // A wrong PKCS#12 password is a configuration error that does not show it.
     let err = ApnsClient::new("default", &with(&p12, Some("wrong")))
@@ -473,7 +477,7 @@ async fn a_job_waits_for_room_at_most_max_hold() {
     let mut worker = misiva::config::Config::from_env_map(&env).unwrap();
     worker.apps.insert("default".into(), config(&sim, 1));
     let apns = Apns::from_config(&worker).await.unwrap();
-    let client = apns.client("default").unwrap().clone();
+    let client = apns.client("default").await.unwrap().unwrap();
     let max_hold = Duration::from_millis(300);
     let dispatcher = Dispatcher::new(apns, Default::default(), max_hold);
 

@@ -304,6 +304,7 @@ fn only_the_edges_read_files() {
             || [
                 "config/mod.rs",
                 "config/apps_dir.rs",
+                "apps/watch.rs",
                 "config/file.rs",
                 "config/tests.rs",
                 "jwt.rs",

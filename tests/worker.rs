@@ -519,7 +519,12 @@ async fn certificate_auth_end_to_end() {
         sim.sim.accepted_count() == 50
     })
     .await;
-    assert!(sim.sim.accepted().iter().all(|a| a.key_id == "certificate"));
+    assert!(
+        sim.sim
+            .accepted()
+            .iter()
+            .all(|a| a.key_id.starts_with("certificate:"))
+    );
     let log = worker.log_text();
     assert!(
         log.len() > 10_000,

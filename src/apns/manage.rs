@@ -84,7 +84,7 @@ pub struct ChannelManager {
 impl ChannelManager {
     /// The app's manager; its topic's bundle id names its channels' app.
     pub fn new(app: &str, config: &AppConfig) -> Result<ChannelManager, SetupError> {
-        let (token, tls) = credentials(app, config)?;
+        let (token, tls, _) = credentials(app, config)?;
         let endpoint = &config.channels_endpoint;
         let authority = http::uri::Authority::try_from(endpoint.authority()).map_err(|_| {
             SetupError::Endpoint {

@@ -8,15 +8,17 @@ mod connection;
 mod cork;
 pub mod manage;
 mod pool;
+mod registry;
 mod tls;
 
 pub use auth::ProviderToken;
 pub use breaker::{Breaker, Pass, Ticket};
 pub use connection::{ConnectError, Connection, RequestEnd, State, Target};
 pub use pool::Pool;
+pub use registry::{Apns, AppSource, AppView, Upsert};
 pub use tls::{ClientIdentity, TlsError, client_config};
 
-use crate::config::{AppConfig, Auth, Config};
+use crate::config::{AppConfig, Auth};
 use crate::events::{self, AppMetrics};
 use crate::job::{ChannelId, DeviceToken, Job, PushType, Topic};
 use crate::jwt::{KeyError, SigningKey};
@@ -24,7 +26,6 @@ use crate::lane::Lane;
 use crate::outcome::{ApnsAnswer, TokenOutcome, classify};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -153,16 +154,24 @@ fn header(value: &str) -> Option<HeaderValue> {
 }
 
 /// An app's credentials: its provider token (token auth), and the TLS
-/// configuration with its client certificate (certificate auth) and CA.
+/// configuration with its client certificate (certificate auth) and CA,
+/// with what may be said of them.
 fn credentials(
     app: &str,
     config: &AppConfig,
-) -> Result<(Option<ProviderToken>, Arc<rustls::ClientConfig>), SetupError> {
+) -> Result<
+    (
+        Option<ProviderToken>,
+        Arc<rustls::ClientConfig>,
+        CredentialFacts,
+    ),
+    SetupError,
+> {
     let tls_err = |source| SetupError::Tls {
         app: app.to_owned(),
         source,
     };
-    let (token, identity) = match &config.auth {
+    let (token, identity, facts) = match &config.auth {
         Auth::Token {
             key_file,
             key_id,
@@ -172,6 +181,11 @@ fn credentials(
                 app: app.to_owned(),
                 source,
             })?;
+            let facts = CredentialFacts {
+                auth: "token",
+                key_id: Some(key_id.clone()),
+                certificate_expiry: None,
+            };
             (
                 Some(ProviderToken::new(
                     app,
@@ -180,6 +194,7 @@ fn credentials(
                     team_id.clone(),
                 )),
                 None,
+                facts,
             )
         }
         Auth::Certificate {
@@ -188,19 +203,36 @@ fn credentials(
         } => {
             let password = password.as_ref().map(|p| p.expose().as_str());
             let identity = ClientIdentity::from_file(cert_file, password).map_err(tls_err)?;
-            (None, Some(identity))
+            let facts = CredentialFacts {
+                auth: "certificate",
+                key_id: None,
+                certificate_expiry: identity.not_after(),
+            };
+            (None, Some(identity), facts)
         }
     };
     let tls = client_config(config.ca_file.as_deref(), identity).map_err(tls_err)?;
-    Ok((token, tls))
+    Ok((token, tls, facts))
+}
+
+/// What may be said of an app's credentials, in `GET /apps` and the
+/// metrics: never a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialFacts {
+    /// `token` or `certificate`.
+    pub auth: &'static str,
+    pub key_id: Option<String>,
+    /// The client certificate's `notAfter`, in seconds since the epoch.
+    pub certificate_expiry: Option<i64>,
 }
 
 /// Reads and checks an app's credentials without connecting: its key
 /// loads and signs, or its certificate and private key load (with their
 /// password) and, with its CA, make a TLS configuration. For `misiva apps
-/// check`, which must find what the worker would refuse.
-pub fn check_credentials(app: &str, config: &AppConfig) -> Result<(), SetupError> {
-    credentials(app, config).map(|_| ())
+/// check` and the apps directory's watcher, which must find what the
+/// worker would refuse.
+pub fn check_credentials(app: &str, config: &AppConfig) -> Result<CredentialFacts, SetupError> {
+    credentials(app, config).map(|(_, _, facts)| facts)
 }
 
 /// The client of one app.
@@ -298,7 +330,7 @@ impl ApnsClient {
     ) -> Result<ApnsClient, SetupError> {
         // First, so that every part below labels its metrics with this app.
         let metrics = AppMetrics::new(app);
-        let (token, tls) = credentials(app, config)?;
+        let (token, tls, _) = credentials(app, config)?;
         let topic = config
             .topic
             .clone()
@@ -715,33 +747,6 @@ const APNS_PRIORITY: HeaderName = HeaderName::from_static("apns-priority");
 const APNS_EXPIRATION: HeaderName = HeaderName::from_static("apns-expiration");
 const APNS_COLLAPSE_ID: HeaderName = HeaderName::from_static("apns-collapse-id");
 const APNS_ID: HeaderName = HeaderName::from_static("apns-id");
-
-/// The clients of every configured app, by app name.
-#[derive(Debug, Clone, Default)]
-pub struct Apns {
-    clients: HashMap<String, ApnsClient>,
-}
-
-impl Apns {
-    pub async fn from_config(config: &Config) -> Result<Apns, SetupError> {
-        let mut clients = HashMap::new();
-        for (name, app) in &config.apps {
-            clients.insert(
-                name.clone(),
-                ApnsClient::with_reserve(name, app, config.urgent_reserve).await?,
-            );
-        }
-        Ok(Apns { clients })
-    }
-
-    pub fn client(&self, app: &str) -> Option<&ApnsClient> {
-        self.clients.get(app)
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &ApnsClient)> {
-        self.clients.iter()
-    }
-}
 
 #[cfg(test)]
 mod tests {

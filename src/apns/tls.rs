@@ -54,6 +54,15 @@ impl ClientIdentity {
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(entry.key().to_vec()));
         Ok(ClientIdentity { chain, key })
     }
+
+    /// The leaf certificate's `notAfter`, in seconds since the epoch: when
+    /// APNs will stop accepting it. `None` if it does not parse as X.509,
+    /// which rustls would refuse anyway.
+    pub fn not_after(&self) -> Option<i64> {
+        let leaf = self.chain.first()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+        Some(cert.validity().not_after.timestamp())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -42,6 +42,21 @@ pub fn valid_app_name(name: &str) -> bool {
 /// `..data` directory of a Kubernetes volume, are skipped; other files are
 /// not app files). Fails only when the directory itself cannot be read.
 pub fn read_apps_dir(dir: &Path) -> Result<AppsDir, std::io::Error> {
+    let mut out = AppsDir::default();
+    for file in app_files(dir)? {
+        match read_app_file(dir, &file) {
+            Ok(app) => {
+                out.apps.insert(app.name, (file, app.config));
+            }
+            Err(problem) => out.problems.push(AppFileProblem { file, problem }),
+        }
+    }
+    Ok(out)
+}
+
+/// The app files of `dir`, sorted: every `*.toml` entry that is not hidden
+/// (a Kubernetes volume's `..data` and its timestamped directories are).
+pub fn app_files(dir: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(Result::ok)
         .map(|entry| entry.path())
@@ -51,21 +66,30 @@ pub fn read_apps_dir(dir: &Path) -> Result<AppsDir, std::io::Error> {
         })
         .collect();
     files.sort();
-    let mut out = AppsDir::default();
-    for file in files {
-        match read_app_file(dir, &file) {
-            Ok((name, app)) => {
-                out.apps.insert(name, (file, app));
-            }
-            Err(problem) => out.problems.push(AppFileProblem { file, problem }),
-        }
-    }
-    Ok(out)
+    Ok(files)
+}
+
+/// The app a file would define, from its name alone: the file stem when it
+/// is a valid app name, else the stem cut to a label's length (for the
+/// error's metric and log line).
+pub fn app_of_file(file: &Path) -> String {
+    let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+    crate::bounded::cut(stem, MAX_APP_NAME).to_owned()
+}
+
+/// One app file read and checked (its credentials not yet loaded).
+#[derive(Debug, Clone)]
+pub struct AppFile {
+    pub name: String,
+    pub config: AppConfig,
+    /// The files it names (key or certificate, password file, CA), whose
+    /// changes change the app as much as the file's own.
+    pub deps: Vec<PathBuf>,
 }
 
 /// One app file: its name and its checked configuration, or what is wrong.
 /// The message never quotes a value from the file (a password may be one).
-fn read_app_file(dir: &Path, file: &Path) -> Result<(String, AppConfig), String> {
+pub fn read_app_file(dir: &Path, file: &Path) -> Result<AppFile, String> {
     let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("");
     if !valid_app_name(stem) {
         return Err(format!(
@@ -90,11 +114,25 @@ fn read_app_file(dir: &Path, file: &Path) -> Result<(String, AppConfig), String>
             *path = dir.join(&*path);
         }
     }
-    let app = app_config(stem, raw).map_err(|e| match e {
+    let deps = [
+        &raw.ca_file,
+        &raw.key_file,
+        &raw.cert_file,
+        &raw.cert_password_file,
+    ]
+    .into_iter()
+    .flatten()
+    .cloned()
+    .collect();
+    let config = app_config(stem, raw).map_err(|e| match e {
         ConfigError::App { problem, .. } => problem,
         other => other.to_string(),
     })?;
-    Ok((stem.to_owned(), app))
+    Ok(AppFile {
+        name: stem.to_owned(),
+        config,
+        deps,
+    })
 }
 
 #[cfg(test)]

@@ -35,6 +35,8 @@ pub(super) struct FileConfig {
     pub(super) max_deliveries: Option<u32>,
     pub(super) max_hold: Option<String>,
     pub(super) restart_intensity: Option<String>,
+    pub(super) apps_dir: Option<PathBuf>,
+    pub(super) app_idle: Option<String>,
     #[serde(default)]
     pub(super) apps: BTreeMap<String, FileApp>,
 }

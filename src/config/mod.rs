@@ -16,7 +16,10 @@ mod settings;
 mod tests;
 
 pub use crate::duration::{delay_label, parse_duration};
-pub use apps_dir::{AppFileProblem, AppsDir, MAX_APP_NAME, read_apps_dir, valid_app_name};
+pub use apps_dir::{
+    AppFile, AppFileProblem, AppsDir, MAX_APP_NAME, app_files, app_of_file, read_app_file,
+    read_apps_dir, valid_app_name,
+};
 pub use endpoint::Endpoint;
 pub use runtime::{runtime_builder, runtime_threads};
 pub use secret::Secret;
@@ -107,7 +110,12 @@ pub struct Config {
     /// Per cent of each app's places in flight (and the matching room for
     /// many-token jobs) kept for the urgent lane.
     pub urgent_reserve: u8,
+    /// The apps fixed for the process's life: from the file and the environment.
     pub apps: BTreeMap<String, AppConfig>,
+    /// The directory of app files watched while the worker runs (CONTRACT §8).
+    pub apps_dir: Option<PathBuf>,
+    /// How long an app may go without a job before its connections close.
+    pub app_idle: Duration,
     pub admin_addr: String,
     pub log: String,
     pub log_format: LogFormat,
@@ -157,6 +165,9 @@ pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(60);
 pub const DEFAULT_RETRY_DELAYS: [u64; 5] = [1, 5, 30, 120, 600];
 /// Longest a delivery waits for APNs before its tokens go to a retry tier.
 pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(600);
+
+/// How long an app's connections stay open without a job (CONTRACT §8).
+pub const DEFAULT_APP_IDLE: Duration = Duration::from_secs(600);
 /// Restarts within a period before a broker-facing supervisor gives up.
 pub const DEFAULT_RESTART_INTENSITY: (u32, Duration) = (10, Duration::from_secs(60));
 
@@ -347,7 +358,20 @@ impl Config {
             }
             apps.insert(name.clone(), app_config(&name, raw)?);
         }
-        if apps.is_empty() && require_apps {
+        let apps_dir = s
+            .var("MISIVA_APPS_DIR")
+            .map(PathBuf::from)
+            .or(file.apps_dir);
+        let app_idle = s.parsed(
+            "MISIVA_APP_IDLE",
+            file.app_idle,
+            DEFAULT_APP_IDLE,
+            |text| crate::duration::parse_duration(text).filter(|d| *d >= Duration::from_secs(1)),
+            "expected a duration of 1s or more, such as 10m",
+        )?;
+        // With a directory of app files, the apps may all come from it, and
+        // it may even be empty at start: apps are added while the worker runs.
+        if apps.is_empty() && require_apps && apps_dir.is_none() {
             return Err(ConfigError::App {
                 app: "default".into(),
                 problem: "no APNs credentials: set MISIVA_APNS_KEY_FILE, MISIVA_APNS_KEY_ID and MISIVA_APNS_TEAM_ID (token auth) or MISIVA_APNS_CERT_FILE (certificate auth), or configure [apps.<name>] in the config file".into(),
@@ -367,6 +391,8 @@ impl Config {
             urgent_prefetch,
             urgent_reserve,
             apps,
+            apps_dir,
+            app_idle,
             admin_addr: s
                 .text("MISIVA_ADMIN_ADDR", file.admin_addr)
                 .unwrap_or_else(|| "0.0.0.0:9090".into()),

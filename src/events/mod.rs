@@ -18,12 +18,14 @@
 //! simulator (`sim`, a separate program whose log is its product).
 
 mod apns;
+mod apps;
 mod broker;
 mod jobs;
 mod process;
 mod registry;
 
 pub use apns::*;
+pub use apps::*;
 pub use broker::*;
 pub use jobs::*;
 pub use process::*;

@@ -168,6 +168,10 @@ metrics! {
         => "apns_request_duration_seconds", "APNs round trip of one notification, from the pool to the answer";
     feedback_events: Family<AppReason, Counter> = Family::default()
         => "feedback_events", "Token feedback events published, by APNs reason";
+    app_config_errors: Family<AppLabel, Counter> = Family::default()
+        => "app_config_errors", "Files of the apps directory refused (the app keeps its last good configuration)";
+    certificate_expiry: Family<AppLabel, Gauge> = Family::default()
+        => "apns_certificate_expiry_timestamp_seconds", "The notAfter of the app's APNs client certificate, seconds since the epoch";
     connections: Family<AppState, Gauge> = Family::default()
         => "apns_connections", "APNs connection actors by state";
     connections_opened: Family<AppLabel, Counter> = Family::default()
@@ -236,6 +240,16 @@ impl Metrics {
         apps.get(name)
             .cloned()
             .unwrap_or_else(|| self.unknown.clone())
+    }
+
+    /// The app's connection actors with a connection ready now.
+    pub fn connections_ready(&self, app: &str) -> i64 {
+        self.connections
+            .get_or_create(&AppState {
+                app: self.app(app),
+                state: "ready",
+            })
+            .get()
     }
 
     /// The exposition text for `/metrics` (OpenMetrics text format, which

@@ -118,3 +118,10 @@ pub(super) fn generate(hostnames: &[String], client_auth: bool) -> Result<Certs,
         client_issuer,
     })
 }
+
+/// The common name of a DER certificate's subject, if it has one.
+pub(super) fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let name = cert.subject().iter_common_name().next()?.as_str().ok()?;
+    Some(name.to_owned())
+}

@@ -26,7 +26,7 @@ async fn serve(args: SimArgs) -> anyhow::Result<()> {
     }
     let sim = Simulator::start(SimConfig {
         listen: args.listen,
-        keys: vec![key],
+        keys: vec![key.clone()],
         max_streams: args.max_streams,
         faults: Faults {
             error_rate: args.error_rate,
@@ -68,8 +68,26 @@ async fn serve(args: SimArgs) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut report = tokio::time::interval(Duration::from_secs(5));
     let mut last = 0;
+    let mut rescan = tokio::time::interval(Duration::from_secs(1));
+    let mut known: Vec<String> = Vec::new();
     loop {
         tokio::select! {
+            _ = rescan.tick(), if args.keys_dir.is_some() => {
+                let dir = args.keys_dir.as_deref().unwrap_or(std::path::Path::new("."));
+                match super::read_keys_dir(dir) {
+                    Ok((more, problems)) => {
+                        let mut keys = vec![key.clone()];
+                        keys.extend(more);
+                        let ids: Vec<String> = keys.iter().map(|k| format!("{}.{}", k.team_id, k.key_id)).collect();
+                        if ids != known {
+                            tracing::info!(keys = ?ids, ?problems, "keys directory read: accepting these keys");
+                            sim.set_keys(keys);
+                            known = ids;
+                        }
+                    }
+                    Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot read the keys directory; the keys stay as they were"),
+                }
+            }
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             _ = report.tick() => {

@@ -76,6 +76,8 @@ pub(crate) struct ConnectionState {
     pub(crate) max_in_flight: AtomicUsize,
     /// Key ids of the provider tokens seen on this connection.
     pub(crate) key_ids: Mutex<HashSet<String>>,
+    /// The common name of the client certificate, in certificate-auth mode.
+    pub(crate) certificate: Mutex<Option<String>>,
     /// Asks the connection's task to send GOAWAY (graceful) or to drop the
     /// connection at once (reset).
     pub(crate) goaway: Notify,
@@ -386,9 +388,16 @@ pub(crate) fn authenticate(
     headers: &HeaderMap,
 ) -> Result<String, Rejection> {
     if state.certificate_auth {
-        // The TLS handshake already verified the client certificate.
-        lock(&connection.key_ids).insert("certificate".into());
-        return Ok("certificate".into());
+        // The TLS handshake already verified the client certificate; its
+        // common name stands for the key id, so that tests see which
+        // certificate a request came with.
+        let name = lock(&connection.certificate).clone().unwrap_or_default();
+        if lock(&state.revoked).contains(&name) {
+            return Err(reject(403, "BadCertificate"));
+        }
+        let id = format!("certificate:{name}");
+        lock(&connection.key_ids).insert(id.clone());
+        return Ok(id);
     }
     let bearer = header(headers, "authorization")?
         .and_then(|v| {
@@ -398,8 +407,8 @@ pub(crate) fn authenticate(
         .ok_or(reject(403, "MissingProviderToken"))?;
     let (jwt_header, claims) =
         decode_unverified(bearer).map_err(|_| reject(403, "InvalidProviderToken"))?;
-    let key = state
-        .keys
+    let keys = state.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let key = keys
         .iter()
         .find(|k| k.key_id == jwt_header.kid)
         .ok_or(reject(403, "InvalidProviderToken"))?;

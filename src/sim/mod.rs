@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +49,34 @@ impl SimKey {
             public_key: public_key_from_pem(&label, &pem)?,
         })
     }
+}
+
+/// The keys of a keys directory: each `<TEAM_ID>.<KEY_ID>.p8` or `.pem`
+/// file, sorted by name; files that are not keys are listed as problems.
+pub fn read_keys_dir(dir: &Path) -> std::io::Result<(Vec<SimKey>, Vec<String>)> {
+    let mut entries: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("p8" | "pem")))
+        .collect();
+    entries.sort();
+    let mut keys = Vec::new();
+    let mut problems = Vec::new();
+    for path in entries {
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        let Some((team, key_id)) = stem.split_once('.') else {
+            problems.push(format!(
+                "{}: expected <TEAM_ID>.<KEY_ID>.p8",
+                path.display()
+            ));
+            continue;
+        };
+        match SimKey::from_file(key_id, team, &path) {
+            Ok(key) => keys.push(key),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    Ok((keys, problems))
 }
 
 /// Fault knobs, changeable while the simulator runs.
@@ -152,7 +180,11 @@ impl Default for SimConfig {
 /// What the simulator has seen, shared by every connection.
 #[derive(Debug)]
 pub(crate) struct State {
-    keys: Vec<SimKey>,
+    /// The keys provider tokens may be signed with; changeable while
+    /// running (rotation tests, the CLI's keys directory).
+    keys: std::sync::RwLock<Arc<Vec<SimKey>>>,
+    /// Common names of client certificates no longer accepted.
+    revoked: Mutex<HashSet<String>>,
     record: bool,
     log_deliveries: bool,
     /// Current fault knobs; a watch so that changes apply to the next request.
@@ -204,7 +236,8 @@ impl Simulator {
         let addr = listener.local_addr()?;
         let (faults_tx, faults_rx) = watch::channel(config.faults.clone());
         let state = Arc::new(State {
-            keys: config.keys,
+            keys: std::sync::RwLock::new(Arc::new(config.keys)),
+            revoked: Mutex::new(HashSet::new()),
             record: config.record,
             log_deliveries: config.log_deliveries,
             faults: faults_rx,
@@ -316,6 +349,25 @@ impl Simulator {
     ) -> Option<ClientCertificate> {
         let issuer = self.client_issuer.as_ref()?;
         certs::issue_client(issuer, topic, password).ok()
+    }
+
+    /// Replaces the keys provider tokens may be signed with: a token
+    /// signed by a key no longer here is answered `InvalidProviderToken`.
+    pub fn set_keys(&self, keys: Vec<SimKey>) {
+        *self.state.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+    }
+
+    /// The key ids accepted now.
+    pub fn key_ids(&self) -> Vec<String> {
+        let keys = self.state.keys.read().unwrap_or_else(|e| e.into_inner());
+        keys.iter().map(|k| k.key_id.clone()).collect()
+    }
+
+    /// Stops accepting client certificates with this common name (the
+    /// `topic` they were issued for): their requests are answered
+    /// `403 BadCertificate`, as APNs answers a revoked certificate.
+    pub fn revoke_client_certificate(&self, common_name: &str) {
+        lock(&self.state.revoked).insert(common_name.to_owned());
     }
 
     pub fn set_faults(&self, faults: Faults) {
@@ -431,6 +483,15 @@ async fn accept_loop(
             };
             state.connections.fetch_add(1, Ordering::Relaxed);
             let connection = Arc::new(handler::ConnectionState::default());
+            if let Some(name) = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| certs::common_name(leaf.as_ref()))
+            {
+                *lock(&connection.certificate) = Some(name);
+            }
             lock(&state.connection_states).push(connection.clone());
             let last_read = Arc::new(AtomicU64::new(0));
             let started = tokio::time::Instant::now();

@@ -4,6 +4,8 @@
 //! exit code is 0 when there is none and 2 otherwise. Nothing printed quotes
 //! a value from a file: problems name the file, the key and the reason.
 
+pub mod watch;
+
 use crate::cli::AppsCommand;
 use crate::config::{Auth, read_apps_dir};
 use std::path::Path;
@@ -34,7 +36,7 @@ fn check(dir: &Path) -> i32 {
     let mut ok = 0;
     for (name, (file, app)) in &read.apps {
         match crate::apns::check_credentials(name, app) {
-            Ok(()) => {
+            Ok(_) => {
                 ok += 1;
                 let auth = match &app.auth {
                     Auth::Token { key_id, .. } => format!("token auth, key {key_id}"),
