@@ -145,3 +145,373 @@ fn a_directory_that_cannot_be_read_exits_2() {
     assert_eq!(code, 2);
     assert!(err.contains("cannot read the directory"), "{err}");
 }
+
+// ---------- the worker with MISIVA_APPS_DIR (CONTRACT §8) ----------
+
+use misiva::sim::SimKey;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::{Worker, admin_get, broker, token, unique_queue, wait_for};
+
+/// Writes `name` in `dir` as a writer of configuration should: to a
+/// temporary file, then renamed over the old one in one step.
+fn replace(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+/// A token-auth app file for the simulator, with its own key and team.
+fn token_app(sim: &support::SimFixture, key_file: &str, key_id: &str, team: &str) -> String {
+    format!(
+        "endpoint = \"{}\"\nca_file = \"{}\"\nkey_file = \"{key_file}\"\nkey_id = \"{key_id}\"\nteam_id = \"{team}\"\ntopic = \"{}\"\n",
+        sim.sim.endpoint(),
+        sim.ca_file.display(),
+        support::TOPIC,
+    )
+}
+
+/// A fresh `.p8` at `path`, and the simulator's key for it.
+fn new_key(path: &Path, key_id: &str, team: &str) -> SimKey {
+    std::fs::write(path, misiva::jwt::generate_p8()).unwrap();
+    SimKey::from_file(key_id, team, path).unwrap()
+}
+
+/// The worker's `GET /apps`, by app name.
+fn apps_view(worker: &Worker) -> BTreeMap<String, Value> {
+    let Some((200, body)) = worker.admin_port().and_then(|p| admin_get(p, "/apps")) else {
+        return BTreeMap::new();
+    };
+    let body: Value = serde_json::from_str(&body).unwrap();
+    body["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["name"].as_str().unwrap().to_owned(), a.clone()))
+        .collect()
+}
+
+/// Publishes one single-token job for each app of `apps` every 20 ms until
+/// `stop`, keeping what it published: (app, token), in order.
+struct Load {
+    apps: Arc<Mutex<Vec<String>>>,
+    published: Arc<Mutex<Vec<(String, String)>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    async fn start(queue: &str, apps: &[&str]) -> Load {
+        let conn = broker().connect().await;
+        let apps = Arc::new(Mutex::new(
+            apps.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>(),
+        ));
+        let published = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = tokio::spawn({
+            let (apps, published, stop) = (apps.clone(), published.clone(), stop.clone());
+            let queue = queue.to_owned();
+            async move {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let now: Vec<String> = apps.lock().unwrap().clone();
+                    let mut bodies = Vec::new();
+                    let mut sent = Vec::new();
+                    for app in now {
+                        n += 1;
+                        let t = token(700_000 + n);
+                        bodies.push(
+                            json!({"id": format!("{app}-{n}"), "app": app, "token": t, "alert": "x"})
+                                .to_string()
+                                .into_bytes(),
+                        );
+                        sent.push((app, t));
+                    }
+                    support::publish(&conn, &queue, &bodies).await;
+                    published.lock().unwrap().extend(sent);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        });
+        Load {
+            apps,
+            published,
+            stop,
+            task,
+        }
+    }
+
+    fn set_apps(&self, apps: &[&str]) {
+        *self.apps.lock().unwrap() = apps.iter().map(|a| (*a).to_owned()).collect();
+    }
+
+    async fn finish(self) -> Vec<(String, String)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap();
+        self.published.lock().unwrap().clone()
+    }
+}
+
+/// Every token accepted, with how many times.
+fn accepted_counts(sim: &support::SimFixture) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for a in sim.sim.accepted() {
+        *counts.entry(a.token).or_default() += 1;
+    }
+    counts
+}
+
+/// Two apps added, one key rotated (the old key refused 2 s later), one app
+/// removed and a broken file dropped in, all while jobs flow: every job of a
+/// live app is delivered once, the rotated app signs only with its new key
+/// after the grace, the removed app's later jobs are `unknown_app`, the
+/// broken files are counted and change nothing else; idle, every app's
+/// connections close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_come_rotate_and_go_under_load_with_token_auth() {
+    let sim = support::recording_sim(Duration::ZERO).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("keys")).unwrap();
+    let fixture_key = SimKey::from_file(support::KEY_ID, support::TEAM_ID, &sim.key_file).unwrap();
+    let alpha1 = new_key(&d.join("keys/alpha-1.p8"), "ALPHAKEY01", "ALPHATEAM1");
+    let alpha2_path = d.join("keys/alpha-2.p8");
+    let alpha2 = new_key(&alpha2_path, "ALPHAKEY02", "ALPHATEAM1");
+    let delta = new_key(&d.join("keys/delta.p8"), "DELTAKEY01", "DELTATEAM1");
+    let beta = new_key(&d.join("keys/beta.p8"), "BETAKEY001", "BETATEAM01");
+    let gamma = new_key(&d.join("keys/gamma.p8"), "GAMMAKEY01", "GAMMATEAM1");
+    sim.sim.set_keys(vec![
+        fixture_key.clone(),
+        alpha1.clone(),
+        alpha2.clone(),
+        delta.clone(),
+        beta.clone(),
+        gamma.clone(),
+    ]);
+    replace(
+        d,
+        "alpha.toml",
+        &token_app(&sim, "keys/alpha-1.p8", "ALPHAKEY01", "ALPHATEAM1"),
+    );
+    replace(
+        d,
+        "delta.toml",
+        &token_app(&sim, "keys/delta.p8", "DELTAKEY01", "DELTATEAM1"),
+    );
+
+    let queue = unique_queue("apps-runtime");
+    let dir_env = d.display().to_string();
+    let mut worker = Worker::start(
+        &sim,
+        &queue,
+        &[
+            ("MISIVA_APPS_DIR", dir_env.as_str()),
+            ("MISIVA_APP_IDLE", "3s"),
+        ],
+    );
+    worker.ready().await;
+    let view = apps_view(&worker);
+    assert_eq!(view["alpha"]["source"], "dir", "{view:?}");
+    assert_eq!(view["alpha"]["key_id"], "ALPHAKEY01", "{view:?}");
+    assert_eq!(view["default"]["source"], "config", "{view:?}");
+    let load = Load::start(&queue, &["default", "alpha", "delta"]).await;
+    wait_for(Duration::from_secs(20), "alpha's first deliveries", || {
+        sim.sim.accepted().iter().any(|a| a.key_id == "ALPHAKEY01")
+    })
+    .await;
+
+    // Two apps added.
+    replace(
+        d,
+        "beta.toml",
+        &token_app(&sim, "keys/beta.p8", "BETAKEY001", "BETATEAM01"),
+    );
+    replace(
+        d,
+        "gamma.toml",
+        &token_app(&sim, "keys/gamma.p8", "GAMMAKEY01", "GAMMATEAM1"),
+    );
+    wait_for(
+        Duration::from_secs(5),
+        "beta and gamma in GET /apps",
+        || {
+            let view = apps_view(&worker);
+            view.contains_key("beta") && view.contains_key("gamma")
+        },
+    )
+    .await;
+    load.set_apps(&["default", "alpha", "delta", "beta", "gamma"]);
+
+    // alpha's key rotated: the new key file first, then the app file.
+    replace(
+        d,
+        "alpha.toml",
+        &token_app(&sim, "keys/alpha-2.p8", "ALPHAKEY02", "ALPHATEAM1"),
+    );
+    wait_for(
+        Duration::from_secs(5),
+        "alpha's new key id in GET /apps",
+        || apps_view(&worker)["alpha"]["key_id"] == "ALPHAKEY02",
+    )
+    .await;
+    // The scenario's grace, then APNs forgets the old key.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let old_key_refused_from = support::now_us();
+    sim.sim.set_keys(vec![
+        fixture_key.clone(),
+        alpha2.clone(),
+        delta.clone(),
+        beta.clone(),
+        gamma.clone(),
+    ]);
+
+    // delta removed: its jobs published until now are delivered or, when
+    // consumed after the removal, dead-lettered `unknown_app`.
+    load.set_apps(&["default", "alpha", "beta", "gamma"]);
+    std::fs::remove_file(d.join("delta.toml")).unwrap();
+    wait_for(Duration::from_secs(5), "delta gone from GET /apps", || {
+        !apps_view(&worker).contains_key("delta")
+    })
+    .await;
+    let conn = broker().connect().await;
+    let late: Vec<Vec<u8>> = (0..10)
+        .map(|i| {
+            json!({"id": format!("late-delta-{i}"), "app": "delta", "token": token(790_000 + i), "alert": "x"})
+                .to_string()
+                .into_bytes()
+        })
+        .collect();
+    support::publish(&conn, &queue, &late).await;
+
+    // A broken file dropped in, and beta's file broken: beta keeps its last
+    // good configuration; nothing else is disturbed.
+    replace(d, "broken.toml", "key_file = \"keys/beta.p8\n");
+    replace(d, "beta.toml", "endpoint = [not toml");
+    wait_for(Duration::from_secs(5), "both errors counted", || {
+        worker.metric("misiva_app_config_errors_total", &[("app", "broken")]) == 1.0
+            && worker.metric("misiva_app_config_errors_total", &[("app", "beta")]) == 1.0
+    })
+    .await;
+    let view = apps_view(&worker);
+    assert!(
+        view["beta"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("not valid"),
+        "{view:?}"
+    );
+    assert_eq!(
+        view["beta"]["key_id"], "BETAKEY001",
+        "beta keeps its last good configuration"
+    );
+    assert!(!view["broken"]["last_error"].is_null(), "{view:?}");
+    assert_eq!(
+        worker.readyz(),
+        Some(200),
+        "a bad app file changes no readiness"
+    );
+    // Passes go on (every 2 s, and on inotify's word); an error is counted
+    // once per change of the file, not once per pass.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let published = load.finish().await;
+    assert_eq!(
+        worker.metric("misiva_app_config_errors_total", &[("app", "beta")]),
+        1.0
+    );
+    assert!(worker.running(), "the worker runs on");
+
+    // Every job of a live app delivered, each once.
+    let live: HashSet<&str> = ["default", "alpha", "beta", "gamma"].into();
+    let expected: HashSet<String> = published
+        .iter()
+        .filter(|(app, _)| live.contains(app.as_str()))
+        .map(|(_, t)| t.clone())
+        .collect();
+    assert!(expected.len() > 500, "a steady load: {}", expected.len());
+    wait_for(
+        Duration::from_secs(30),
+        "every live app's job delivered",
+        || {
+            let counts = accepted_counts(&sim);
+            expected.iter().all(|t| counts.contains_key(t))
+        },
+    )
+    .await;
+    let dead_queue = format!("{queue}.dead");
+    let delta_published = published.iter().filter(|(app, _)| app == "delta").count();
+    let counts = accepted_counts(&sim);
+    let delta_delivered = published
+        .iter()
+        .filter(|(app, t)| app == "delta" && counts.contains_key(t))
+        .count();
+    // delta's steady jobs not delivered, and the ten late ones: dead letters.
+    let delta_dead = delta_published - delta_delivered + late.len();
+    wait_for(Duration::from_secs(20), "delta's dead letters", || {
+        broker()
+            .counts(&dead_queue)
+            .is_some_and(|(ready, _)| ready as usize == delta_dead)
+    })
+    .await;
+    let dead = support::drain(&conn, &dead_queue).await;
+    for letter in &dead {
+        assert_eq!(
+            support::header(letter, "x-misiva-reason").as_deref(),
+            Some("unknown_app")
+        );
+        assert_eq!(
+            support::header(letter, "x-misiva-app").as_deref(),
+            Some("delta")
+        );
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "sent twice: {twice:?}");
+
+    // After the grace only the new key signs for alpha, and none was refused.
+    let accepted = sim.sim.accepted();
+    let alpha_keys_after: HashSet<&str> = accepted
+        .iter()
+        .filter(|a| a.received_at_us >= old_key_refused_from && a.key_id.starts_with("ALPHA"))
+        .map(|a| a.key_id.as_str())
+        .collect();
+    assert_eq!(alpha_keys_after, HashSet::from(["ALPHAKEY02"]));
+    assert!(
+        accepted.iter().any(|a| a.key_id == "ALPHAKEY01"),
+        "alpha signed with its first key before"
+    );
+    let rejected = sim.sim.rejected();
+    assert!(rejected.is_empty(), "APNs refused requests: {rejected:?}");
+
+    // Idle for MISIVA_APP_IDLE: every app's connections close.
+    wait_for(Duration::from_secs(20), "every connection closed", || {
+        let text = worker.metrics();
+        ["default", "alpha", "beta", "gamma"]
+            .iter()
+            .all(|app| support::metric(&text, "misiva_apns_connections", &[("app", app)]) == 0.0)
+            && !text.is_empty()
+    })
+    .await;
+    assert!(
+        apps_view(&worker)
+            .values()
+            .all(|a| a["connections_open"] == 0)
+    );
+    // The next job starts alpha's client again.
+    let again = token(799_999);
+    support::publish(
+        &conn,
+        &queue,
+        &[
+            json!({"id": "again", "app": "alpha", "token": again, "alert": "x"})
+                .to_string()
+                .into_bytes(),
+        ],
+    )
+    .await;
+    wait_for(Duration::from_secs(20), "alpha's job after idle", || {
+        accepted_counts(&sim).contains_key(&again)
+    })
+    .await;
+    assert!(worker.terminate().await.success());
+}
