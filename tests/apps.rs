@@ -1,5 +1,8 @@
-//! `misiva apps check DIR` (CONTRACT §8): a directory of app files checked
-//! offline, every problem listed, exit 2; a clean directory exits 0.
+//! Apps at runtime (CONTRACT §8). `misiva apps check DIR`: a directory of
+//! app files checked offline, every problem listed, exit 2; a clean
+//! directory exits 0. The worker with `MISIVA_APPS_DIR`: apps added,
+//! rotated (a key through the app file, a certificate file in place) and
+//! removed while jobs flow, broken files refused, idle apps closed.
 
 mod support;
 
@@ -513,5 +516,124 @@ async fn apps_come_rotate_and_go_under_load_with_token_auth() {
         accepted_counts(&sim).contains_key(&again)
     })
     .await;
+    assert!(worker.terminate().await.success());
+}
+
+/// A certificate-auth app whose certificate file is replaced in place (its
+/// app file unchanged) while jobs flow: new connections use the new
+/// certificate, the old one is revoked 2 s later, and every job is
+/// delivered once with nothing refused. The expiry gauge and `GET /apps`
+/// show the certificate's `notAfter`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_replaced_in_place_is_used_by_new_connections_under_load() {
+    let sim = support::SimFixture::start(misiva::sim::SimConfig {
+        certificate_auth: true,
+        record: true,
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("certs")).unwrap();
+    let one = sim.sim.issue_client_certificate("client-one", "").unwrap();
+    replace(&d.join("certs"), "client.pem", &one.pem);
+    replace(
+        d,
+        "certapp.toml",
+        &format!(
+            "endpoint = \"{}\"\nca_file = \"{}\"\ncert_file = \"certs/client.pem\"\ntopic = \"{}\"\n",
+            sim.sim.endpoint(),
+            sim.ca_file.display(),
+            support::TOPIC
+        ),
+    );
+    let queue = unique_queue("apps-cert");
+    let dir_env = d.display().to_string();
+    // No app from the environment: every app comes from the directory.
+    let mut worker = Worker::start(
+        &sim,
+        &queue,
+        &[
+            ("MISIVA_APPS_DIR", dir_env.as_str()),
+            ("MISIVA_APNS_KEY_FILE", ""),
+            ("MISIVA_APNS_KEY_ID", ""),
+            ("MISIVA_APNS_TEAM_ID", ""),
+        ],
+    );
+    worker.ready().await;
+    let view = apps_view(&worker);
+    assert_eq!(view.len(), 1, "{view:?}");
+    assert_eq!(view["certapp"]["auth"], "certificate", "{view:?}");
+    let expiry = worker.metric(
+        "misiva_apns_certificate_expiry_timestamp_seconds",
+        &[("app", "certapp")],
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(expiry > now, "notAfter {expiry} is after now {now}");
+    assert!(
+        view["certapp"]["certificate_expiry"]
+            .as_str()
+            .unwrap()
+            .len()
+            >= 20,
+        "{view:?}"
+    );
+
+    let load = Load::start(&queue, &["certapp"]).await;
+    wait_for(
+        Duration::from_secs(20),
+        "deliveries with the first certificate",
+        || {
+            sim.sim
+                .accepted()
+                .iter()
+                .any(|a| a.key_id == "certificate:client-one")
+        },
+    )
+    .await;
+    // The certificate file replaced; the app file stays as it was.
+    let two = sim.sim.issue_client_certificate("client-two", "").unwrap();
+    replace(&d.join("certs"), "client.pem", &two.pem);
+    wait_for(
+        Duration::from_secs(5),
+        "deliveries with the new certificate",
+        || {
+            sim.sim
+                .accepted()
+                .iter()
+                .any(|a| a.key_id == "certificate:client-two")
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let revoked_from = support::now_us();
+    sim.sim.revoke_client_certificate("client-one");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let published = load.finish().await;
+
+    let expected: HashSet<String> = published.into_iter().map(|(_, t)| t).collect();
+    assert!(expected.len() > 100, "a steady load: {}", expected.len());
+    wait_for(Duration::from_secs(30), "every job delivered", || {
+        let counts = accepted_counts(&sim);
+        expected.iter().all(|t| counts.contains_key(t))
+    })
+    .await;
+    let counts = accepted_counts(&sim);
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "sent twice: {twice:?}");
+    let after: HashSet<String> = sim
+        .sim
+        .accepted()
+        .into_iter()
+        .filter(|a| a.received_at_us >= revoked_from)
+        .map(|a| a.key_id)
+        .collect();
+    assert_eq!(after, HashSet::from(["certificate:client-two".to_owned()]));
+    let rejected = sim.sim.rejected();
+    assert!(rejected.is_empty(), "APNs refused requests: {rejected:?}");
+    assert_eq!(worker.metric("misiva_app_config_errors_total", &[]), 0.0);
     assert!(worker.terminate().await.success());
 }
