@@ -423,7 +423,10 @@ fn every_values_file_lints_renders_and_validates() {
             let _ = std::fs::remove_file(&path);
             let loaded = loaded
                 .unwrap_or_else(|e| panic!("{name}: the worker refuses its misiva.toml: {e}"));
-            assert!(loaded.apps.contains_key("default"), "{name}");
+            assert!(
+                loaded.apps.contains_key("default") || loaded.apps_dir.is_some(),
+                "{name}: the worker has apps"
+            );
             if config.contains("broadcast_endpoint") {
                 // The values' endpoints of Live Activities reach the worker.
                 let app = &loaded.apps["default"];
@@ -443,6 +446,66 @@ fn every_values_file_lints_renders_and_validates() {
             }
         }
     }
+}
+
+/// Apps from a Secret (CONTRACT §8): mounted whole as the worker's apps
+/// directory, named in its configuration, and left out of the pod's
+/// checksums, so that a rotation updates the files without a rollout.
+#[test]
+fn the_apps_directory_is_a_mounted_secret_that_rolls_no_pod() {
+    let values = chart().join("ci/apps-dir-values.yaml");
+    let rendered = template(&["-f", values.to_str().unwrap()])
+        .unwrap_or_else(|e| panic!("helm template: {e}"));
+    let docs = documents(&rendered);
+    let deployment = kind(&docs, "Deployment")[0];
+    let pod = &deployment["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["secret"]["secretName"] == "misiva-apps")
+        .unwrap_or_else(|| panic!("no volume of the apps Secret: {}", pod["volumes"]));
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == volume["name"])
+        .expect("the apps Secret is mounted");
+    assert_eq!(mount["mountPath"], "/etc/misiva/apps");
+    assert_eq!(mount["readOnly"], true);
+    assert!(
+        mount.get("subPath").is_none(),
+        "a subPath mount is never updated"
+    );
+    let config = kind(&docs, "ConfigMap")
+        .into_iter()
+        .find_map(|c| c["data"]["misiva.toml"].as_str())
+        .unwrap();
+    let path =
+        std::env::temp_dir().join(format!("misiva-helm-{}-apps-dir.toml", std::process::id()));
+    std::fs::write(&path, config).unwrap();
+    let loaded = misiva::config::Config::load_for_broker(Some(path.clone()));
+    let _ = std::fs::remove_file(&path);
+    let loaded = loaded.unwrap_or_else(|e| panic!("the worker refuses its misiva.toml: {e}"));
+    assert_eq!(
+        loaded.apps_dir.as_deref(),
+        Some(Path::new("/etc/misiva/apps"))
+    );
+    assert!(loaded.apps.is_empty(), "every app comes from the directory");
+    assert_eq!(loaded.app_idle, std::time::Duration::from_secs(300));
+    let annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        .as_object()
+        .unwrap();
+    for (key, _) in annotations {
+        assert!(
+            !key.contains("apps"),
+            "{key} would roll the pods on a rotation"
+        );
+    }
+    // Without apps in the values or a directory, the schema refuses.
+    let neither =
+        template(&["--set", "apps.default=null"]).expect_err("no apps at all was accepted");
+    assert!(neither.contains("anyOf"), "{neither}");
 }
 
 #[test]

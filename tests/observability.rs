@@ -110,6 +110,21 @@ fn exported() -> BTreeSet<String> {
         child: "consumer-0",
         reason: "",
     });
+    emit(events::AppLoaded {
+        app: "docs",
+        source: "dir",
+        file: None,
+        change: "added",
+        auth: "certificate",
+        key_id: None,
+        certificate_expiry: Some(2_000_000_000),
+    });
+    emit(events::AppConfigRejected {
+        app: "docs",
+        file: std::path::Path::new("docs.toml"),
+        reason: "",
+        kept: true,
+    });
     let text = events::metrics().encode();
     let mut names = BTreeSet::new();
     for line in text.lines() {

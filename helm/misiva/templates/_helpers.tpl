@@ -71,6 +71,10 @@ shutdown_grace_secs = {{ .Values.shutdownGraceSeconds }}
 max_attempts = {{ .Values.maxAttempts }}
 max_deliveries = {{ .Values.maxDeliveries }}
 retry_delays = [{{- range $i, $d := .Values.retryDelays }}{{ if $i }}, {{ end }}{{ $d | quote }}{{ end }}]
+app_idle = {{ .Values.appIdle | quote }}
+{{- if .Values.appsDir.secretName }}
+apps_dir = "/etc/misiva/apps"
+{{- end }}
 {{- range $name, $app := .Values.apps }}
 
 [apps.{{ $name | quote }}]
