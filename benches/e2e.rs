@@ -39,7 +39,8 @@
 mod common;
 
 use common::{
-    arg, context_switches, cpu_seconds, flag, peak_rss_mib, percentile, text_arg, write_syscalls,
+    arg, build_worker, context_switches, cpu_seconds, flag, peak_rss_mib, percentile, text_arg,
+    write_syscalls,
 };
 use futures_util::StreamExt;
 use lapin::options::{
@@ -60,13 +61,7 @@ fn root() -> PathBuf {
 }
 
 fn broker(command: &str) {
-    let ok = Command::new(root().join("scripts/broker.sh"))
-        .arg(command)
-        .env("MISIVA_BROKER_PORT", PORT.to_string())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "scripts/broker.sh {command} failed");
+    common::broker(PORT, command);
 }
 
 fn broker_pid() -> String {
@@ -428,23 +423,6 @@ async fn ceiling(n: usize) -> (f64, String) {
         }
     }
     best
-}
-
-/// Builds the worker as users build it, in a target directory of its own,
-/// optionally with extra features; returns the binary's path.
-fn build_worker(features: &str) -> PathBuf {
-    let dir = root().join(format!("target/bench-worker{features}"));
-    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    command
-        .args(["build", "--release", "--locked", "--bin", "misiva"])
-        .env("CARGO_TARGET_DIR", &dir)
-        .current_dir(root());
-    if !features.is_empty() {
-        command.args(["--features", features.trim_start_matches('-')]);
-    }
-    let ok = command.status().map(|s| s.success()).unwrap_or(false);
-    assert!(ok, "building the worker failed");
-    dir.join("release/misiva")
 }
 
 struct Worker {

@@ -103,6 +103,7 @@ pub async fn topology(config: &Config) -> Result<(), RunError> {
 ///
 /// ```text
 /// misiva            one_for_one   root: restarts the broker subtree; gives up → exit 1
+/// ├─ apps           permanent     MISIVA_APPS_DIR's passes; idle apps' clients closed
 /// └─ amqp           rest_for_one  the connection first, then what needs it
 ///    ├─ connection  permanent     connects, declares, watches the connection
 ///    └─ consumers   one_for_one   one consumer actor per channel

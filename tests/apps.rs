@@ -637,3 +637,37 @@ async fn a_certificate_replaced_in_place_is_used_by_new_connections_under_load()
     assert_eq!(worker.metric("misiva_app_config_errors_total", &[]), 0.0);
     assert!(worker.terminate().await.success());
 }
+
+/// At start, an app both in the directory and in the environment, or a
+/// directory that cannot be read, is a configuration error: exit 2.
+#[tokio::test]
+async fn an_app_defined_twice_or_an_unreadable_directory_stops_the_worker_at_start() {
+    let sim = support::recording_sim(Duration::ZERO).await;
+    let dir = tempfile::tempdir().unwrap();
+    // `default` is also the environment's app.
+    replace(
+        dir.path(),
+        "default.toml",
+        &token_app(
+            &sim,
+            &sim.key_file.display().to_string(),
+            support::KEY_ID,
+            support::TEAM_ID,
+        ),
+    );
+    let twice = dir.path().display().to_string();
+    let missing = dir.path().join("missing").display().to_string();
+    for (apps_dir, says) in [
+        (twice.as_str(), "defined both"),
+        (missing.as_str(), "cannot read MISIVA_APPS_DIR"),
+    ] {
+        let mut worker = Worker::start(
+            &sim,
+            &unique_queue("apps-start"),
+            &[("MISIVA_APPS_DIR", apps_dir)],
+        );
+        let status = worker.wait_exit(Duration::from_secs(30)).await;
+        assert_eq!(status.code(), Some(2), "{}", worker.log_text());
+        assert!(worker.log_text().contains(says), "{}", worker.log_text());
+    }
+}

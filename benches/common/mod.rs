@@ -60,10 +60,20 @@ pub fn write_syscalls(pid: &str) -> u64 {
 
 /// Peak resident memory of a process in MiB (VmHWM).
 pub fn peak_rss_mib(pid: &str) -> f64 {
+    status_mib(pid, "VmHWM:")
+}
+
+/// Resident memory of a process now, in MiB (VmRSS).
+pub fn rss_mib(pid: &str) -> f64 {
+    status_mib(pid, "VmRSS:")
+}
+
+/// A memory figure of `/proc/<pid>/status`, in MiB (0 when unreadable).
+fn status_mib(pid: &str, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
@@ -104,4 +114,39 @@ pub fn text_arg(flag: &str) -> Option<String> {
 
 pub fn flag(name: &str) -> bool {
     std::env::args().any(|a| a == name)
+}
+
+/// Builds the worker as users build it (`cargo build --release --locked`),
+/// in a target directory of its own, optionally with extra features
+/// (`-alloc-stats`); returns the binary's path. A binary built by `cargo
+/// bench` would carry the dev-dependencies' features, tokio's test clock
+/// among them.
+pub fn build_worker(features: &str) -> std::path::PathBuf {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join(format!("target/bench-worker{features}"));
+    let mut command =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command
+        .args(["build", "--release", "--locked", "--bin", "misiva"])
+        .env("CARGO_TARGET_DIR", &dir)
+        .current_dir(&root);
+    if !features.is_empty() {
+        command.args(["--features", features.trim_start_matches('-')]);
+    }
+    let ok = command.status().map(|s| s.success()).unwrap_or(false);
+    assert!(ok, "building the worker failed");
+    dir.join("release/misiva")
+}
+
+/// Runs `scripts/broker.sh <command>` for the private node on `port`.
+pub fn broker(port: u16, command: &str) {
+    let ok = std::process::Command::new(
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/broker.sh"),
+    )
+    .arg(command)
+    .env("MISIVA_BROKER_PORT", port.to_string())
+    .status()
+    .map(|s| s.success())
+    .unwrap_or(false);
+    assert!(ok, "scripts/broker.sh {command} failed");
 }

@@ -98,6 +98,9 @@ fn out_of_range_numbers_are_configuration_errors() {
         ("MISIVA_APNS_CONNECTIONS", "65"),
         // A filter `tracing` cannot read is refused, not replaced by `info`.
         ("MISIVA_LOG", "misiva=loud"),
+        // An app's connections cannot close after no time at all.
+        ("MISIVA_APP_IDLE", "0s"),
+        ("MISIVA_APP_IDLE", "ten minutes"),
     ] {
         let mut pairs = TOKEN_AUTH.to_vec();
         pairs.push((name, value));
@@ -307,4 +310,24 @@ fn an_apps_keepalive_out_of_range_is_refused_not_clamped() {
             }
         }
     }
+}
+
+#[test]
+fn an_apps_directory_needs_no_app_in_the_environment() {
+    let config = Config::from_env_map(&env(&[
+        ("MISIVA_APPS_DIR", "/etc/misiva/apps"),
+        ("MISIVA_APP_IDLE", "90s"),
+    ]))
+    .unwrap();
+    assert!(config.apps.is_empty());
+    assert_eq!(
+        config.apps_dir.as_deref(),
+        Some(std::path::Path::new("/etc/misiva/apps"))
+    );
+    assert_eq!(config.app_idle, Duration::from_secs(90));
+    let defaults = Config::from_env_map(&env(&TOKEN_AUTH)).unwrap();
+    assert_eq!(defaults.app_idle, Duration::from_secs(600));
+    assert!(defaults.apps_dir.is_none());
+    // Without one, an app is still required.
+    assert!(Config::from_env_map(&env(&[])).is_err());
 }
