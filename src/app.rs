@@ -103,7 +103,9 @@ pub async fn topology(config: &Config) -> Result<(), RunError> {
 ///
 /// ```text
 /// misiva            one_for_one   root: restarts the broker subtree; gives up → exit 1
-/// ├─ apps           permanent     MISIVA_APPS_DIR's passes; idle apps' clients closed
+/// ├─ apps           permanent     MISIVA_APPS_DIR's passes
+/// ├─ app-clients    one_for_one   no static children
+/// │  └─ app-<name>  transient     one per app in use: its client; ends when idle
 /// └─ amqp           rest_for_one  the connection first, then what needs it
 ///    ├─ connection  permanent     connects, declares, watches the connection
 ///    └─ consumers   one_for_one   one consumer actor per channel
@@ -123,9 +125,12 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             addr: config.admin_addr.clone(),
             source,
         })?;
-    for (app, client) in apns.started() {
+    for (app, config) in apns.fixed() {
         // An unreachable APNs at start is not fatal (it may come back); a wrong
-        // CA or endpoint shows here early, in the log.
+        // CA or endpoint shows here early, in the log. The client made for
+        // the check is dropped: the app's first job starts its own.
+        // Boxed: a client's start is large, and runs once here.
+        let client = Box::pin(crate::apns::ApnsClient::with_reserve(&app, &config, 0)).await?;
         if let Err(e) = client.probe().await {
             events::emit(events::ApnsProbeFailed {
                 app: &app,
@@ -187,6 +192,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                     move |ctx| apps_child(parts.clone(), ctx),
                 )
             },
+            app_clients(parts.apns.clone()),
             amqp_tree(&parts).into_child(Restart::Permanent, Shutdown::Graceful(parts.stop_time())),
         ],
     };
@@ -245,8 +251,8 @@ fn first_scan(
 }
 
 /// The apps child: passes over `MISIVA_APPS_DIR` (on inotify's word, on
-/// SIGHUP, and every [`RESCAN_EVERY`]), and closes idle apps' clients.
-/// Without a directory it only closes idle clients (and SIGHUP does nothing).
+/// SIGHUP, and every [`RESCAN_EVERY`]). Without a directory it only keeps
+/// SIGHUP from ending the process.
 async fn apps_child(parts: Parts, mut ctx: ChildContext) -> Result<(), ChildError> {
     use tokio::signal::unix::{SignalKind, signal};
     let (nudge_tx, mut nudge) = tokio::sync::mpsc::channel(1);
@@ -274,13 +280,45 @@ async fn apps_child(parts: Parts, mut ctx: ChildContext) -> Result<(), ChildErro
                 pass(parts.apps_dir.as_ref()).await?;
             }
             Some(()) = hangup.recv() => pass(parts.apps_dir.as_ref()).await?,
-            _ = idle_check.tick() => {
-                for app in parts.apns.close_idle(idle) {
-                    events::emit(events::AppIdleClosed { app: &app, idle });
-                }
-            }
         }
     }
+}
+
+/// The supervisor of the apps' clients (OTP's `simple_one_for_one`): no
+/// static children; each app's first job starts a child holding its client
+/// (`apns::registry`), which ends after `MISIVA_APP_IDLE` without a job. It
+/// hands its handle to the registry each time it starts. It stops after the
+/// consumers, so that their last jobs still have their clients.
+fn app_clients(apns: Apns) -> ChildSpec {
+    let spec = SupervisorSpec {
+        name: "app-clients".into(),
+        strategy: Strategy::OneForOne,
+        // A client's child ends on a panic only; many apps may share a bad
+        // minute without taking the others down.
+        intensity: Intensity {
+            max_restarts: 50,
+            period: Duration::from_secs(60),
+        },
+        backoff: Backoff {
+            first: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+        },
+        children: Vec::new(),
+    };
+    ChildSpec::new(
+        "app-clients",
+        Restart::Permanent,
+        Shutdown::Graceful(Duration::from_secs(5)),
+        move |mut ctx| {
+            let (supervisor, handle) = Supervisor::new(spec.clone());
+            let apns = apns.clone();
+            async move {
+                apns.attach(handle);
+                ctx.ready();
+                supervisor.run(ctx.stop_signal()).await
+            }
+        },
+    )
 }
 
 /// One pass over the apps directory, off the runtime's threads: with

@@ -182,7 +182,7 @@ impl Dispatcher {
 
     /// The verdict of a job whose app's client cannot start now: every
     /// token to a retry tier, as for a lost request.
-    fn unavailable(&self, job: job::Job, attempt: u32, why: &crate::apns::SetupError) -> Verdict {
+    fn unavailable(&self, job: job::Job, attempt: u32, why: &crate::apns::Unavailable) -> Verdict {
         let answer = crate::outcome::ApnsAnswer::Transport(format!(
             "the app's credentials cannot be loaded now: {why}"
         ));

@@ -148,7 +148,8 @@ async fn run() -> ExitCode {
                 }
             };
             misiva::telemetry::init(&config.log, config.log_format);
-            let result = misiva::app::run(config).await;
+            // Boxed: the whole worker's future, awaited once.
+            let result = Box::pin(misiva::app::run(config)).await;
             match result {
                 Ok(()) => 0,
                 Err(e) => {

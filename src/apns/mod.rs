@@ -15,7 +15,7 @@ pub use auth::ProviderToken;
 pub use breaker::{Breaker, Pass, Ticket};
 pub use connection::{ConnectError, Connection, RequestEnd, State, Target};
 pub use pool::Pool;
-pub use registry::{Apns, AppSource, AppView, Upsert};
+pub use registry::{Apns, AppSource, AppView, Unavailable, Upsert};
 pub use tls::{ClientIdentity, TlsError, client_config};
 
 use crate::config::{AppConfig, Auth};

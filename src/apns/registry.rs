@@ -3,24 +3,27 @@
 //! apps from `MISIVA_APPS_DIR` are added, replaced and removed while it runs
 //! (by `apps::watch`). Either kind holds only its configuration until its
 //! first job: the client (its pool of connection actors, its provider token
-//! and its TLS configuration) is started then, and dropped again after
-//! `MISIVA_APP_IDLE` without a job, so that thousands of configured apps cost
-//! no connection and little memory.
+//! and its TLS configuration) is started then, as a dynamic child of the
+//! `app-clients` supervisor (OTP's `simple_one_for_one`), which ends after
+//! `MISIVA_APP_IDLE` without a job and drops the client. So thousands of
+//! configured apps cost no connection and little memory, and a client that
+//! panics is started again by its supervisor.
 //!
 //! A client is shared by the jobs using it: replacing or removing an app
-//! only unhooks it from the registry. Jobs already holding it finish on it,
-//! and its connections close once the last of them lets go; the next job
-//! starts a client from the new configuration. So a rotation never cuts a
-//! request short, and never sends one twice.
+//! only ends its child, which unhooks the client. Jobs already holding it
+//! finish on it, and its connections close once the last of them lets go;
+//! the next job starts a child from the new configuration. So a rotation
+//! never cuts a request short, and never sends one twice.
 
 use super::{ApnsClient, CredentialFacts, SetupError, check_credentials};
 use crate::config::{AppConfig, Config};
 use crate::events;
+use crate::supervisor::{ChildContext, ChildError, ChildSpec, Restart, Shutdown, SupervisorHandle};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::OnceCell;
+use tokio::sync::watch;
 
 /// Where an app's configuration comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,14 +49,33 @@ struct Slot {
     source: AppSource,
     config: AppConfig,
     facts: CredentialFacts,
-    /// The client of this configuration, started by the first job that
-    /// needs it. Idle, the cell is swapped for an empty one; jobs that
-    /// cloned the old cell's client keep it until they finish.
-    client: Mutex<Arc<OnceCell<ApnsClient>>>,
+    /// Where the client of this configuration is, published by its child.
+    phase: watch::Sender<Phase>,
+    /// Turns true when this configuration is replaced or removed: its
+    /// child then ends.
+    retired: watch::Sender<bool>,
     /// When a job last asked for the client, in milliseconds since the
     /// registry began (an atomic store per job, no lock).
     last_used: AtomicU64,
 }
+
+/// Where an app's client is.
+#[derive(Debug, Clone)]
+enum Phase {
+    /// None: the next job starts one.
+    Idle,
+    /// A job asked its supervisor to start the app's child.
+    Starting,
+    Running(ApnsClient),
+    /// The last start failed (its credentials no longer load): the job
+    /// that waited for it, and the next one, try again.
+    Failed(String),
+}
+
+/// Why an app's client could not be had now: its jobs go to a retry tier.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(String);
 
 /// What `GET /apps` shows of one app: never a secret.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -88,7 +110,13 @@ struct Registry {
     apps: RwLock<HashMap<String, Arc<Slot>>>,
     /// The last problem with each app file still wrong, by app name.
     errors: Mutex<HashMap<String, String>>,
+    /// The supervisor of the apps' clients, once the tree runs. Without
+    /// one (a library user, the pool tests) a client is started in place
+    /// and kept until its app changes.
+    supervisor: Mutex<Option<SupervisorHandle>>,
     urgent_reserve: u8,
+    /// An app's child ends after this long without a job.
+    idle: Duration,
     began: Instant,
 }
 
@@ -106,23 +134,25 @@ fn lock<T>(lock: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Apns {
     /// No apps yet; `urgent_reserve` per cent of each client's places are
-    /// kept for the urgent lane.
-    pub fn new(urgent_reserve: u8) -> Apns {
+    /// kept for the urgent lane; a client ends after `idle` without a job.
+    pub fn new(urgent_reserve: u8, idle: Duration) -> Apns {
         Apns {
             inner: Arc::new(Registry {
                 apps: RwLock::new(HashMap::new()),
                 errors: Mutex::new(HashMap::new()),
+                supervisor: Mutex::new(None),
                 urgent_reserve,
+                idle,
                 began: Instant::now(),
             }),
         }
     }
 
-    /// The apps of the configuration file and the environment, each client
-    /// started at once (their credentials are checked here: an error is a
-    /// configuration error, exit 2).
+    /// The apps of the configuration file and the environment. Their
+    /// credentials are checked here (an error is a configuration error,
+    /// exit 2); their clients start with their first jobs.
     pub async fn from_config(config: &Config) -> Result<Apns, SetupError> {
-        let apns = Apns::new(config.urgent_reserve);
+        let apns = Apns::new(config.urgent_reserve, config.app_idle);
         for (name, app) in &config.apps {
             let facts = check_credentials(name, app)?;
             events::emit(events::AppLoaded {
@@ -135,49 +165,109 @@ impl Apns {
                 certificate_expiry: facts.certificate_expiry,
             });
             let slot = Arc::new(Slot::new(AppSource::Config, app.clone(), facts));
-            let client =
-                ApnsClient::with_reserve(name, &slot.config, config.urgent_reserve).await?;
-            let cell = lock(&slot.client).clone();
-            let _ = cell.set(client);
             write(&apns.inner.apps).insert(name.clone(), slot);
         }
         Ok(apns)
     }
 
+    /// Hands the registry the supervisor its apps' clients start under
+    /// (again after that supervisor restarted).
+    pub fn attach(&self, supervisor: SupervisorHandle) {
+        *lock(&self.inner.supervisor) = Some(supervisor);
+    }
+
+    /// The fixed apps' configurations, for the endpoint check at start.
+    pub fn fixed(&self) -> Vec<(String, AppConfig)> {
+        read(&self.inner.apps)
+            .iter()
+            .filter(|(_, slot)| slot.source == AppSource::Config)
+            .map(|(name, slot)| (name.clone(), slot.config.clone()))
+            .collect()
+    }
+
     /// The client of `app`, started now if it has none: `None` when no such
-    /// app is configured, `Some(Err)` when its credentials no longer load
-    /// (changed on disk since they were checked).
-    pub async fn client(&self, app: &str) -> Option<Result<ApnsClient, SetupError>> {
+    /// app is configured, `Some(Err)` when it cannot start now (its
+    /// credentials changed on disk since they were checked).
+    pub async fn client(&self, app: &str) -> Option<Result<ApnsClient, Unavailable>> {
         let slot = read(&self.inner.apps).get(app).cloned()?;
         slot.last_used.store(self.now_ms(), Ordering::Relaxed);
-        let cell = lock(&slot.client).clone();
-        if let Some(client) = cell.get() {
+        if let Phase::Running(client) = &*slot.phase.borrow() {
             return Some(Ok(client.clone()));
         }
         // Boxed: a client starts once per app and idle period, and its
         // start would otherwise add to every delivery's future.
-        let started = Box::pin(cell.get_or_try_init(|| async {
-            let client =
-                ApnsClient::with_reserve(app, &slot.config, self.inner.urgent_reserve).await;
-            if client.is_ok() {
-                events::emit(events::AppStarted { app });
-            }
-            client
-        }))
-        .await;
-        Some(started.cloned())
+        Some(Box::pin(self.start(app, slot)).await)
     }
 
-    /// The apps whose clients are started, for the probe at start.
-    pub fn started(&self) -> Vec<(String, ApnsClient)> {
-        read(&self.inner.apps)
-            .iter()
-            .filter_map(|(name, slot)| {
-                lock(&slot.client)
-                    .get()
-                    .map(|client| (name.clone(), client.clone()))
-            })
-            .collect()
+    /// Starts `slot`'s client (or waits for the start another job asked
+    /// for), and returns it. A client that ends while it starts (its app
+    /// replaced, its supervisor stopping) is started again from the app's
+    /// current configuration, a few times at most.
+    async fn start(&self, app: &str, mut slot: Arc<Slot>) -> Result<ApnsClient, Unavailable> {
+        for _ in 0..3 {
+            if *slot.retired.borrow() {
+                slot = read(&self.inner.apps)
+                    .get(app)
+                    .cloned()
+                    .ok_or_else(|| Unavailable("the app was removed".into()))?;
+            }
+            let mut phase = slot.phase.subscribe();
+            let claimed = slot.phase.send_if_modified(|phase| {
+                let start = matches!(phase, Phase::Idle | Phase::Failed(_));
+                if start {
+                    *phase = Phase::Starting;
+                }
+                start
+            });
+            if claimed {
+                self.start_child(app, &slot).await;
+            }
+            loop {
+                match &*phase.borrow_and_update() {
+                    Phase::Running(client) => return Ok(client.clone()),
+                    Phase::Failed(why) => return Err(Unavailable(why.clone())),
+                    Phase::Starting => {}
+                    // It ended before this job got it: start it again.
+                    Phase::Idle => break,
+                }
+                if phase.changed().await.is_err() {
+                    break;
+                }
+            }
+        }
+        Err(Unavailable("the app's client ended as it started".into()))
+    }
+
+    /// Starts the child of `slot`'s client under the apps' supervisor, or
+    /// the client in place when there is no supervisor.
+    async fn start_child(&self, app: &str, slot: &Arc<Slot>) {
+        let supervisor = lock(&self.inner.supervisor).clone();
+        match supervisor {
+            Some(supervisor) => {
+                let child = app_child(self.clone(), app.to_owned(), slot.clone());
+                if let Err(e) = supervisor.start_child(child).await {
+                    slot.phase.send_replace(Phase::Failed(format!(
+                        "the app's client did not start: {e}"
+                    )));
+                }
+            }
+            None => {
+                let started =
+                    ApnsClient::with_reserve(app, &slot.config, self.inner.urgent_reserve).await;
+                slot.phase.send_replace(match started {
+                    Ok(client) => Phase::Running(client),
+                    Err(e) => Phase::Failed(e.to_string()),
+                });
+            }
+        }
+    }
+
+    /// How long `slot` has gone without a job.
+    fn idle_for(&self, slot: &Slot) -> Duration {
+        Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(slot.last_used.load(Ordering::Relaxed)),
+        )
     }
 
     /// Whether `app` is fixed by the configuration file or the environment.
@@ -196,10 +286,12 @@ impl Apns {
         if previous.is_some_and(|slot| slot.source == AppSource::Config) {
             return None;
         }
-        let change = if previous.is_some() {
-            Upsert::Replaced
-        } else {
-            Upsert::Added
+        let change = match previous {
+            Some(previous) => {
+                previous.retired.send_replace(true);
+                Upsert::Replaced
+            }
+            None => Upsert::Added,
         };
         apps.insert(
             app.to_owned(),
@@ -233,26 +325,6 @@ impl Apns {
     /// Forgets the problem of an app whose file is good again or gone.
     pub fn clear_error(&self, app: &str) {
         lock(&self.inner.errors).remove(app);
-    }
-
-    /// Drops the clients of apps without a job for `idle`: their connections
-    /// close once the jobs still holding them finish. The names of the
-    /// apps closed.
-    pub fn close_idle(&self, idle: Duration) -> Vec<String> {
-        let now = self.now_ms();
-        let idle = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
-        let mut closed = Vec::new();
-        for (name, slot) in read(&self.inner.apps).iter() {
-            if now.saturating_sub(slot.last_used.load(Ordering::Relaxed)) < idle {
-                continue;
-            }
-            let mut cell = lock(&slot.client);
-            if cell.initialized() {
-                *cell = Arc::new(OnceCell::new());
-                closed.push(name.clone());
-            }
-        }
-        closed
     }
 
     /// Every app, by name, as `GET /apps` shows it.
@@ -307,10 +379,65 @@ impl Slot {
             source,
             config,
             facts,
-            client: Mutex::new(Arc::new(OnceCell::new())),
+            phase: watch::Sender::new(Phase::Idle),
+            retired: watch::Sender::new(false),
             last_used: AtomicU64::new(0),
         }
     }
+}
+
+/// The child that holds `app`'s client: it starts the client, publishes it
+/// to the app's jobs, and ends (unpublishing it) after `MISIVA_APP_IDLE`
+/// without a job, when the app's configuration is replaced or removed, or
+/// when its supervisor stops. Transient: a panic starts it again, a normal
+/// end does not.
+fn app_child(apns: Apns, app: String, slot: Arc<Slot>) -> ChildSpec {
+    ChildSpec::new(
+        format!("app-{app}"),
+        Restart::Transient,
+        Shutdown::Graceful(Duration::from_secs(1)),
+        move |ctx| run_app(apns.clone(), app.clone(), slot.clone(), ctx),
+    )
+}
+
+async fn run_app(
+    apns: Apns,
+    app: String,
+    slot: Arc<Slot>,
+    mut ctx: ChildContext,
+) -> Result<(), ChildError> {
+    let started = ApnsClient::with_reserve(&app, &slot.config, apns.inner.urgent_reserve).await;
+    let client = match started {
+        Ok(client) => client,
+        Err(e) => {
+            // Not a crash: the credentials changed on disk, and the watcher
+            // will say so; the jobs that wait go to a retry tier.
+            slot.phase.send_replace(Phase::Failed(e.to_string()));
+            ctx.ready();
+            return Ok(());
+        }
+    };
+    slot.phase.send_replace(Phase::Running(client));
+    events::emit(events::AppStarted { app: &app });
+    ctx.ready();
+    let idle = apns.inner.idle;
+    let check = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut retired = slot.retired.subscribe();
+    loop {
+        tokio::select! {
+            () = ctx.stopped() => break,
+            _ = retired.wait_for(|retired| *retired) => break,
+            () = tokio::time::sleep(check) => {
+                if apns.idle_for(&slot) >= idle {
+                    events::emit(events::AppIdleClosed { app: &app, idle });
+                    break;
+                }
+            }
+        }
+    }
+    // Jobs holding the client finish on it; its connections close after them.
+    slot.phase.send_replace(Phase::Idle);
+    Ok(())
 }
 
 fn rfc3339(seconds: i64) -> Option<String> {

@@ -230,13 +230,6 @@ pub struct SupervisorHandle {
     commands: mpsc::Sender<Command>,
 }
 
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "dynamic children: OTP's surface, exercised by supervisor/tests.rs"
-    )
-)]
 impl SupervisorHandle {
     /// Starts a dynamic child, after the static ones, and waits for it to be ready.
     pub async fn start_child(&self, spec: ChildSpec) -> Result<(), ChildError> {
