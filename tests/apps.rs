@@ -2,7 +2,8 @@
 //! app files checked offline, every problem listed, exit 2; a clean
 //! directory exits 0. The worker with `MISIVA_APPS_DIR`: apps added,
 //! rotated (a key through the app file, a certificate file in place) and
-//! removed while jobs flow, broken files refused, idle apps closed.
+//! removed while jobs flow, broken files refused, idle apps closed; a
+//! Kubernetes volume's symlink swap; conflicts at start.
 
 mod support;
 
@@ -670,4 +671,120 @@ async fn an_app_defined_twice_or_an_unreadable_directory_stops_the_worker_at_sta
         assert_eq!(status.code(), Some(2), "{}", worker.log_text());
         assert!(worker.log_text().contains(says), "{}", worker.log_text());
     }
+}
+
+/// The layout a Kubernetes Secret volume has: every file a symlink through
+/// `..data` into a timestamped directory, updated by swapping `..data`.
+/// A swap that changes one app changes only that app (the other's files
+/// got new inodes, not new contents), and SIGHUP runs a pass without
+/// ending the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubernetes_volume_swap_changes_only_the_app_whose_contents_changed() {
+    use std::os::unix::fs::symlink;
+    let sim = support::recording_sim(Duration::ZERO).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let fixture_key = SimKey::from_file(support::KEY_ID, support::TEAM_ID, &sim.key_file).unwrap();
+    // One version of the volume: every app file and key in a timestamped directory.
+    let version = |name: &str, alpha_key: &str, alpha_id: &str| {
+        let v = d.join(name);
+        std::fs::create_dir(&v).unwrap();
+        std::fs::write(v.join("alpha.p8"), alpha_key).unwrap();
+        std::fs::write(
+            v.join("beta.p8"),
+            std::fs::read(d.join("beta-key")).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(
+            v.join("alpha.toml"),
+            token_app(&sim, "alpha.p8", alpha_id, "ALPHATEAM1"),
+        )
+        .unwrap();
+        std::fs::write(
+            v.join("beta.toml"),
+            token_app(&sim, "beta.p8", "BETAKEY001", "BETATEAM01"),
+        )
+        .unwrap();
+    };
+    std::fs::write(d.join("beta-key"), misiva::jwt::generate_p8()).unwrap();
+    let beta = SimKey::from_file("BETAKEY001", "BETATEAM01", &d.join("beta-key")).unwrap();
+    let (key1, key2) = (misiva::jwt::generate_p8(), misiva::jwt::generate_p8());
+    std::fs::write(d.join("alpha-1"), &key1).unwrap();
+    std::fs::write(d.join("alpha-2"), &key2).unwrap();
+    let alpha1 = SimKey::from_file("ALPHAKEY01", "ALPHATEAM1", &d.join("alpha-1")).unwrap();
+    let alpha2 = SimKey::from_file("ALPHAKEY02", "ALPHATEAM1", &d.join("alpha-2")).unwrap();
+    sim.sim.set_keys(vec![fixture_key, alpha1, alpha2, beta]);
+    let apps = d.join("apps");
+    std::fs::create_dir(&apps).unwrap();
+    version("apps/..2026_12_07_00_00_01", &key1, "ALPHAKEY01");
+    symlink("..2026_12_07_00_00_01", apps.join("..data")).unwrap();
+    for file in ["alpha.toml", "beta.toml", "alpha.p8", "beta.p8"] {
+        symlink(format!("..data/{file}"), apps.join(file)).unwrap();
+    }
+
+    let queue = unique_queue("apps-volume");
+    let apps_env = apps.display().to_string();
+    let mut worker = Worker::start(&sim, &queue, &[("MISIVA_APPS_DIR", apps_env.as_str())]);
+    worker.ready().await;
+    let view = apps_view(&worker);
+    assert_eq!(view["alpha"]["key_id"], "ALPHAKEY01", "{view:?}");
+    assert_eq!(view["beta"]["key_id"], "BETAKEY001", "{view:?}");
+
+    // The kubelet's update: a new directory, then `..data` swapped in one rename.
+    version("apps/..2026_12_07_00_05_00", &key2, "ALPHAKEY02");
+    symlink("..2026_12_07_00_05_00", apps.join("..data_tmp")).unwrap();
+    std::fs::rename(apps.join("..data_tmp"), apps.join("..data")).unwrap();
+    std::fs::remove_dir_all(apps.join("..2026_12_07_00_00_01")).unwrap();
+    wait_for(Duration::from_secs(5), "alpha's new key", || {
+        apps_view(&worker)["alpha"]["key_id"] == "ALPHAKEY02"
+    })
+    .await;
+    // SIGHUP: a pass at once, and the worker runs on.
+    worker.hangup();
+    let conn = broker().connect().await;
+    let (a, b) = (token(880_001), token(880_002));
+    support::publish(
+        &conn,
+        &queue,
+        &[
+            json!({"id": "a", "app": "alpha", "token": a, "alert": "x"})
+                .to_string()
+                .into_bytes(),
+            json!({"id": "b", "app": "beta", "token": b, "alert": "x"})
+                .to_string()
+                .into_bytes(),
+        ],
+    )
+    .await;
+    wait_for(Duration::from_secs(20), "both jobs delivered", || {
+        let counts = accepted_counts(&sim);
+        counts.contains_key(&a) && counts.contains_key(&b)
+    })
+    .await;
+    let by_token: HashMap<String, String> = sim
+        .sim
+        .accepted()
+        .into_iter()
+        .map(|x| (x.token, x.key_id))
+        .collect();
+    assert_eq!(by_token[&a], "ALPHAKEY02");
+    assert_eq!(by_token[&b], "BETAKEY001");
+    assert!(worker.running(), "SIGHUP does not end the worker");
+    assert_eq!(worker.readyz(), Some(200));
+    let changes = |app: &str, change: &str| {
+        worker.metric(
+            "misiva_app_changes_total",
+            &[("app", app), ("change", change)],
+        )
+    };
+    assert_eq!(changes("alpha", "added"), 1.0);
+    assert_eq!(changes("alpha", "changed"), 1.0);
+    assert_eq!(changes("beta", "added"), 1.0);
+    assert_eq!(
+        changes("beta", "changed"),
+        0.0,
+        "beta's contents did not change"
+    );
+    assert_eq!(worker.metric("misiva_app_config_errors_total", &[]), 0.0);
+    assert!(worker.terminate().await.success());
 }

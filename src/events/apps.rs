@@ -2,7 +2,7 @@
 //! removed or refused, and app clients started and closed when idle.
 
 use super::InternalEvent;
-use super::registry::{AppLabel, metrics};
+use super::registry::{AppChange, AppLabel, metrics};
 use std::path::Path;
 use std::time::Duration;
 
@@ -30,6 +30,14 @@ impl InternalEvent for AppLoaded<'_> {
         let label = AppLabel {
             app: m.app(self.app),
         };
+        if self.file.is_some() {
+            m.app_changes
+                .get_or_create(&AppChange {
+                    app: label.app.clone(),
+                    change: self.change,
+                })
+                .inc();
+        }
         match self.certificate_expiry {
             Some(at) => {
                 m.certificate_expiry.get_or_create(&label).set(at);
@@ -62,9 +70,14 @@ pub struct AppRemoved<'a> {
 impl InternalEvent for AppRemoved<'_> {
     fn emit(self) {
         let m = metrics();
-        m.certificate_expiry.remove(&AppLabel {
-            app: m.app(self.app),
-        });
+        let app = m.app(self.app);
+        m.app_changes
+            .get_or_create(&AppChange {
+                app: app.clone(),
+                change: "removed",
+            })
+            .inc();
+        m.certificate_expiry.remove(&AppLabel { app });
         tracing::info!(app = %self.app, file = %self.file.display(), "app removed: its file is gone");
     }
 }

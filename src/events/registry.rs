@@ -53,6 +53,13 @@ pub(super) struct AppState {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct AppChange {
+    pub(super) app: Arc<str>,
+    /// `added`, `changed` or `removed`.
+    pub(super) change: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct AppCause {
     pub(super) app: Arc<str>,
     pub(super) cause: &'static str,
@@ -168,6 +175,8 @@ metrics! {
         => "apns_request_duration_seconds", "APNs round trip of one notification, from the pool to the answer";
     feedback_events: Family<AppReason, Counter> = Family::default()
         => "feedback_events", "Token feedback events published, by APNs reason";
+    app_changes: Family<AppChange, Counter> = Family::default()
+        => "app_changes", "Apps of the apps directory added, changed (a new client for the next job) or removed";
     app_config_errors: Family<AppLabel, Counter> = Family::default()
         => "app_config_errors", "Files of the apps directory refused (the app keeps its last good configuration)";
     certificate_expiry: Family<AppLabel, Gauge> = Family::default()

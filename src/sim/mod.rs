@@ -565,3 +565,37 @@ impl State {
         events.push(event);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_keys_directory_gives_every_key_its_team_and_lists_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("TEAMONE001.KEYONE0001.p8"),
+            crate::jwt::generate_p8(),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("TEAMTWO001.KEYTWO0001.p8"),
+            crate::jwt::generate_p8(),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("noteam.p8"), crate::jwt::generate_p8()).unwrap();
+        std::fs::write(dir.path().join("TEAM.BAD.pem"), "not a key").unwrap();
+        std::fs::write(dir.path().join("README"), "ignored").unwrap();
+        let (keys, problems) = read_keys_dir(dir.path()).unwrap();
+        let ids: Vec<(&str, &str)> = keys
+            .iter()
+            .map(|k| (k.team_id.as_str(), k.key_id.as_str()))
+            .collect();
+        assert_eq!(
+            ids,
+            [("TEAMONE001", "KEYONE0001"), ("TEAMTWO001", "KEYTWO0001")]
+        );
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(read_keys_dir(&dir.path().join("missing")).is_err());
+    }
+}

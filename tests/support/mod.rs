@@ -475,6 +475,11 @@ impl Worker {
 
 impl Worker {
     /// SIGKILL: no chance to settle anything.
+    /// Sends SIGHUP (an apps directory pass at once).
+    pub fn hangup(&self) {
+        signal(self.child.id(), "HUP");
+    }
+
     pub fn kill9(&mut self) {
         signal(self.child.id(), "KILL");
         let _ = self.child.wait();
