@@ -262,12 +262,8 @@ async fn apps_child(parts: Parts, mut ctx: ChildContext) -> Result<(), ChildErro
     });
     let mut hangup = signal(SignalKind::hangup()).map_err(ChildError::failed)?;
     ctx.ready();
-    let idle = parts.config.app_idle;
     let mut rescan = tokio::time::interval(RESCAN_EVERY);
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut idle_check =
-        tokio::time::interval((idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5)));
-    idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = ctx.stopped() => return Ok(()),

@@ -169,24 +169,30 @@ impl Dispatcher {
     /// that long for a place or by the breaker does.
     fn held(&self, job: job::Job, client: &crate::apns::ApnsClient, attempt: u32) -> Verdict {
         let max_hold = self.max_hold;
-        let outcome = classify(&crate::outcome::ApnsAnswer::Transport(format!(
+        let settlement = self.unsent(&job, attempt, format!(
             "held {max_hold:?} waiting for room among the app's jobs in progress; moved to a retry tier"
-        )));
-        let settlement = outcome::settle(
-            job.tokens.iter().map(|token| (token, outcome.clone())),
-            attempt,
-            self.policy,
-        );
-        self.verdict(job, client, settlement, 0)
+        ));
+        self.verdict(job, Some(client), settlement, 0)
     }
 
-    /// The verdict of a job whose app's client cannot start now: every
-    /// token to a retry tier, as for a lost request.
+    /// The verdict of a job whose app's client cannot start now (its
+    /// credentials changed on disk since they were checked): a retry tier,
+    /// as for a lost request.
     fn unavailable(&self, job: job::Job, attempt: u32, why: &crate::apns::Unavailable) -> Verdict {
-        let answer = crate::outcome::ApnsAnswer::Transport(format!(
-            "the app's credentials cannot be loaded now: {why}"
-        ));
-        let settlement = match &job.channel {
+        let settlement = self.unsent(
+            &job,
+            attempt,
+            format!("the app's credentials cannot be loaded now: {why}"),
+        );
+        self.verdict(job, None, settlement, 0)
+    }
+
+    /// The settlement of a job none of whose requests was sent: each token,
+    /// or its broadcast, is given a `Transport` answer, so that `classify`
+    /// decides its fate as for a lost request.
+    fn unsent(&self, job: &job::Job, attempt: u32, detail: String) -> Settlement {
+        let answer = crate::outcome::ApnsAnswer::Transport(detail);
+        match &job.channel {
             Some(channel) => outcome::settle_broadcast(
                 channel,
                 outcome::classify_broadcast(&answer),
@@ -201,21 +207,15 @@ impl Dispatcher {
                     self.policy,
                 )
             }
-        };
-        Verdict {
-            settlement,
-            app: job.app.into_string(),
-            job_id: Some(job.id.into_string()),
-            topic: job.topic.map(|topic| Arc::from(topic.into_string())),
-            delivered: 0,
         }
     }
 
     /// The job's parts move into the verdict: no copies.
+    /// `client` gives the app's default topic, when there is one to ask.
     fn verdict(
         &self,
         job: job::Job,
-        client: &crate::apns::ApnsClient,
+        client: Option<&crate::apns::ApnsClient>,
         settlement: Settlement,
         delivered: usize,
     ) -> Verdict {
@@ -225,7 +225,7 @@ impl Dispatcher {
             job_id: Some(job.id.into_string()),
             topic: match job.topic {
                 Some(topic) => Some(Arc::from(topic.into_string())),
-                None => client.default_topic_name(job.push_type),
+                None => client.and_then(|c| c.default_topic_name(job.push_type)),
             },
             delivered,
         }
@@ -252,7 +252,7 @@ impl Dispatcher {
                 let (settlement, delivered) =
                     Box::pin(self.broadcast(client, &request, channel, lane, attempt, deadline))
                         .await;
-                return self.verdict(job, client, settlement, delivered);
+                return self.verdict(job, Some(client), settlement, delivered);
             }
             let mut tally = Tally::default();
             if let [token] = job.tokens.as_slice() {
@@ -269,7 +269,7 @@ impl Dispatcher {
             }
             let delivered = tally.delivered;
             let settlement = outcome::settle(tally.undelivered(&job.tokens), attempt, self.policy);
-            self.verdict(job, client, settlement, delivered)
+            self.verdict(job, Some(client), settlement, delivered)
         }
     }
 

@@ -267,6 +267,22 @@ fn accepted_counts(sim: &support::SimFixture) -> HashMap<String, usize> {
     counts
 }
 
+/// Waits until the simulator accepted every token of `expected`.
+async fn wait_delivered(sim: &support::SimFixture, expected: &HashSet<String>, what: &str) {
+    wait_for(Duration::from_secs(30), what, || {
+        let counts = accepted_counts(sim);
+        expected.iter().all(|t| counts.contains_key(t))
+    })
+    .await;
+}
+
+/// No token was accepted twice.
+fn assert_none_twice(sim: &support::SimFixture) {
+    let counts = accepted_counts(sim);
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "sent twice: {twice:?}");
+}
+
 /// Two apps added, one key rotated (the old key refused 2 s later), one app
 /// removed and a broken file dropped in, all while jobs flow: every job of a
 /// live app is delivered once, the rotated app signs only with its new key
@@ -434,15 +450,7 @@ async fn apps_come_rotate_and_go_under_load_with_token_auth() {
         .map(|(_, t)| t.clone())
         .collect();
     assert!(expected.len() > 500, "a steady load: {}", expected.len());
-    wait_for(
-        Duration::from_secs(30),
-        "every live app's job delivered",
-        || {
-            let counts = accepted_counts(&sim);
-            expected.iter().all(|t| counts.contains_key(t))
-        },
-    )
-    .await;
+    wait_delivered(&sim, &expected, "every live app's job delivered").await;
     let dead_queue = format!("{queue}.dead");
     let delta_published = published.iter().filter(|(app, _)| app == "delta").count();
     let counts = accepted_counts(&sim);
@@ -469,8 +477,7 @@ async fn apps_come_rotate_and_go_under_load_with_token_auth() {
             Some("delta")
         );
     }
-    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "sent twice: {twice:?}");
+    assert_none_twice(&sim);
 
     // After the grace only the new key signs for alpha, and none was refused.
     let accepted = sim.sim.accepted();
@@ -617,14 +624,8 @@ async fn a_certificate_replaced_in_place_is_used_by_new_connections_under_load()
 
     let expected: HashSet<String> = published.into_iter().map(|(_, t)| t).collect();
     assert!(expected.len() > 100, "a steady load: {}", expected.len());
-    wait_for(Duration::from_secs(30), "every job delivered", || {
-        let counts = accepted_counts(&sim);
-        expected.iter().all(|t| counts.contains_key(t))
-    })
-    .await;
-    let counts = accepted_counts(&sim);
-    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "sent twice: {twice:?}");
+    wait_delivered(&sim, &expected, "every job delivered").await;
+    assert_none_twice(&sim);
     let after: HashSet<String> = sim
         .sim
         .accepted()

@@ -99,6 +99,16 @@ pub enum Upsert {
     Replaced,
 }
 
+impl Upsert {
+    /// The `change` of its log line and metric.
+    pub fn label(self) -> &'static str {
+        match self {
+            Upsert::Added => "added",
+            Upsert::Replaced => "changed",
+        }
+    }
+}
+
 /// The registry of apps, shared by the dispatcher, the watcher and `/apps`.
 #[derive(Debug, Clone)]
 pub struct Apns {
@@ -252,14 +262,18 @@ impl Apns {
                 }
             }
             None => {
-                let started =
-                    ApnsClient::with_reserve(app, &slot.config, self.inner.urgent_reserve).await;
+                let started = self.new_client(app, slot).await;
                 slot.phase.send_replace(match started {
                     Ok(client) => Phase::Running(client),
                     Err(e) => Phase::Failed(e.to_string()),
                 });
             }
         }
+    }
+
+    /// A new client of `slot`'s configuration.
+    async fn new_client(&self, app: &str, slot: &Slot) -> Result<ApnsClient, SetupError> {
+        ApnsClient::with_reserve(app, &slot.config, self.inner.urgent_reserve).await
     }
 
     /// How long `slot` has gone without a job.
@@ -310,7 +324,11 @@ impl Apns {
             .get(app)
             .is_some_and(|slot| slot.source == AppSource::Dir)
         {
-            apps.remove(app);
+            // Its child ends, and its connections close once the jobs
+            // holding the client finish.
+            if let Some(slot) = apps.remove(app) {
+                slot.retired.send_replace(true);
+            }
             true
         } else {
             false
@@ -361,13 +379,6 @@ impl Apns {
         view
     }
 
-    /// The configuration of `app`, for the watcher's comparisons.
-    pub fn config_of(&self, app: &str) -> Option<(AppSource, AppConfig)> {
-        read(&self.inner.apps)
-            .get(app)
-            .map(|slot| (slot.source, slot.config.clone()))
-    }
-
     fn now_ms(&self) -> u64 {
         u64::try_from(self.inner.began.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -406,8 +417,7 @@ async fn run_app(
     slot: Arc<Slot>,
     mut ctx: ChildContext,
 ) -> Result<(), ChildError> {
-    let started = ApnsClient::with_reserve(&app, &slot.config, apns.inner.urgent_reserve).await;
-    let client = match started {
+    let client = match apns.new_client(&app, &slot).await {
         Ok(client) => client,
         Err(e) => {
             // Not a crash: the credentials changed on disk, and the watcher

@@ -14,7 +14,7 @@
 //! and every [`RESCAN_EVERY`] whatever happens: inotify does not see a key
 //! file outside the directory change, and may miss events under pressure.
 
-use crate::apns::{Apns, Upsert, check_credentials};
+use crate::apns::{Apns, AppSource, check_credentials};
 use crate::config::{app_files, app_of_file, read_app_file};
 use crate::events;
 use std::collections::{HashMap, HashSet};
@@ -102,8 +102,8 @@ impl DirWatch {
             .collect();
         for file in gone {
             if let Some(known) = self.files.remove(&file) {
-                self.apns.clear_error(&known.app);
-                if known.loaded && self.apns.remove(&known.app) {
+                // Forgets its problem too; an app never loaded is not there.
+                if self.apns.remove(&known.app) {
                     events::emit(events::AppRemoved {
                         app: &known.app,
                         file: &file,
@@ -139,9 +139,10 @@ impl DirWatch {
         if let Ok(app) = &read {
             known.deps = app.deps.iter().map(|d| (d.clone(), stamp(d))).collect();
         }
+        let last_digest = known.digest;
         let outcome = read.and_then(|app| {
             let digest = digest(file, &app.deps);
-            if was_loaded && previous.as_ref().and_then(|k| k.digest) == Some(digest) {
+            if was_loaded && last_digest == Some(digest) {
                 return Ok(None);
             }
             if self.apns.is_fixed(&app.name) {
@@ -164,12 +165,9 @@ impl DirWatch {
                     known.loaded = true;
                     events::emit(events::AppLoaded {
                         app: &app.name,
-                        source: "dir",
+                        source: AppSource::Dir.label(),
                         file: Some(file),
-                        change: match change {
-                            Upsert::Added => "added",
-                            Upsert::Replaced => "changed",
-                        },
+                        change: change.label(),
                         auth,
                         key_id: key_id.as_deref(),
                         certificate_expiry: expiry,
