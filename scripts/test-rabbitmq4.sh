@@ -13,6 +13,9 @@ MISIVA_BROKER_PORT="$MISIVA_TEST_BROKER_PORT" scripts/broker.sh start
 stop_broker() { MISIVA_BROKER_PORT="$MISIVA_TEST_BROKER_PORT" scripts/broker.sh stop-tests; }
 trap stop_broker EXIT
 echo "test: RabbitMQ $(MISIVA_BROKER_PORT="$MISIVA_TEST_BROKER_PORT" scripts/broker.sh version)" >&2
-cargo test --locked --features fault-hooks \
-  --test worker --test hostile --test failures --test retries --test supervision \
-  --test metrics --test dlq --test examples --test cluster --test shards --test urgent -- --nocapture
+# One file of the suite (tests/suite.rs) at a time, as scripts/test.sh runs
+# the fault suites: the cluster's and the urgent lane's bounds are in
+# milliseconds.
+for name in worker hostile failures retries supervision metrics dlq examples cluster shards urgent; do
+  cargo test --locked --features fault-hooks --test suite -- --nocapture "$name::"
+done

@@ -32,9 +32,10 @@ if [ ! -x target/py/bin/python3 ] || ! target/py/bin/python3 -c "import pika" 2>
   python3 -m venv target/py
   target/py/bin/pip install --quiet pika
 fi
-if [ ! -d target/node/node_modules/amqplib ]; then
-  echo "test: installing amqplib into target/node" >&2
-  npm install --silent --no-audit --no-fund --prefix target/node amqplib >/dev/null
+# Ajv (npm) judges docs/job.schema.json in tests/schema.rs.
+if [ ! -d target/node/node_modules/amqplib ] || [ ! -d target/node/node_modules/ajv ]; then
+  echo "test: installing amqplib and ajv into target/node" >&2
+  npm install --silent --no-audit --no-fund --prefix target/node amqplib ajv@8.20.0 >/dev/null
 fi
 
 # helm v4, kubectl and kubernetes-validate for tests/helm.rs.
@@ -73,29 +74,37 @@ cargo clippy --all-targets --locked -- -D warnings
 cargo clippy --all-targets --locked --features fault-hooks -- -D warnings
 # The API docs build without a warning (broken links, private items).
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
-# Every test, in three steps. --nocapture shows the figures tests print
-# (throughput of the 1,000-job test, the cluster's pauses).
+# Every test, in three steps. The integration tests are one binary
+# (tests/suite.rs), and a step picks its files by module: `worker::` runs
+# tests/worker.rs. --nocapture shows the figures tests print (throughput of
+# the 1,000-job test, the cluster's pauses).
 tests=(cargo test --locked --features fault-hooks)
-# Every test file is in one of the steps below.
-listed="apns_sim apps cluster dlq examples failures faults helm hostile live_activity metrics observability pool retries schema shards simulator supervision tidy urgent worker"
-for file in tests/*.rs; do
-  name="$(basename "$file" .rs)"
-  case " $listed " in *" $name "*) ;; *) echo "test: tests/$name.rs is in no step of scripts/test.sh" >&2; exit 1 ;; esac
+suite=("${tests[@]}" --test suite)
+quick="apns_sim apps dlq examples helm hostile live_activity metrics observability pool retries schema simulator tidy worker"
+alone="cluster failures faults shards supervision"
+last="urgent"
+# Every module of the suite is in one of the steps below.
+for name in $(sed -n 's/^mod \([a-z_]*\);$/\1/p' tests/suite.rs); do
+  [ "$name" = support ] && continue
+  case " $quick $alone $last " in *" $name "*) ;; *) echo "test: tests/$name.rs is in no step of scripts/test.sh" >&2; exit 1 ;; esac
 done
+filters() { for name in "$@"; do printf '%s::\n' "$name"; done; }
 "${tests[@]}" --no-run
 wait "$cluster_boot" || echo "test: the cluster did not start in the background; its tests start it" >&2
 # 1. The quick suites, and the worker again with a single-threaded runtime
 #    (MISIVA_RUNTIME_THREADS=1, what a pod limited to one CPU gets).
 "${tests[@]}" --doc
-"${tests[@]}" --lib --bins --test apns_sim --test apps --test dlq --test examples --test helm \
-  --test hostile --test live_activity --test metrics --test observability --test pool \
-  --test retries --test schema --test simulator --test tidy --test worker -- --nocapture
-MISIVA_RUNTIME_THREADS=1 "${tests[@]}" --test worker --test faults -- --nocapture
+"${tests[@]}" --lib --bins
+# shellcheck disable=SC2046 # one filter per word
+"${suite[@]}" -- --nocapture $(filters $quick)
+MISIVA_RUNTIME_THREADS=1 "${suite[@]}" -- --nocapture worker:: faults::
 # 2. The broker's and the worker's faults, on the shared and private nodes
-#    and on the three-node cluster. They run one binary at a time, never
-#    beside another: a cluster test's pauses are bounds in milliseconds, and
-#    its fault must come while a backlog is still draining.
-"${tests[@]}" --test cluster --test failures --test faults --test shards --test supervision -- --nocapture
+#    and on the three-node cluster. Each file runs alone, never beside
+#    another: a cluster test's pauses are bounds in milliseconds, and its
+#    fault must come while a backlog is still draining.
+for name in $alone; do
+  "${suite[@]}" -- --nocapture "$name::"
+done
 # 3. The urgent lane's latency under a campaign, alone on the machine: it
 #    measures a p99, so the nodes the fault suites left running (the
 #    cluster's three, the private ones) are stopped first; only the shared
@@ -104,4 +113,4 @@ scripts/cluster.sh stop >/dev/null 2>&1 || true
 for port in 5697 5696 5694 5689; do
   MISIVA_BROKER_PORT="$port" scripts/broker.sh stop >/dev/null 2>&1 || true
 done
-"${tests[@]}" --test urgent -- --nocapture
+"${suite[@]}" -- --nocapture $last::

@@ -1,6 +1,6 @@
 //! The APNs client against the simulator, over real HTTP/2 + TLS on loopback.
 
-mod support;
+use crate::support;
 
 use misiva::apns::{ApnsClient, JobRequest};
 use misiva::job;

@@ -5,7 +5,7 @@
 //! removed while jobs flow, broken files refused, idle apps closed; a
 //! Kubernetes volume's symlink swap; conflicts at start.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

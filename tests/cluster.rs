@@ -7,7 +7,7 @@
 //! closing anything (behind a proxy that black-holes it) is left within the
 //! heartbeat.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::process::Command;

@@ -5,7 +5,7 @@
 //! interrupted replay loses nothing, and `send` and `topology` need no APNs
 //! credentials.
 
-mod support;
+use crate::support;
 
 use misiva::sim::{Faults, SimConfig};
 use serde_json::{Value, json};

@@ -3,7 +3,7 @@
 //! (amqplib) and the shell (amqp-tools). `scripts/test.sh` installs pika into
 //! `target/py`, amqplib into `target/node` and Debian's amqp-tools.
 
-mod support;
+use crate::support;
 
 use misiva::sim::SimConfig;
 use std::path::Path;

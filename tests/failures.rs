@@ -2,7 +2,7 @@
 //! message that kills its consumer on every delivery, provider tokens that
 //! APNs expires while jobs flow.
 
-mod support;
+use crate::support;
 
 use lapin::options::QueueBindOptions;
 use lapin::types::FieldTable;

@@ -5,9 +5,9 @@
 //! replays the same schedule (`MISIVA_FAULT_SEED=…`).
 //!
 //! CI runs a modest size. A long soak:
-//! `MISIVA_FAULT_JOBS=200000 MISIVA_FAULT_COUNT=50 cargo test --release --features fault-hooks --test faults -- --nocapture`
+//! `MISIVA_FAULT_JOBS=200000 MISIVA_FAULT_COUNT=50 cargo test --release --features fault-hooks --test suite -- --nocapture faults::`
 
-mod support;
+use crate::support;
 
 use misiva::sim::{Faults, SimConfig};
 use serde_json::json;

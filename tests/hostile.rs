@@ -3,7 +3,7 @@
 //! each ends in the dead-letter queue exactly once with a bounded detail,
 //! while every normal job is delivered once and the worker never restarts.
 
-mod support;
+use crate::support;
 
 use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};

@@ -3,7 +3,7 @@
 //! channels`, broadcasts mixed with device pushes, channel feedback, and
 //! broadcasts retried after GOAWAY and 503.
 
-mod support;
+use crate::support;
 
 use misiva::sim::{Faults, SimConfig};
 use serde_json::{Value, json};

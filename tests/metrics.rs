@@ -3,7 +3,7 @@
 //! job's trace id appears in its log lines and on its retry, and no secret
 //! appears in any log line, metric or error.
 
-mod support;
+use crate::support;
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};

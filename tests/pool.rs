@@ -1,7 +1,7 @@
 //! The APNs connection pool against the simulator: stream limits, GOAWAY,
 //! resets, stalls, PING keepalive and one pool per app.
 
-mod support;
+use crate::support;
 
 use futures_util::StreamExt;
 use misiva::apns::{Apns, ApnsClient, JobRequest};

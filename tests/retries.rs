@@ -3,7 +3,7 @@
 //! accounting check: every token ends as exactly one of delivered, feedback or
 //! dead-lettered.
 
-mod support;
+use crate::support;
 
 use misiva::sim::{Faults, SimConfig};
 use serde_json::{Value, json};

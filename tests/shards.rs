@@ -5,7 +5,7 @@
 //! leaves no job behind; and without the plugin the worker says which one
 //! it needs and exits 2 with nothing declared.
 
-mod support;
+use crate::support;
 
 use misiva::sim::{Faults, SimConfig};
 use std::collections::{HashMap, HashSet};

@@ -1,7 +1,7 @@
 //! The simulator's validation, answer by answer, over real HTTP/2 + TLS. Requests
 //! are built by hand so that each can break exactly one of Apple's rules.
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use misiva::apns::{Connection, Target, client_config};

@@ -2,7 +2,7 @@
 //! simulator, each with a few thousand jobs in flight. Every test prints what it
 //! counted: delivered, duplicated, requeued.
 
-mod support;
+use crate::support;
 
 use misiva::sim::{Faults, SimConfig};
 use serde_json::json;

@@ -372,6 +372,34 @@ fn the_code_map_lists_every_source_and_test_file() {
     );
 }
 
+/// With `autotests = false` cargo builds only `tests/suite.rs`, so a file of
+/// `tests/` that it does not declare as a module would never compile or run,
+/// and nothing would say so.
+#[test]
+fn every_test_file_is_a_module_of_the_suite() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let suite = std::fs::read_to_string(root.join("tests/suite.rs")).unwrap();
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(root.join("tests")).unwrap() {
+        let path = entry.unwrap().path();
+        let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        let is_module = path.is_dir() && path.join("mod.rs").exists();
+        if (is_module || path.extension().is_some_and(|e| e == "rs"))
+            && name != "suite"
+            && !suite.lines().any(|l| l.trim() == format!("mod {name};"))
+        {
+            missing.push(name.to_owned());
+        }
+    }
+    missing.sort();
+    assert!(
+        missing.is_empty(),
+        "tests/suite.rs does not declare `mod ...;` for: {missing:?}; cargo would never build them"
+    );
+}
+
 /// `panic = "abort"` in a profile would turn the per-job `catch_unwind`
 /// (a panicking job is dead-lettered as `worker_panic`, the consumer goes
 /// on) into the death of the whole process.

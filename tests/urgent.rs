@@ -4,7 +4,7 @@
 //! back to the urgent lane; its dead letters say so, and a replay sends
 //! them back to it.
 
-mod support;
+use crate::support;
 
 use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};

@@ -1,7 +1,7 @@
 //! The worker end to end: a real RabbitMQ node, the `misiva` binary, and the
 //! APNs simulator over HTTP/2 + TLS.
 
-mod support;
+use crate::support;
 
 use serde_json::{Value, json};
 use std::collections::HashMap;
