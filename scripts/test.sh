@@ -7,6 +7,8 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 export MISIVA_TEST_BROKER_PORT="${MISIVA_TEST_BROKER_PORT:-5699}"
+# Where the time goes: each step says when it ended, in seconds since the start.
+mark() { echo "test: $1 done at ${SECONDS} s" >&2; }
 
 # Debian's packages, in one transaction: RabbitMQ (the 3.10 of Debian 12;
 # scripts/broker.sh builds 4.0's root itself), promtool (tests/observability.rs
@@ -40,6 +42,7 @@ fi
 
 # helm v4, kubectl and kubernetes-validate for tests/helm.rs.
 scripts/k8s-tools.sh
+mark "installing"
 
 MISIVA_BROKER_PORT="$MISIVA_TEST_BROKER_PORT" scripts/broker.sh start
 # The shared node, and the private ones the fault tests stop and restart
@@ -74,6 +77,7 @@ cargo clippy --all-targets --locked -- -D warnings
 cargo clippy --all-targets --locked --features fault-hooks -- -D warnings
 # The API docs build without a warning (broken links, private items).
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
+mark "formatting, licences, lints and docs"
 # Every test, in three steps. The integration tests are one binary
 # (tests/suite.rs), and a step picks its files by module: `worker::` runs
 # tests/worker.rs. --nocapture shows the figures tests print (throughput of
@@ -81,15 +85,17 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
 tests=(cargo test --locked --features fault-hooks)
 suite=("${tests[@]}" --test suite)
 quick="apns_sim apps dlq examples helm hostile live_activity metrics observability pool retries schema simulator tidy worker"
-alone="cluster failures faults shards supervision"
+counted="failures faults shards supervision"
+alone="cluster"
 last="urgent"
 # Every module of the suite is in one of the steps below.
 for name in $(sed -n 's/^mod \([a-z_]*\);$/\1/p' tests/suite.rs); do
   [ "$name" = support ] && continue
-  case " $quick $alone $last " in *" $name "*) ;; *) echo "test: tests/$name.rs is in no step of scripts/test.sh" >&2; exit 1 ;; esac
+  case " $quick $counted $alone $last " in *" $name "*) ;; *) echo "test: tests/$name.rs is in no step of scripts/test.sh" >&2; exit 1 ;; esac
 done
 filters() { for name in "$@"; do printf '%s::\n' "$name"; done; }
 "${tests[@]}" --no-run
+mark "the test build"
 wait "$cluster_boot" || echo "test: the cluster did not start in the background; its tests start it" >&2
 # 1. The quick suites, and the worker again with a single-threaded runtime
 #    (MISIVA_RUNTIME_THREADS=1, what a pod limited to one CPU gets).
@@ -98,13 +104,20 @@ wait "$cluster_boot" || echo "test: the cluster did not start in the background;
 # shellcheck disable=SC2046 # one filter per word
 "${suite[@]}" -- --nocapture $(filters $quick)
 MISIVA_RUNTIME_THREADS=1 "${suite[@]}" -- --nocapture worker:: faults::
-# 2. The broker's and the worker's faults, on the shared and private nodes
-#    and on the three-node cluster. Each file runs alone, never beside
-#    another: a cluster test's pauses are bounds in milliseconds, and its
-#    fault must come while a backlog is still draining.
-for name in $alone; do
-  "${suite[@]}" -- --nocapture "$name::"
-done
+mark "the quick suites"
+# 2. The broker's and the worker's faults. The suites that count what
+#    happened (every job delivered, duplicates within what was in flight)
+#    run side by side, four at a time (they mostly wait on the broker): each
+#    has its own queues and private nodes (supervision 5697 and 5696, faults
+#    5694, shards 5689). The cluster's
+#    run alone after them: their pauses are bounds in milliseconds, and
+#    their faults must come while a backlog is still draining.
+# shellcheck disable=SC2046 # one filter per word
+"${suite[@]}" -- --nocapture --test-threads 4 $(filters $counted)
+mark "the counted fault suites"
+# shellcheck disable=SC2046
+"${suite[@]}" -- --nocapture $(filters $alone)
+mark "the cluster suite"
 # 3. The urgent lane's latency under a campaign, alone on the machine: it
 #    measures a p99, so the nodes the fault suites left running (the
 #    cluster's three, the private ones) are stopped first; only the shared
@@ -114,3 +127,4 @@ for port in 5697 5696 5694 5689; do
   MISIVA_BROKER_PORT="$port" scripts/broker.sh stop >/dev/null 2>&1 || true
 done
 "${suite[@]}" -- --nocapture $last::
+mark "the urgent lane"
