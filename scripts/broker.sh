@@ -169,10 +169,17 @@ case "${1:-}" in
   # Every node the test suites start: the shared one (this port), the private
   # ones of the supervision tests, the fault suite and the shard tests, and
   # the cluster.
+  # The single nodes stop side by side; the cluster's three one after
+  # another, in the order scripts/cluster.sh stops them, since the last
+  # node of a cluster to stop is the one that starts it again.
   stop-tests)
-    for p in "$port" 5697 5696 5694 5689 5691 5692 5693; do
+    for p in "$port" 5697 5696 5694 5689; do
+      MISIVA_BROKER_PORT="$p" "$0" stop >/dev/null 2>&1 &
+    done
+    for p in 5691 5692 5693; do
       MISIVA_BROKER_PORT="$p" "$0" stop >/dev/null 2>&1 || true
-    done ;;
+    done
+    wait ;;
   # Stops the node and deletes its data: the next start is a fresh node.
   wipe) stop; rm -rf "$prefix$dir" ;;
   *) echo "usage: $0 install|start|stop|restart|status|ctl ARGS...|url|version|wipe|stop-tests" >&2; exit 2 ;;

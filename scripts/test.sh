@@ -147,9 +147,15 @@ mark "the cluster suite"
 #    measures a p99, so the nodes the fault suites left running (the
 #    cluster's three, the private ones) are stopped first; only the shared
 #    node stays.
-scripts/cluster.sh stop >/dev/null 2>&1 || true
+# They stop side by side (the cluster's three in turn, as cluster.sh does).
+stopping=()
+scripts/cluster.sh stop >/dev/null 2>&1 &
+stopping+=($!)
 for port in 5697 5696 5694 5689; do
-  MISIVA_BROKER_PORT="$port" scripts/broker.sh stop >/dev/null 2>&1 || true
+  MISIVA_BROKER_PORT="$port" scripts/broker.sh stop >/dev/null 2>&1 &
+  stopping+=($!)
 done
+wait "${stopping[@]}" || true
+mark "stopping the other nodes"
 "${suite[@]}" -- --nocapture $last::
 mark "the urgent lane"
